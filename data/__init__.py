@@ -1,0 +1,1 @@
+"""The bundled default model and adapters (made by make_default.py)."""

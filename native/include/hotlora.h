@@ -1,0 +1,126 @@
+/*
+ * hotlora.h — the whole public API of the hotlora C core.
+ *
+ * The core is compute only: it parses no files, never prints, never exits or
+ * aborts. Python validates every tensor against its file and hands the core
+ * read-only views into the memory map. Every fallible call returns an
+ * hl_status; hl_last_error() then holds a specific message (per thread).
+ * Buffers passed in (logits, outputs) belong to the caller.
+ *
+ * Shapes use ggml order: ne[0] is the contiguous row length, ne[1] the number
+ * of rows. A weight W with ne = [n_in, n_out] maps n_in inputs to n_out outputs.
+ */
+#ifndef HOTLORA_H
+#define HOTLORA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    HL_OK = 0,
+    HL_ERR_INVALID = 1,      /* a bad argument or descriptor */
+    HL_ERR_NOMEM = 2,        /* an allocation failed */
+    HL_ERR_UNSUPPORTED = 3,  /* a weight type or feature the core lacks */
+    HL_ERR_CONTEXT_FULL = 4, /* the KV cache has no room for the batch */
+    HL_ERR_ABORTED = 5       /* the abort flag was raised during compute */
+} hl_status;
+
+/* Storage types, numbered as ggml numbers them. */
+typedef enum {
+    HL_TYPE_F32 = 0,
+    HL_TYPE_F16 = 1,
+    HL_TYPE_Q4_0 = 2,
+    HL_TYPE_Q4_1 = 3,
+    HL_TYPE_Q5_0 = 6,
+    HL_TYPE_Q5_1 = 7,
+    HL_TYPE_Q8_0 = 8,
+    HL_TYPE_Q8_1 = 9,  /* activations only */
+    HL_TYPE_Q2_K = 10,
+    HL_TYPE_Q3_K = 11,
+    HL_TYPE_Q4_K = 12,
+    HL_TYPE_Q5_K = 13,
+    HL_TYPE_Q6_K = 14,
+    HL_TYPE_Q8_K = 15, /* activations only */
+    HL_TYPE_BF16 = 30
+} hl_type;
+
+typedef enum { HL_ARCH_LLAMA = 0, HL_ARCH_QWEN2 = 1 } hl_arch;
+typedef enum { HL_ROPE_NORM = 0, HL_ROPE_NEOX = 2 } hl_rope_mode;
+typedef enum { HL_KERNEL_AUTO = 0, HL_KERNEL_REFERENCE = 1 } hl_kernel;
+
+/* A read-only view of a tensor: rows are contiguous, dims unused are 1. */
+typedef struct {
+    const void *data; /* NULL = absent (optional tensors only) */
+    int32_t type;     /* hl_type */
+    int64_t ne[4];
+} hl_tensor_view;
+
+typedef struct {
+    hl_tensor_view attn_norm;               /* [n_embd] F32 */
+    hl_tensor_view wq, wk, wv;              /* [n_embd, head_dim*n_head], [n_embd, head_dim*n_head_kv] x2 */
+    hl_tensor_view bq, bk, bv;              /* biases [n_out] F32, optional (qwen2: required) */
+    hl_tensor_view wo, bo;                  /* [head_dim*n_head, n_embd], bias optional */
+    hl_tensor_view ffn_norm;                /* [n_embd] F32 */
+    hl_tensor_view w_gate, w_up, w_down;    /* [n_embd, n_ff] x2, [n_ff, n_embd] */
+    hl_tensor_view b_gate, b_up, b_down;    /* optional */
+} hl_layer_desc;
+
+typedef struct {
+    int32_t arch;        /* hl_arch */
+    int32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t rope_mode;   /* hl_rope_mode */
+    float rms_eps;
+    float rope_freq_base;
+    float rope_freq_scale;   /* 1/scaling factor (linear); 1 = none */
+    float rope_attn_factor;  /* multiplies cos/sin; 1 = none */
+    hl_tensor_view token_embd;   /* [n_embd, n_vocab] */
+    hl_tensor_view output_norm;  /* [n_embd] F32 */
+    hl_tensor_view output;       /* [n_embd, n_vocab]; data NULL = tied to token_embd */
+    hl_tensor_view rope_freqs;   /* [head_dim/2] F32, optional (llama3 scaling) */
+    const hl_layer_desc *layers; /* n_layer entries; copied by hl_model_create */
+} hl_model_desc;
+
+typedef struct {
+    int32_t n_ctx;      /* KV cells */
+    int32_t n_batch;    /* most tokens one hl_decode call may take */
+    int32_t n_threads;  /* >= 1 */
+    int32_t cache_type; /* HL_TYPE_F16 or HL_TYPE_F32 */
+} hl_context_params;
+
+typedef struct hl_model hl_model;
+typedef struct hl_context hl_context;
+
+/* Message of the last failed call on this thread ("" if none). */
+const char *hl_last_error(void);
+/* Name of the kernel set chosen at run time, e.g. "avx2" or "scalar". */
+const char *hl_simd_name(void);
+
+hl_status hl_model_create(const hl_model_desc *desc, hl_model **out);
+void hl_model_free(hl_model *model);
+
+hl_status hl_context_create(hl_model *model, const hl_context_params *params, hl_context **out);
+void hl_context_free(hl_context *ctx);
+
+/*
+ * Appends n_tokens tokens (1..n_batch) at the next cache cells and computes them.
+ * logits: caller buffer of n_vocab floats (last token only) or n_tokens*n_vocab
+ * floats when all_logits != 0. Positions continue from hl_kv_used().
+ */
+hl_status hl_decode(hl_context *ctx, const int32_t *tokens, int32_t n_tokens,
+                    float *logits, int32_t all_logits);
+/* Number of cache cells in use (= position of the next token). */
+int32_t hl_kv_used(const hl_context *ctx);
+/* Keeps the first n cells and drops the rest (0 clears the cache). */
+hl_status hl_kv_keep(hl_context *ctx, int32_t n);
+/* While *flag != 0, compute stops between graph nodes with HL_ERR_ABORTED. */
+void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
+
+/* Kernels, exposed for tests and tools. */
+/* Bytes of one row of n elements of type (0 if type unknown or n not a multiple of the block). */
+size_t hl_row_size(int32_t type, int64_t n);
+hl_status hl_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
+/* y[r] = W[r] . x for r < n_rows; W holds n_rows rows of n_cols elements of type. */
+hl_status hl_mat_vec(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
+                     const float *x, float *y, int32_t kernel);
+
+#endif
