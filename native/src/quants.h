@@ -40,4 +40,107 @@ void hl_quants_init(void);
 /* "avx2" or "scalar". */
 const char *hl_quants_simd_name(void);
 
+/* ------------------------------------------------------------------------
+ * Internal to quants*.c and kernels_api.c: block layouts (quants.md §1) and
+ * the per-file kernel entry points the traits table is built from. Halves
+ * are stored as raw uint16_t bits; all structs have the exact file size.
+ * ---------------------------------------------------------------------- */
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;                 /* 18 B */
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;              /* 20 B */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;  /* 22 B */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1; /* 24 B */
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                      /* 34 B */
+typedef struct { uint16_t d, s; int8_t qs[QK]; } block_q8_1;                   /* 36 B, s = half(d*sum(qs)) */
+typedef struct {                                                               /* 84 B */
+    uint8_t scales[QK_K / 16]; /* lo nibble: scale, hi nibble: min (per 16 elements) */
+    uint8_t qs[QK_K / 4];      /* 2-bit quants */
+    uint16_t d, dmin;
+} block_q2_K;
+typedef struct {                                                               /* 110 B */
+    uint8_t hmask[QK_K / 8];   /* high bit (set = no -4 offset) */
+    uint8_t qs[QK_K / 4];      /* low 2 bits */
+    uint8_t scales[12];        /* 16 packed 6-bit signed scales (offset 32) */
+    uint16_t d;
+} block_q3_K;
+typedef struct {                                                               /* 144 B */
+    uint16_t d, dmin;
+    uint8_t scales[12];        /* 8 packed 6-bit scales + 8 6-bit mins */
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+typedef struct {                                                               /* 176 B */
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];      /* fifth bit */
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+typedef struct {                                                               /* 210 B */
+    uint8_t ql[QK_K / 2];      /* low 4 bits */
+    uint8_t qh[QK_K / 4];      /* high 2 bits */
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+} block_q6_K;
+typedef struct {                                                               /* 292 B */
+    float d;                   /* may be negative */
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];  /* sums of qs over each 16 elements */
+} block_q8_K;
+
+/* Q4_K/Q5_K: scale and min of sub-block j (0..7) from the 12 packed bytes. */
+static inline void hl_get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *mn) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+/* Q3_K: the sixteen signed scales (-32..31) from the 12 packed bytes. */
+static inline void hl_unpack_q3_k_scales(const uint8_t *S, int16_t out[16]) {
+    for (int s = 0; s < 16; s++) {
+        int low4 = s < 8 ? (S[s] & 0xF) : (S[s - 8] >> 4);
+        int high2 = (S[8 + s % 4] >> (2 * (s / 4))) & 3;
+        out[s] = (int16_t)((low4 | (high2 << 4)) - 32);
+    }
+}
+
+/* quants.c: float and 32-element types, Q8_0/Q8_1 quantizers. */
+void hl_quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
+void hl_quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
+/* quants_kquants.c: K-quants and the Q8_K quantizer. */
+void hl_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+void hl_dequantize_row_q8_K(const void *x, float *y, int64_t n);
+void hl_dequantize_row_q2_K(const void *x, float *y, int64_t n);
+void hl_dequantize_row_q3_K(const void *x, float *y, int64_t n);
+void hl_dequantize_row_q4_K(const void *x, float *y, int64_t n);
+void hl_dequantize_row_q5_K(const void *x, float *y, int64_t n);
+void hl_dequantize_row_q6_K(const void *x, float *y, int64_t n);
+void hl_vec_dot_q2_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q3_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q4_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q5_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
+
+#if defined(__x86_64__)
+/* quants_avx2.c: AVX2+FMA+F16C kernels (call only when the CPU has them).
+ * The activation quantizers round half to even (vs. half away from zero in
+ * the references), so a quant may differ by 1 only at an exact .5 tie. */
+void hl_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q2_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
+void hl_quantize_row_q8_1_avx2(const float *x, void *y, int64_t n);
+void hl_to_float_f16_avx2(const void *x, float *y, int64_t n);
+#endif
+
 #endif

@@ -1,0 +1,1 @@
+"""One module per `hotlora` subcommand; each parses options, calls the library and renders."""

@@ -1,0 +1,148 @@
+"""`hotlora run`: generate text like llama-cli; timings on stderr, or one JSON object with --json."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import HotLoraError
+from ..model import Model
+from ..session import Session
+from ..text import unescape
+from ..timings import format_perf_report, timings_json
+
+Opt = typer.Option
+
+
+def _read_prompt(prompt: str, file: Optional[Path], escape: bool) -> str:
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise HotLoraError(f"failed to open file '{file}' ({e})") from None
+        return text[:-1] if text.endswith("\n") else text  # llama-cli drops one trailing newline
+    return unescape(prompt) if escape else prompt
+
+
+def _warm_up(model: Model) -> None:
+    """One throw-away decode, counted in the load time as llama.cpp does."""
+    start = time.perf_counter()
+    bos = model.tokenizer.bos_id
+    model.eval_last([bos if bos is not None else 0])
+    model.reset()
+    model.perf.load_ms += (time.perf_counter() - start) * 1e3
+    model.perf.prompt_ms = model.perf.eval_ms = 0.0
+    model.perf.prompt_n = model.perf.eval_n = 0
+
+
+def _prompt_tokens(model: Model, text: str) -> list[int]:
+    ids = model.tokenize(text, add_bos=True, special=True)
+    if not ids:
+        raise HotLoraError("input is empty")
+    limit = model.n_ctx - 4
+    if len(ids) > limit:
+        raise HotLoraError(f"prompt is too long ({len(ids)} tokens, max {limit})")
+    return ids
+
+
+def _interactive_turns(session: Session, out, n_predict: int, reverse_prompts: list[str], escape: bool) -> None:
+    """Reads a line per turn; EOF ends the run cleanly (unlike llama-cli, which loops forever)."""
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        text = unescape(line) if escape else line
+        if len(text) > 1:
+            session.feed(session.model.tokenize(text, add_bos=False, special=False))
+        session.generate(n_predict, reverse_prompts)
+        out.flush()
+
+
+def run(
+    model: Annotated[Optional[Path], Opt("-m", "--model", help="GGUF model (default: the bundled tiny model)")] = None,
+    prompt: Annotated[str, Opt("-p", "--prompt", help="prompt to start generation with")] = "",
+    file: Annotated[Optional[Path], Opt("-f", "--file", help="a file containing the prompt")] = None,
+    n_predict: Annotated[int, Opt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until end or context full)")] = -1,
+    ctx_size: Annotated[int, Opt("-c", "--ctx-size", help="context size (0 = from the model)", min=0)] = 4096,
+    batch_size: Annotated[int, Opt("-b", "--batch-size", help="prompt tokens per decode", min=1)] = 512,
+    threads: Annotated[Optional[int], Opt("-t", "--threads", help="threads (default: physical cores)", min=1)] = None,
+    seed: Annotated[int, Opt("-s", "--seed", help="RNG seed (-1 = random)")] = -1,
+    temp: Annotated[float, Opt("--temp", help="temperature (0 = greedy)")] = 0.8,
+    top_k: Annotated[int, Opt("--top-k", help="top-k sampling (0 = off)")] = 40,
+    top_p: Annotated[float, Opt("--top-p", help="top-p sampling (1.0 = off)")] = 0.95,
+    min_p: Annotated[float, Opt("--min-p", help="min-p sampling (0.0 = off)")] = 0.05,
+    repeat_penalty: Annotated[float, Opt("--repeat-penalty", help="penalty for repeated tokens (1.0 = off)")] = 1.0,
+    repeat_last_n: Annotated[int, Opt("--repeat-last-n", help="tokens the penalty looks back on (-1 = context)", min=-1)] = 64,
+    ignore_eos: Annotated[bool, Opt("--ignore-eos", help="never sample an end-of-generation token")] = False,
+    no_display_prompt: Annotated[bool, Opt("--no-display-prompt", help="do not echo the prompt")] = False,
+    interactive: Annotated[bool, Opt("-i", "--interactive", help="read more input after each turn")] = False,
+    reverse_prompt: Annotated[Optional[list[str]], Opt("-r", "--reverse-prompt", help="stop (or hand back control) at this text; repeatable")] = None,
+    cache_type: Annotated[str, Opt("--cache-type", "--cache-type-k", help="KV cache type: f16 or f32")] = "f16",
+    no_escape: Annotated[bool, Opt("--no-escape", help="do not process escapes (\\n, \\t, ...) in the prompt")] = False,
+    no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
+    as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
+) -> None:
+    """Generate text from a prompt, like llama-cli."""
+    if cache_type not in ("f16", "f32"):
+        raise typer.BadParameter(f"'{cache_type}' is not f16 or f32", param_hint="--cache-type")
+    text = _read_prompt(prompt, file, not no_escape)
+    reverse_prompts = [unescape(r) if not no_escape else r for r in (reverse_prompt or [])]
+    start = time.perf_counter()
+    with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size) as m:
+        if not no_warmup:
+            _warm_up(m)
+        m.perf.load_ms = (time.perf_counter() - start) * 1e3
+        ids = _prompt_tokens(m, text)
+        sampler = m.sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                            repeat_last_n=repeat_last_n, ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF)
+        out = sys.stdout
+        stream = (lambda s: (out.write(s), out.flush())) if not as_json else (lambda s: None)
+        session = Session(m, sampler, stream)
+        total_start = time.perf_counter()
+        if not as_json and not no_display_prompt:
+            stream(m.tokenizer.detokenize(ids))
+        try:
+            session.feed(ids)
+            turn = session.generate(n_predict, reverse_prompts)
+            if interactive and not as_json:
+                _interactive_turns(session, out, n_predict, reverse_prompts, not no_escape)
+        except KeyboardInterrupt:
+            _finish(m, sampler, total_start, interrupted=True)
+            raise typer.Exit(130)
+        m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
+        m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
+        if as_json:
+            _print_json(m, ids, session, turn)
+        else:
+            if turn.stop == "eog" and not interactive:
+                out.write(" [end of text]\n")
+            out.write("\n\n")
+            out.flush()
+            sys.stderr.write(format_perf_report(m.perf))
+
+
+def _finish(m: Model, sampler, total_start: float, interrupted: bool) -> None:
+    m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
+    m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stderr.write(format_perf_report(m.perf))
+    if interrupted:
+        sys.stdout.write("Interrupted by user\n")
+
+
+def _print_json(m: Model, prompt_ids: list[int], session: Session, turn) -> None:
+    generated = session.history[len(prompt_ids):]
+    result = {
+        "model": str(m.path),
+        "prompt_tokens": prompt_ids,
+        "tokens": generated,
+        "text": m.tokenizer.detokenize(generated),
+        "stop": turn.stop,
+        "timings": timings_json(m.perf),
+    }
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")

@@ -1,0 +1,165 @@
+"""Opening GGUF files with the `gguf` package and checking them before the core sees a pointer.
+
+GGUFFile memory-maps the file, reads metadata with typed accessors that name the
+key at fault, and checks every tensor's type, dimensions and byte range against
+the file size. Tensor data stays in the memory map: nothing is copied.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+
+from .errors import ModelFileError
+
+MAX_VERSION = 3
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_name: str       # ggml type name, e.g. "Q4_K"
+    type_id: int
+    ne: tuple[int, ...]  # ggml order, padded to 4 with 1s
+    data: np.ndarray     # read-only uint8 view of the tensor's bytes in the memory map
+
+
+def _check_header(path: Path) -> None:
+    """llama.cpp's container checks, with its messages: magic, then version."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise ModelFileError(f"failed to open GGUF file '{path}' (no such file)") from None
+    except OSError as e:
+        raise ModelFileError(f"failed to open GGUF file '{path}' ({e.strerror})") from None
+    if len(head) < 4:
+        raise ModelFileError(f"{path}: failed to read magic")
+    if head[:4] != b"GGUF":
+        shown = head[:4].decode("latin-1").encode("unicode_escape").decode()
+        raise ModelFileError(f"{path}: invalid magic characters: '{shown}', expected 'GGUF'")
+    if len(head) < 8:
+        raise ModelFileError(f"{path}: file is truncated (no version)")
+    version = int.from_bytes(head[4:8], "little")
+    if version == 1:
+        raise ModelFileError(f"{path}: GGUFv1 is no longer supported, please use a more up-to-date version")
+    if version not in (2, 3):
+        raise ModelFileError(
+            f"{path}: this GGUF file is version {version} but this software only supports up to version {MAX_VERSION}")
+
+
+class _CheckedReader(GGUFReader):
+    """GGUFReader that checks each tensor's type and byte range before viewing its data,
+    so a bad tensor is reported by name instead of failing inside numpy."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        super().__init__(path)
+
+    def _build_tensors(self, start_offs: int, fields: list) -> None:
+        file_size = len(self.data)
+        for field in fields:
+            _name_len, name_data, _n_dims, dims, raw_dtype, offset = field.parts
+            name = bytes(name_data).decode("utf-8", "replace")
+            try:
+                qtype = GGMLQuantizationType(int(raw_dtype[0]))
+            except ValueError:
+                raise ModelFileError(f"{self._path}: tensor '{name}' has unknown type id {int(raw_dtype[0])}") from None
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            ne = [int(d) for d in dims]
+            if not 1 <= len(ne) <= 4 or any(d < 0 or d > 1 << 40 for d in ne):
+                raise ModelFileError(f"{self._path}: tensor '{name}' has invalid dimensions {ne}")
+            if ne[0] % block:
+                raise ModelFileError(f"{self._path}: tensor '{name}' row length {ne[0]} is not a multiple "
+                                     f"of the {qtype.name} block size {block}")
+            n_bytes = int(np.prod(ne, dtype=object)) // block * type_size
+            begin = start_offs + int(offset[0])
+            if int(offset[0]) % self.alignment:
+                raise ModelFileError(f"{self._path}: tensor '{name}' data offset {int(offset[0])} "
+                                     f"is not a multiple of the alignment {self.alignment}")
+            if begin + n_bytes > file_size:
+                raise ModelFileError(f"{self._path}: tensor '{name}' data (offset {begin}, {n_bytes} bytes) "
+                                     f"extends past the end of the file ({file_size} bytes)")
+        super()._build_tensors(start_offs, fields)
+
+
+def _open_reader(path: Path) -> GGUFReader:
+    _check_header(path)
+    try:
+        return _CheckedReader(path)
+    except ModelFileError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, MemoryError) as e:
+        raise ModelFileError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+
+
+class GGUFFile:
+    """A validated, memory-mapped GGUF file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.reader = _open_reader(self.path)
+        self.tensors: dict[str, TensorInfo] = {}
+        for t in self.reader.tensors:
+            info = self._check_tensor(t)
+            self.tensors[info.name] = info
+
+    # ---- metadata -------------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        return self.reader.get_field(key) is not None
+
+    def _value(self, key: str, types: tuple[GGUFValueType, ...], what: str, required: bool, default):
+        field = self.reader.get_field(key)
+        if field is None:
+            if required:
+                raise ModelFileError(f"{self.path}: key not found in model: {key}")
+            return default
+        if not field.types or field.types[0] not in types:
+            got = field.types[0].name if field.types else "none"
+            raise ModelFileError(f"{self.path}: key {key} has wrong type {got} but expected {what}")
+        try:
+            return field.contents()
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"{self.path}: key {key} cannot be read ({e})") from None
+
+    def get_int(self, key: str, default: int | None = None, required: bool = False) -> int | None:
+        ints = (GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
+                GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64)
+        value = self._value(key, ints, "an integer", required, default)
+        return None if value is None else int(value)
+
+    def get_float(self, key: str, default: float | None = None, required: bool = False) -> float | None:
+        value = self._value(key, (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64), "a float", required, default)
+        return None if value is None else float(value)
+
+    def get_str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
+        return self._value(key, (GGUFValueType.STRING,), "a string", required, default)
+
+    def get_bool(self, key: str, default: bool | None = None) -> bool | None:
+        return self._value(key, (GGUFValueType.BOOL,), "a bool", False, default)
+
+    def get_int_or_array(self, key: str, default: int | None = None, required: bool = False) -> list[int] | int | None:
+        """A hyper-parameter that may be one value or one value per layer."""
+        field = self.reader.get_field(key)
+        if field is not None and field.types and field.types[0] == GGUFValueType.ARRAY:
+            try:
+                return [int(v) for v in field.contents()]
+            except (TypeError, ValueError) as e:
+                raise ModelFileError(f"{self.path}: key {key} is not an integer array ({e})") from None
+        return self.get_int(key, default, required)
+
+    # ---- tensors --------------------------------------------------------------------------------
+    def _check_tensor(self, t) -> TensorInfo:
+        """Wraps a tensor _CheckedReader already bounds-checked."""
+        dims = [int(d) for d in t.shape]
+        data = t.data.reshape(-1).view(np.uint8)
+        return TensorInfo(t.name, t.tensor_type.name, int(t.tensor_type), tuple(dims + [1] * (4 - len(dims))), data)
+
+    def tensor(self, name: str, required: bool = True) -> TensorInfo | None:
+        info = self.tensors.get(name)
+        if info is None and required:
+            raise ModelFileError(f"{self.path}: tensor '{name}' not found")
+        return info

@@ -1,0 +1,187 @@
+"""hotlora.Model: a GGUF model on the C core, with its tokenizer, KV cache and generation loop."""
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ._native import check, ffi, lib
+from .errors import ContextFullError, HotLoraError
+from .gguf_io import GGUFFile
+from .hparams import HParams, read_hparams
+from .sampling import Sampler, SamplerParams
+from .system import physical_cores
+from .timings import PerfCounters
+from .tokenizer import StreamDecoder, Tokenizer
+from .weights import CoreModelDesc
+
+CACHE_TYPES = {"f16": lib.HL_TYPE_F16, "f32": lib.HL_TYPE_F32}
+DEFAULT_MODEL_NAME = "hotlora-tiny.gguf"
+
+
+def default_model_path() -> Path:
+    """The small model bundled in hotlora.data (made by data/make_default.py)."""
+    return Path(str(resources.files("hotlora.data") / DEFAULT_MODEL_NAME))
+
+
+class Model:
+    """A loaded model and one inference context (KV cache, threads).
+
+    >>> with Model("model.gguf", n_ctx=512) as m:
+    ...     logits = m.eval(m.tokenize("Hello"))   # float32 [n_tokens, n_vocab]
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 seed: int | None = None, cache_type: str = "f16", n_batch: int = 512):
+        start = time.perf_counter()
+        self._model = self._ctx = None
+        self.path = Path(path) if path is not None else default_model_path()
+        self._file = GGUFFile(self.path)
+        self.tokenizer = Tokenizer.from_reader(self._file.reader, self.path)
+        self.hparams: HParams = read_hparams(self._file, self.tokenizer.n_vocab)
+        self._desc = CoreModelDesc(self._file, self.hparams)
+        self.seed = seed
+        self._n_ctx = self.hparams.n_ctx_train if n_ctx == 0 else n_ctx
+        self._n_batch = n_batch
+        self._create_core(n_threads if n_threads is not None else physical_cores(), cache_type)
+        self._abort_flag = ffi.new("int32_t *")
+        lib.hl_set_abort(self._ctx, self._abort_flag)
+        self.perf = PerfCounters(load_ms=(time.perf_counter() - start) * 1e3)
+
+    def _create_core(self, n_threads: int, cache_type: str) -> None:
+        if cache_type not in CACHE_TYPES:
+            raise HotLoraError(f"cache type '{cache_type}' is not supported (use f16 or f32)")
+        for name, value in (("n_ctx", self._n_ctx), ("n_batch", self._n_batch), ("n_threads", n_threads)):
+            if value < 1:
+                raise HotLoraError(f"{name} must be positive, got {value}")
+        model_out = ffi.new("hl_model **")
+        check(lib.hl_model_create(self._desc.desc, model_out), str(self.path))
+        self._model = model_out[0]
+        params = ffi.new("hl_context_params *", {"n_ctx": self._n_ctx, "n_batch": self._n_batch,
+                                                 "n_threads": n_threads, "cache_type": CACHE_TYPES[cache_type]})
+        ctx_out = ffi.new("hl_context **")
+        check(lib.hl_context_create(self._model, params, ctx_out), str(self.path))
+        self._ctx = ctx_out[0]
+        self.n_threads = n_threads
+
+    # ---- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._ctx is not None:
+            lib.hl_context_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            lib.hl_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    # ---- properties -------------------------------------------------------------------------------
+    n_vocab = property(lambda self: self.hparams.n_vocab)
+    n_embd = property(lambda self: self.hparams.n_embd)
+    n_layer = property(lambda self: self.hparams.n_layer)
+    n_ctx = property(lambda self: self._n_ctx)
+    n_batch = property(lambda self: self._n_batch)
+    n_past = property(lambda self: lib.hl_kv_used(self._live_ctx()))
+    """Tokens in the KV cache (the position of the next token)."""
+
+    def _live_ctx(self):
+        if self._ctx is None:
+            raise HotLoraError("the model is closed")
+        return self._ctx
+
+    # ---- tokens -----------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        check(lib.hl_kv_keep(self._live_ctx(), 0), "reset")
+
+    def abort(self) -> None:
+        """Stops a running evaluation between graph nodes (safe from another thread)."""
+        self._abort_flag[0] = 1
+
+    def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
+        """One core decode of at most n_batch tokens; counts time as prompt (>1 token) or eval."""
+        out = np.empty((len(ids) if all_logits else 1, self.n_vocab), dtype=np.float32)
+        tokens = ffi.new("int32_t[]", ids)
+        self._abort_flag[0] = 0
+        start = time.perf_counter()
+        check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.from_buffer(out), int(all_logits)), "decode")
+        ms = (time.perf_counter() - start) * 1e3
+        if len(ids) > 1:
+            self.perf.prompt_ms += ms
+            self.perf.prompt_n += len(ids)
+        else:
+            self.perf.eval_ms += ms
+            self.perf.eval_n += 1
+        return out
+
+    def _check_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise ContextFullError(f"{n} tokens do not fit in the context: {self.n_past} of {self.n_ctx} cells used")
+
+    def eval(self, ids) -> np.ndarray:
+        """Logits of every token [len(ids), n_vocab] (float32), appended after the cached tokens."""
+        ids = [int(t) for t in ids]
+        self._check_room(len(ids))
+        chunks = [self._decode(ids[i:i + self.n_batch], True) for i in range(0, len(ids), self.n_batch)]
+        return np.concatenate(chunks) if chunks else np.empty((0, self.n_vocab), np.float32)
+
+    def eval_last(self, ids) -> np.ndarray:
+        """Logits of the last token only [n_vocab]; cheaper than eval() for prompts."""
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise HotLoraError("eval_last needs at least one token")
+        self._check_room(len(ids))
+        logits = None
+        for i in range(0, len(ids), self.n_batch):
+            logits = self._decode(ids[i:i + self.n_batch], False)
+        return logits[0]
+
+    # ---- generation -------------------------------------------------------------------------------
+    def sampler(self, **sampling) -> Sampler:
+        """A sampler for this model; keyword arguments are SamplerParams fields."""
+        if self.seed is not None and "seed" not in sampling:
+            sampling["seed"] = self.seed
+        return Sampler(SamplerParams(**sampling), self.n_vocab, self.tokenizer.eog_ids, self.n_ctx)
+
+    def generate(self, prompt: str | list[int], n_predict: int = -1, **sampling) -> Iterator[tuple[int, str]]:
+        """Yields (token id, text piece) for each sampled token, from an empty cache.
+
+        Stops after an end-of-generation token (yielded with its piece), after
+        n_predict tokens (-1: no limit), or when the context is full.
+        """
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise HotLoraError("the prompt is empty")
+        sampler = self.sampler(**sampling)
+        self.reset()
+        logits = self.eval_last(ids)
+        for t in ids:
+            sampler.accept(t)
+        decoder = StreamDecoder(self.tokenizer)
+        n = 0
+        while n_predict < 0 or n < n_predict:
+            token = sampler.sample(logits)
+            sampler.accept(token)
+            n += 1
+            yield token, decoder.push(token)
+            if self.tokenizer.is_eog(token) or n == n_predict or self.n_past >= self.n_ctx:
+                break
+            logits = self.eval_last([token])

@@ -1,0 +1,90 @@
+/* Internal structures of the model, the context and the compute graph. */
+#ifndef HL_CORE_H
+#define HL_CORE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "threadpool.h"
+
+/* A 2-D view: ne[1] rows of ne[0] elements, row_bytes apart. */
+typedef struct {
+    int32_t type;
+    int64_t ne[2];
+    size_t row_bytes;
+    void *data; /* NULL = absent */
+} hl_tensor;
+
+typedef struct {
+    hl_tensor attn_norm, wq, wk, wv, bq, bk, bv, wo, bo;
+    hl_tensor ffn_norm, w_gate, w_up, w_down, b_gate, b_up, b_down;
+} hl_layer;
+
+struct hl_model {
+    hl_model_desc hp;      /* hyper-parameters; its tensor views are not used after create */
+    int32_t n_embd_kv;     /* head_dim * n_head_kv */
+    int32_t n_q;           /* head_dim * n_head */
+    hl_tensor token_embd;  /* [n_embd, n_vocab] */
+    hl_tensor output_norm; /* [n_embd] */
+    hl_tensor output;      /* [n_embd, n_vocab]; token_embd when tied */
+    hl_tensor rope_freqs;  /* [head_dim/2] or absent */
+    hl_layer *layers;      /* [n_layer] */
+};
+
+typedef enum {
+    OP_GET_ROWS,  /* dst[:, t] = dequant(src0 row tokens[t]) */
+    OP_RMS_NORM,  /* dst = src0 / rms(src0) * src1 */
+    OP_MUL_MAT,   /* dst = src0 . src1 (+ src2 bias) */
+    OP_ROPE,      /* src0 rotated in place, positions pos0.. */
+    OP_STORE_KV,  /* cache cells pos0.. of layer il = src0 (k), src1 (v) */
+    OP_ATTENTION, /* dst = softmax(q K^T * scale) V over cells 0..pos */
+    OP_SWIGLU,    /* dst = silu(src0) * src1 */
+    OP_ADD,       /* dst = src0 + src1 */
+    OP_COUNT
+} hl_op;
+
+typedef struct {
+    hl_op op;
+    int32_t il;    /* layer index, -1 outside the layers */
+    int32_t pos0;  /* position of the first row (rope, attention) */
+    hl_tensor dst, src0, src1, src2;
+    char name[32]; /* e.g. "blk.0.attn_q" */
+} hl_node;
+
+struct hl_context {
+    const hl_model *model;
+    hl_context_params params;
+    hl_pool *pool;
+    volatile int32_t *abort_flag;
+    atomic_int abort_at; /* index of the node after which compute stops */
+
+    int32_t n_used;    /* cells in use = next position */
+    void **k_cache;    /* [n_layer] -> [n_embd_kv, n_ctx] of cache_type */
+    void **v_cache;
+
+    /* activations for up to n_batch tokens, F32 [features, n_batch] */
+    float *x, *xn, *q, *k, *v, *attn, *proj, *gate, *up;
+    int32_t *tokens;   /* [n_batch] */
+    float *rope_cs;    /* [n_batch][head_dim/2][cos, sin] for positions rope_pos0.. */
+    int32_t rope_pos0;
+    void *work;        /* quantized activations / attention scratch */
+    size_t work_size;
+
+    hl_node *nodes;
+    int32_t n_nodes, max_nodes;
+};
+
+/* graph.c */
+hl_status hl_graph_build(hl_context *ctx, int32_t n_tokens, float *logits, int32_t all_logits);
+hl_status hl_graph_compute(hl_context *ctx);
+int32_t hl_graph_max_nodes(const hl_model *model);
+
+/* ops.c: runs one phase of a node on thread ith of nth. */
+int hl_op_phases(const hl_node *node);
+void hl_op_run(hl_context *ctx, const hl_node *node, int phase, int ith, int nth);
+size_t hl_mul_mat_work_size(const hl_tensor *w, int64_t n_tokens);
+/* Fills ctx->rope_cs for positions pos0 .. pos0 + n_tokens - 1. */
+void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens);
+
+#endif

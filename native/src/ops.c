@@ -1,0 +1,243 @@
+/*
+ * The graph's operations. Each op splits its rows among nth threads; ops with
+ * two phases (a mat-mul converting its activations first) are separated by a
+ * barrier that hl_graph_compute places between phases.
+ */
+#include <math.h>
+
+#include "core.h"
+#include "quants.h"
+
+#define ROW(t, i) ((char *)(t)->data + (size_t)(i) * (t)->row_bytes)
+
+/* [start, end) of n items for thread ith of nth. */
+static void split(int64_t n, int ith, int nth, int64_t *start, int64_t *end) {
+    int64_t chunk = (n + nth - 1) / nth;
+    *start = chunk * ith < n ? chunk * ith : n;
+    *end = *start + chunk < n ? *start + chunk : n;
+}
+
+static void op_get_rows(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    const hl_type_traits *tt = hl_get_type_traits(nd->src0.type);
+    int64_t t0, t1;
+    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        tt->to_float(ROW(&nd->src0, ctx->tokens[t]), (float *)ROW(&nd->dst, t), nd->dst.ne[0]);
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * w; the sum of squares in double, as llama.cpp. */
+static void op_rms_norm(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    const int64_t n = nd->src0.ne[0];
+    const float *w = nd->src1.data;
+    const float eps = ctx->model->hp.rms_eps;
+    int64_t t0, t1;
+    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = (const float *)ROW(&nd->src0, t);
+        float *y = (float *)ROW(&nd->dst, t);
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
+        const float scale = 1.0f / sqrtf((float)(sum / n) + eps);
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
+    }
+}
+
+size_t hl_mul_mat_work_size(const hl_tensor *w, int64_t n_tokens) {
+    int32_t vdt = hl_get_type_traits(w->type)->vec_dot_type;
+    return vdt == HL_TYPE_F32 ? 0 : hl_row_size(vdt, w->ne[0]) * (size_t)n_tokens;
+}
+
+/* Phase 0: activations -> vec_dot_type (rows split by token). */
+static void mul_mat_convert(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+    const int32_t vdt = hl_get_type_traits(nd->src0.type)->vec_dot_type;
+    const hl_type_traits *vt = hl_get_type_traits(vdt);
+    const int64_t n_in = nd->src0.ne[0];
+    const size_t stride = hl_row_size(vdt, n_in);
+    int64_t t0, t1;
+    split(nd->src1.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        vt->from_float((const float *)ROW(&nd->src1, t), (char *)ctx->work + t * stride, n_in);
+}
+
+/* Phase 1: dst[t][r] = W[r] . x[t] (+ bias[r]), weight rows split among threads. */
+static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+    const hl_type_traits *tt = hl_get_type_traits(nd->src0.type);
+    const int64_t n_in = nd->src0.ne[0], n_tok = nd->src1.ne[1];
+    const int is_f32 = tt->vec_dot_type == HL_TYPE_F32;
+    const char *act = is_f32 ? nd->src1.data : ctx->work;
+    const size_t act_stride = is_f32 ? nd->src1.row_bytes : hl_row_size(tt->vec_dot_type, n_in);
+    const float *bias = nd->src2.data;
+    int64_t r0, r1;
+    split(nd->src0.ne[1], ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        const void *w_row = ROW(&nd->src0, r);
+        for (int64_t t = 0; t < n_tok; t++) {
+            float s;
+            tt->vec_dot(n_in, &s, w_row, act + t * act_stride);
+            ((float *)ROW(&nd->dst, t))[r] = bias ? s + bias[r] : s;
+        }
+    }
+}
+
+/* Rotates each head of each token with the (cos, sin) table of hl_rope_table;
+ * NORM pairs (2i, 2i+1), NEOX pairs (i, i + head_dim/2). */
+static void op_rope(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    const int hd = ctx->model->hp.head_dim, half = hd / 2;
+    const int neox = ctx->model->hp.rope_mode == HL_ROPE_NEOX;
+    const int64_t n_heads = nd->src0.ne[0] / hd;
+    int64_t t0, t1;
+    split(nd->src0.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *cs = ctx->rope_cs + (size_t)(nd->pos0 - ctx->rope_pos0 + t) * hd; /* [half][cos, sin] */
+        float *row = (float *)ROW(&nd->src0, t);
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = row + h * hd;
+            for (int i = 0; i < half; i++) {
+                const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+                const float x0 = v[i0], x1 = v[i1], c = cs[2 * i], s = cs[2 * i + 1];
+                v[i0] = x0 * c - x1 * s;
+                v[i1] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens) {
+    const hl_model *m = ctx->model;
+    const int hd = m->hp.head_dim;
+    const float *freqs = m->rope_freqs.data;
+    ctx->rope_pos0 = pos0;
+    for (int32_t t = 0; t < n_tokens; t++) {
+        float *cs = ctx->rope_cs + (size_t)t * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            /* theta_i = p * base^(-2i/hd) / rope_freqs[i] * freq_scale, in double */
+            double theta = (double)(pos0 + t) * pow((double)m->hp.rope_freq_base, -2.0 * i / hd);
+            if (freqs) theta /= freqs[i];
+            theta *= m->hp.rope_freq_scale;
+            cs[2 * i] = (float)(cos(theta) * m->hp.rope_attn_factor);
+            cs[2 * i + 1] = (float)(sin(theta) * m->hp.rope_attn_factor);
+        }
+    }
+}
+
+static void store_row(int32_t type, void *dst, const float *src, int64_t n) {
+    if (type == HL_TYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = hl_fp32_to_fp16(src[i]);
+    }
+}
+
+static void op_store_kv(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    const int32_t type = ctx->params.cache_type;
+    const int64_t n = ctx->model->n_embd_kv;
+    const size_t cell_bytes = hl_row_size(type, n);
+    int64_t t0, t1;
+    split(nd->src0.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const size_t cell = (size_t)(nd->pos0 + t);
+        store_row(type, (char *)ctx->k_cache[nd->il] + cell * cell_bytes, (const float *)ROW(&nd->src0, t), n);
+        store_row(type, (char *)ctx->v_cache[nd->il] + cell * cell_bytes, (const float *)ROW(&nd->src1, t), n);
+    }
+}
+
+static float dot_cache(int32_t type, const float *q, const void *k, int n) {
+    float s = 0.0f;
+    if (type == HL_TYPE_F32) {
+        const float *kf = k;
+        for (int i = 0; i < n; i++) s += q[i] * kf[i];
+    } else {
+        const uint16_t *kh = k;
+        for (int i = 0; i < n; i++) s += q[i] * hl_fp16_to_fp32(kh[i]);
+    }
+    return s;
+}
+
+static void axpy_cache(int32_t type, float *out, float p, const void *v, int n) {
+    if (type == HL_TYPE_F32) {
+        const float *vf = v;
+        for (int i = 0; i < n; i++) out[i] += p * vf[i];
+    } else {
+        const uint16_t *vh = v;
+        for (int i = 0; i < n; i++) out[i] += p * hl_fp16_to_fp32(vh[i]);
+    }
+}
+
+/* One query head over cells 0..pos: causal softmax(q.k * scale) weighted sum of v. */
+static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, float *scores) {
+    const hl_model *m = ctx->model;
+    const int hd = m->hp.head_dim, g = h / (m->hp.n_head / m->hp.n_head_kv);
+    const int32_t type = ctx->params.cache_type;
+    const size_t cell_bytes = hl_row_size(type, m->n_embd_kv), head_off = hl_row_size(type, (int64_t)g * hd);
+    const char *kc = (const char *)ctx->k_cache[nd->il] + head_off;
+    const char *vc = (const char *)ctx->v_cache[nd->il] + head_off;
+    const float *q = (const float *)ROW(&nd->src0, t) + (size_t)h * hd;
+    float *out = (float *)ROW(&nd->dst, t) + (size_t)h * hd;
+    const int64_t n_kv = nd->pos0 + t + 1;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n_kv; j++) {
+        scores[j] = dot_cache(type, q, kc + j * cell_bytes, hd) * scale;
+        if (scores[j] > max) max = scores[j];
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < n_kv; j++) {
+        scores[j] = expf(scores[j] - max);
+        sum += scores[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int64_t j = 0; j < n_kv; j++) axpy_cache(type, out, scores[j] * inv, vc + j * cell_bytes, hd);
+}
+
+static void op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    const int n_head = ctx->model->hp.n_head;
+    float *scores = (float *)ctx->work + (size_t)ith * ctx->params.n_ctx;
+    int64_t w0, w1;
+    split(nd->src0.ne[1] * n_head, ith, nth, &w0, &w1);
+    for (int64_t w = w0; w < w1; w++) attend_head(ctx, nd, w / n_head, (int)(w % n_head), scores);
+}
+
+static void op_swiglu(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    int64_t t0, t1;
+    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *g = (const float *)ROW(&nd->src0, t), *u = (const float *)ROW(&nd->src1, t);
+        float *y = (float *)ROW(&nd->dst, t);
+        for (int64_t i = 0; i < nd->dst.ne[0]; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+static void op_add(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    int64_t t0, t1;
+    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *a = (const float *)ROW(&nd->src0, t), *b = (const float *)ROW(&nd->src1, t);
+        float *y = (float *)ROW(&nd->dst, t);
+        for (int64_t i = 0; i < nd->dst.ne[0]; i++) y[i] = a[i] + b[i];
+    }
+}
+
+static void op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    if (phase == 0 && hl_op_phases(nd) == 2) mul_mat_convert(ctx, nd, ith, nth);
+    else mul_mat_dot(ctx, nd, ith, nth);
+}
+
+typedef void (*op_fn)(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
+
+static const op_fn OPS[OP_COUNT] = {
+    [OP_GET_ROWS] = op_get_rows, [OP_RMS_NORM] = op_rms_norm, [OP_MUL_MAT] = op_mul_mat,
+    [OP_ROPE] = op_rope,         [OP_STORE_KV] = op_store_kv, [OP_ATTENTION] = op_attention,
+    [OP_SWIGLU] = op_swiglu,     [OP_ADD] = op_add,
+};
+
+int hl_op_phases(const hl_node *node) {
+    if (node->op != OP_MUL_MAT) return 1;
+    return hl_get_type_traits(node->src0.type)->vec_dot_type == HL_TYPE_F32 ? 1 : 2;
+}
+
+void hl_op_run(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    OPS[nd->op](ctx, nd, phase, ith, nth);
+}
