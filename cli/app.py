@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from . import __version__
 from .commands.run import run
 from .commands.tokenize import tokenize
 from .errors import HotLoraError
+
+# click's UsageError, from whichever click typer uses (recent typer vendors its own copy)
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(
     name="hotlora",
@@ -48,13 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="hotlora", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.UsageError as e:
+    except UsageError as e:
         _fail(e.format_message(), 2)
     except HotLoraError as e:
         _fail(str(e), 1)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         sys.stdout.write("\nInterrupted by user\n")
         sys.exit(130)
     except BrokenPipeError:

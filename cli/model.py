@@ -122,7 +122,7 @@ class Model:
         tokens = ffi.new("int32_t[]", ids)
         self._abort_flag[0] = 0
         start = time.perf_counter()
-        check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.from_buffer(out), int(all_logits)), "decode")
+        check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)), "decode")
         ms = (time.perf_counter() - start) * 1e3
         if len(ids) > 1:
             self.perf.prompt_ms += ms

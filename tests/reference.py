@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import gguf
 import numpy as np
@@ -251,10 +251,14 @@ def merge(model: RefModel, adapters: AdapterList) -> RefModel:
 # Forward pass
 # ----------------------------------------------------------------------------------------------------------
 
+ActQuant = Callable[[str, np.ndarray], np.ndarray]
+
+
 class _Lora:
     """Active LoRA terms: base name -> [(s, a, b), ...] in adapter order."""
 
-    def __init__(self, model: RefModel, adapters: AdapterList):
+    def __init__(self, model: RefModel, adapters: AdapterList, act_quant: ActQuant | None = None):
+        self.act_quant = act_quant
         self.terms: dict[str, list[tuple[float, np.ndarray, np.ndarray]]] = {}
         for adapter, user_scale in adapters:
             check_adapter(model, adapter)
@@ -275,8 +279,12 @@ def silu(z: np.ndarray) -> np.ndarray:
 
 
 def linear(model: RefModel, lora: _Lora, name: str, x: np.ndarray) -> np.ndarray:
-    """y = W x + Σ s·B(A x) + bias.  x (T, n_in) -> (T, n_out)."""
-    y = x @ model.weights[name].T                      # (T, n_out)
+    """y = W x + Σ s·B(A x) + bias.  x (T, n_in) -> (T, n_out).
+
+    With lora.act_quant set, W sees act_quant(name, x) (the engine's activation rounding).
+    """
+    xw = lora.act_quant(name, x) if lora.act_quant else x
+    y = xw @ model.weights[name].T                     # (T, n_out)
     for s, a, b in lora.get(name):
         y = y + s * ((x @ a.T) @ b.T)                  # (T, r) -> (T, n_out)
     bias = model.weights.get(name.removesuffix(".weight") + ".bias")
@@ -344,11 +352,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out.reshape(T, n_head * hd)
 
 
-def forward(model: RefModel, tokens: Sequence[int], adapters: AdapterList = ()) -> np.ndarray:
-    """Logits of every position for tokens at positions 0..T-1.  -> float64 (T, n_vocab)."""
+def forward(model: RefModel, tokens: Sequence[int], adapters: AdapterList = (),
+            act_quant: ActQuant | None = None) -> np.ndarray:
+    """Logits of every position for tokens at positions 0..T-1.  -> float64 (T, n_vocab).
+
+    act_quant(weight name, x) -> x', if given, replaces each weight product's input.
+    """
     hp = model.hparams
     w = model.weights
-    lora = _Lora(model, adapters)
+    lora = _Lora(model, adapters, act_quant)
     T = len(tokens)
     theta = rope_angles(model, np.arange(T, dtype=np.float64))  # (T, hd/2)
 

@@ -277,6 +277,12 @@ def test_min_p_matches_reference_sorted_and_unsorted(trial):
         assert set(ordered.ids.tolist()) == reference_min_p(logits.tolist(), p)
 
 
+def test_top_p_stops_when_sum_reaches_p_exactly():
+    equal = candidates([0.0, 0.0])  # p = 0.5, 0.5 exactly
+    apply_top_p(equal, F32(0.5))
+    assert equal.ids.tolist() == [0]
+
+
 def test_min_p_sorted_rule_stops_at_first_low_logit():
     cands = Candidates(np.arange(4), np.array([0.0, -5.0, 0.0, 0.0], dtype=F32), is_sorted=True)
     apply_min_p(cands, F32(0.5))

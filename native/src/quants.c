@@ -24,7 +24,7 @@ _Static_assert(sizeof(block_q4_1) == 20, "q4_1 size");
 _Static_assert(sizeof(block_q5_0) == 22, "q5_0 size");
 _Static_assert(sizeof(block_q5_1) == 24, "q5_1 size");
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0 size");
-_Static_assert(sizeof(block_q8_1) == 36, "q8_1 size");
+_Static_assert(sizeof(block_q8_1) == 40, "q8_1 size");
 _Static_assert(sizeof(block_q2_K) == 84, "q2_K size");
 _Static_assert(sizeof(block_q3_K) == 110, "q3_K size");
 _Static_assert(sizeof(block_q4_K) == 144, "q4_K size");
@@ -153,7 +153,7 @@ static void vec_dot_q4_1_q8_1_ref(int64_t n, float *s, const void *w, const void
     for (int64_t i = 0; i < n / QK; i++) {
         int sumi = 0;
         for (int e = 0; e < QK; e++) sumi += nibble(x[i].qs, e) * y[i].qs[e];
-        sum += (double)(H2F(x[i].d) * H2F(y[i].d)) * sumi + (double)(H2F(x[i].m) * H2F(y[i].s));
+        sum += (double)(H2F(x[i].d) * H2F(y[i].d)) * sumi + (double)(H2F(x[i].m) * y[i].s);
     }
     *s = (float)sum;
 }
@@ -179,7 +179,7 @@ static void vec_dot_q5_1_q8_1_ref(int64_t n, float *s, const void *w, const void
         const uint32_t qh = load_u32(x[i].qh);
         int sumi = 0;
         for (int e = 0; e < QK; e++) sumi += q5(x[i].qs, qh, e) * y[i].qs[e];
-        sum += (double)(H2F(x[i].d) * H2F(y[i].d)) * sumi + (double)(H2F(x[i].m) * H2F(y[i].s));
+        sum += (double)(H2F(x[i].d) * H2F(y[i].d)) * sumi + (double)(H2F(x[i].m) * y[i].s);
     }
     *s = (float)sum;
 }
@@ -226,7 +226,8 @@ void hl_quantize_row_q8_1_ref(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++) {
         const float d = quantize_block_q8(x + i * QK, y[i].qs, &sum);
         y[i].d = hl_fp32_to_fp16(d);
-        y[i].s = hl_fp32_to_fp16(d * (float)sum);
+        y[i].unused = 0;
+        y[i].s = hl_fp16_to_fp32(y[i].d) * (float)sum; /* exact: 11 + 12 significant bits */
     }
 }
 
@@ -285,7 +286,7 @@ static hl_type_traits traits_q8_K =
 static const char *simd_name = "scalar";
 static atomic_int init_state; /* 0 = not started, 1 = running, 2 = done */
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
 static void choose_avx2(void) {
     traits_f32.vec_dot = hl_vec_dot_f32_avx2;
     traits_f16.vec_dot = hl_vec_dot_f16_avx2;
@@ -308,7 +309,7 @@ static void choose_avx2(void) {
 #endif
 
 static void choose_kernels(void) {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {

@@ -50,7 +50,9 @@ typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;              /
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;  /* 22 B */
 typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1; /* 24 B */
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;                      /* 34 B */
-typedef struct { uint16_t d, s; int8_t qs[QK]; } block_q8_1;                   /* 36 B, s = half(d*sum(qs)) */
+/* Ours, not llama.cpp's 36-byte block: s = half(d) * sum(qs) kept exactly in a float, so the
+ * Q4_1/Q5_1 dots equal dequant(w) . dequant(a) up to float32 accumulation. */
+typedef struct { uint16_t d, unused; float s; int8_t qs[QK]; } block_q8_1;     /* 40 B */
 typedef struct {                                                               /* 84 B */
     uint8_t scales[QK_K / 16]; /* lo nibble: scale, hi nibble: min (per 16 elements) */
     uint8_t qs[QK_K / 4];      /* 2-bit quants */
@@ -121,8 +123,9 @@ void hl_vec_dot_q4_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a)
 void hl_vec_dot_q5_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
 void hl_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a);
 
-#if defined(__x86_64__)
-/* quants_avx2.c: AVX2+FMA+F16C kernels (call only when the CPU has them).
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+/* quants_avx2.c: AVX2+FMA+F16C kernels (call only when the CPU has them;
+ * -DHL_NO_SIMD compiles them out and keeps every kernel scalar).
  * The activation quantizers round half to even (vs. half away from zero in
  * the references), so a quant may differ by 1 only at an exact .5 tie. */
 void hl_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *a);

@@ -2,7 +2,8 @@
  * Per-type kernels, part 3: x86-64 AVX2 + FMA + F16C versions of the dot
  * products and activation quantizers. The project is compiled without -mavx2,
  * so every function carries a target attribute and hl_quants_init() installs
- * them only when cpuid reports all three extensions.
+ * them only when cpuid reports all three extensions. Building with
+ * -DHL_NO_SIMD leaves this file empty and every kernel scalar.
  *
  * Quantized dot products compute exactly the same integer block sums as the
  * references in quants.c / quants_kquants.c (int8 x uint8 products through
@@ -14,7 +15,7 @@
  * MXCSR) where the references round half away from zero (roundf); otherwise
  * they produce identical bytes (same d = amax/127, id = 1/d in float32).
  */
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
 #include <immintrin.h>
 #include <string.h>
@@ -200,7 +201,7 @@ void TARGET hl_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *w, const 
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
         const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_us8(nibbles_32(x[i].qs), qy)), acc);
-        summs += h2f(x[i].m) * h2f(y[i].s);
+        summs += h2f(x[i].m) * y[i].s;
     }
     *s = hsum_ps(acc) + summs;
 }
@@ -216,7 +217,7 @@ void TARGET hl_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *w, const 
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
         const __m256 d = _mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_us8(qx, qy)), acc);
-        summs += h2f(x[i].m) * h2f(y[i].s);
+        summs += h2f(x[i].m) * y[i].s;
     }
     *s = hsum_ps(acc) + summs;
 }
@@ -260,7 +261,8 @@ void TARGET hl_quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++) {
         const float d = quantize_block_q8_avx2(x + i * QK, y[i].qs, &sum);
         y[i].d = hl_fp32_to_fp16(d);
-        y[i].s = hl_fp32_to_fp16(d * (float)sum);
+        y[i].unused = 0;
+        y[i].s = hl_fp16_to_fp32(y[i].d) * (float)sum; /* exact, as the reference */
     }
 }
 
@@ -415,7 +417,7 @@ void TARGET hl_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const 
     const block_q6_K *x = w;
     const block_q8_K *y = a;
     const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
+    float sum = 0.0f;
     int16_t sc16[16];
     for (int64_t i = 0; i < n / QK_K; i++) {
         for (int sb = 0; sb < 16; sb++) sc16[sb] = x[i].scales[sb];
@@ -440,10 +442,13 @@ void TARGET hl_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const 
                 sumi = _mm256_add_epi32(sumi, dot_us8_scaled(u[c], q8, sc16[sb], sc16[sb + 1]));
             }
         }
-        const __m256i total = _mm256_sub_epi32(sumi, _mm256_setr_epi32(32 * offs, 0, 0, 0, 0, 0, 0, 0));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * y[i].d), _mm256_cvtepi32_ps(total), acc);
+        /* the integer total first: the -32 offset cancels most of the lane sums */
+        const int total = hsum_epi32(sumi) - 32 * offs;
+        sum += h2f(x[i].d) * y[i].d * (float)total;
     }
-    *s = hsum_ps(acc);
+    *s = sum;
 }
 
-#endif /* __x86_64__ */
+#else
+typedef int hl_quants_avx2_unused; /* ISO C wants a non-empty unit */
+#endif /* __x86_64__ && !HL_NO_SIMD */

@@ -1,0 +1,45 @@
+"""Activation quantisation as the CPU dot products see it (quants.md §3-§4), in numpy.
+
+A quantized weight is dotted against its input converted to Q8_0 (Q4_0, Q5_0,
+Q8_0 weights), Q8_1 (Q4_1, Q5_1) or Q8_K (K-quants). `roundtrip` returns the
+dequantised activation, so that a float64 reference using it reproduces what
+the engine computes up to float32 accumulation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATION_TYPE = {
+    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
+    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
+}
+
+
+def _q8_0(x: np.ndarray) -> np.ndarray:
+    """Blocks of 32: d = amax/127, q = round(x/d), d stored as f16.  x (..., n) float32."""
+    b = x.reshape(*x.shape[:-1], -1, 32).astype(np.float32)
+    d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), np.float32(0)).astype(np.float32)
+    q = np.rint(b * inv)
+    return (q * d.astype(np.float16).astype(np.float64)).reshape(x.shape)
+
+
+def _q8_k(x: np.ndarray) -> np.ndarray:
+    """Blocks of 256: m = the value of largest |x|; iscale = -127/m; q = min(127, rint(iscale x)); d = 1/iscale."""
+    b = x.reshape(*x.shape[:-1], -1, 256).astype(np.float32)
+    idx = np.abs(b).argmax(axis=-1)[..., None]
+    m = np.take_along_axis(b, idx, axis=-1)
+    safe = np.where(m == 0, np.float32(1), m)
+    iscale = (np.float32(-127) / safe).astype(np.float32)
+    q = np.minimum(127, np.rint(b * iscale))
+    d = np.where(m == 0, np.float32(0), (np.float32(1) / iscale).astype(np.float32))
+    return (q * d.astype(np.float64)).reshape(x.shape)
+
+
+def roundtrip(x: np.ndarray, weight_type: str) -> np.ndarray:
+    """x as the dot product of a weight of this type sees it (float64); unchanged for float weights."""
+    act = ACTIVATION_TYPE.get(weight_type)
+    if act is None:
+        return x
+    x32 = np.asarray(x, dtype=np.float32)
+    return _q8_k(x32) if act == "Q8_K" else _q8_0(x32)

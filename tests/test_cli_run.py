@@ -1,0 +1,103 @@
+"""`hotlora run` and `hotlora tokenize` end to end, in subprocesses as a user runs them."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from factory import TinySpec, write_tiny_model
+
+PERF_LINES = [
+    r"llama_perf_sampler_print:    sampling time = +[\d.]+ ms / +\d+ runs   \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)",
+    r"llama_perf_context_print:        load time = +[\d.]+ ms",
+    r"llama_perf_context_print: prompt eval time = +[\d.]+ ms / +\d+ tokens \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)",
+    r"llama_perf_context_print:        eval time = +[\d.]+ ms / +\d+ runs   \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)",
+    r"llama_perf_context_print:       total time = +[\d.]+ ms / +\d+ tokens",
+]
+JSON_TIMINGS = ["prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n", "predicted_ms",
+                "predicted_per_token_ms", "predicted_per_second", "load_ms", "sample_ms", "total_ms"]
+
+
+def hotlora(*args, stdin=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "hotlora", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("cli") / "tiny.gguf", TinySpec())
+
+
+def test_bundled_model_prints_text_and_the_five_perf_lines():
+    proc = hotlora("run", "-p", "Hello", "-n", "16", "-s", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Hello") and len(proc.stdout) > len("Hello\n\n")
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("llama_perf")]
+    assert len(lines) == 5
+    for pattern, line in zip(PERF_LINES, lines):
+        assert re.fullmatch(pattern, line), line
+    assert re.search(r"eval time = +[\d.]+ ms / +15 runs", proc.stderr)  # 16 sampled, the last is never evaluated
+
+
+def test_json_output_has_every_field(tiny):
+    proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "5", "--json", "-s", "3")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) >= {"model", "prompt_tokens", "tokens", "text", "timings"}
+    assert len(result["tokens"]) == 5 and result["prompt_tokens"][0] == 268  # BOS of the tiny vocab
+    assert set(result["timings"]) >= set(JSON_TIMINGS)
+    assert result["timings"]["predicted_n"] == 4 and result["timings"]["prompt_n"] == len(result["prompt_tokens"])
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(tiny):
+    def tokens(seed):
+        proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "24", "--json", "-s", seed, "--temp", "1.5",
+                       "--top-k", "0", "--min-p", "0")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["tokens"]
+    assert tokens(11) == tokens(11)
+    assert tokens(11) != tokens(12)
+
+
+def test_greedy_is_deterministic_and_matches_library(tiny):
+    import hotlora as hl
+    proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "8", "--json", "--temp", "0")
+    ours = json.loads(proc.stdout)["tokens"]
+    with hl.Model(tiny, n_ctx=64) as m:
+        expected = [t for t, _ in m.generate("hello", n_predict=8, temp=0.0)]
+    assert ours == expected
+
+
+def test_no_display_prompt_and_reverse_prompt(tiny):
+    proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "--no-display-prompt")
+    assert proc.returncode == 0 and not proc.stdout.startswith("hello")
+    first = json.loads(hotlora("run", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "--json").stdout)
+    stop_text = first["text"][:3]
+    if stop_text.strip():
+        proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "-r", stop_text, "--json")
+        assert json.loads(proc.stdout)["stop"] == "reverse_prompt"
+
+
+def test_interactive_reads_turns_and_exits_at_eof(tiny):
+    proc = hotlora("run", "-m", tiny, "-p", "hello", "-n", "3", "--temp", "0", "-i", stdin="more text\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("llama_perf_context_print:        eval time") == 1
+
+
+def test_tokenize_mirrors_llama_tokenize(tiny):
+    proc = hotlora("tokenize", "-m", tiny, "-p", "hello", "--ids")
+    assert proc.returncode == 0, proc.stderr
+    ids = json.loads(proc.stdout)
+    assert ids[0] == 268
+    pieces = hotlora("tokenize", "-m", tiny, "-p", "hello", "--no-bos")
+    assert re.match(r"^ +\d+ -> '.*'$", pieces.stdout.splitlines()[0])
+
+
+def test_help_from_module_and_console_script(tmp_path):
+    module = hotlora("run", "--help")
+    assert module.returncode == 0 and "--n-predict" in module.stdout
+    script = subprocess.run(["hotlora", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert script.returncode == 0 and "run" in script.stdout

@@ -1,0 +1,23 @@
+"""Seeded mutation campaign: corrupted GGUF files never crash, hang or raise anything but HotLoraError."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory import TinySpec, write_tiny_model
+
+N_CASES = 2000
+
+
+@pytest.mark.parametrize("weight_type", ["Q8_0"])
+def test_mutated_gguf_files_fail_cleanly(tmp_path, weight_type):
+    valid = write_tiny_model(tmp_path / "valid.gguf", TinySpec(n_embd=32, n_layer=1, n_ff=32, n_head=2,
+                                                             n_head_kv=1, weight_type=weight_type))
+    driver = Path(__file__).with_name("fuzz_gguf.py")
+    proc = subprocess.run([sys.executable, str(driver), str(valid), str(tmp_path), str(N_CASES), "1234"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    loaded, refused = map(int, re.search(r"cases ok: (\d+) loaded, (\d+) refused", proc.stdout).groups())
+    assert loaded >= N_CASES // 20 and refused >= N_CASES // 2, proc.stdout  # both paths exercised
