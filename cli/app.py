@@ -10,6 +10,7 @@ import sys
 import typer
 
 from . import __version__
+from .commands.bench import bench
 from .commands.run import run
 from .commands.tokenize import tokenize
 from .errors import HotLoraError
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.command("run")(run)
 app.command("tokenize")(tokenize)
+app.command("bench")(bench)
 
 
 def _print_version(value: bool) -> None:

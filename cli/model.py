@@ -92,6 +92,8 @@ class Model:
     n_layer = property(lambda self: self.hparams.n_layer)
     n_ctx = property(lambda self: self._n_ctx)
     n_batch = property(lambda self: self._n_batch)
+    weight_bytes = property(lambda self: sum(t.data.nbytes for t in self._file.tensors.values()))
+    """Bytes of all tensors in the file (what one decode step reads, up to the embedding table)."""
     n_past = property(lambda self: lib.hl_kv_used(self._live_ctx()))
     """Tokens in the KV cache (the position of the next token)."""
 

@@ -64,12 +64,12 @@ def read_fields(path: str | os.PathLike) -> dict[str, Field]:
         raise ModelFileError(f"{path}: not a valid GGUF file ({e})") from None
 
 
-def fields_from_reader(reader: GGUFReader, prefixes: tuple[str, ...] = ("tokenizer.", "general.")) -> dict[str, Field]:
-    """The key/value pairs of an open GGUFReader whose keys start with one of `prefixes`."""
+def fields_from_reader(reader: GGUFReader) -> dict[str, Field]:
+    """The `tokenizer.*` and `general.*` key/value pairs of an open GGUFReader."""
     return {
         name: _reader_field(field)
         for name, field in reader.fields.items()
-        if name.startswith(prefixes) and field.types
+        if name.startswith(("tokenizer.", "general.")) and field.types
     }
 
 
@@ -81,10 +81,12 @@ def _reader_field(field) -> Field:
                      else field.parts[-1].tolist()[0])
     item = field.types[1] if len(field.types) > 1 else None
     parts = [field.parts[i] for i in field.data]
+    if item is None:
+        return Field(kind, None, np.empty(0))
     if item == GGUFValueType.STRING:
         return Field(kind, item, [_decode(p.tobytes()) for p in parts])
     if item in _NUMPY_TYPES:
-        return Field(kind, item, np.concatenate(parts) if parts else np.empty(0, _NUMPY_TYPES[item]))
+        return Field(kind, item, np.concatenate(parts))
     return Field(kind, item, None)  # nested arrays: no tokenizer key uses them
 
 

@@ -18,6 +18,8 @@ def merge_symbols(symbols: list[str], priority: Priority) -> list[str]:
     """Merge `symbols` (one string per character) greedily; `priority(left, right)` is None for pairs that
     may not merge. Returns the final symbols in order."""
     n = len(symbols)
+    if n < 2:
+        return symbols
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
