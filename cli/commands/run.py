@@ -49,17 +49,33 @@ def _prompt_tokens(model: Model, text: str) -> list[int]:
     return ids
 
 
-def _interactive_turns(session: Session, out, n_predict: int, reverse_prompts: list[str], escape: bool) -> None:
-    """Reads a line per turn; EOF ends the run cleanly (unlike llama-cli, which loops forever)."""
+def _interactive_turns(session: Session, n_predict: int, reverse_prompts: list[str], escape: bool) -> None:
+    """Reads a line per turn; EOF ends the run cleanly (unlike llama-cli, which loops forever).
+
+    As llama-cli: a line of at most one character hands control back without adding
+    text, and the samplers are reset after each user turn.
+    """
     while True:
         line = sys.stdin.readline()
         if not line:
             return
         text = unescape(line) if escape else line
         if len(text) > 1:
+            session.sampler.reset()
             session.feed(session.model.tokenize(text, add_bos=False, special=False))
         session.generate(n_predict, reverse_prompts)
-        out.flush()
+
+
+def _close_counters(m: Model, sampler, total_start: float) -> None:
+    m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
+    m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
+
+
+def _report(m: Model, sampler, total_start: float) -> None:
+    """The five perf lines on stderr, after the text."""
+    _close_counters(m, sampler, total_start)
+    sys.stdout.flush()
+    sys.stderr.write(format_perf_report(m.perf))
 
 
 def run(
@@ -99,8 +115,7 @@ def run(
         ids = _prompt_tokens(m, text)
         sampler = m.sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                             repeat_last_n=repeat_last_n, ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF)
-        out = sys.stdout
-        stream = (lambda s: (out.write(s), out.flush())) if not as_json else (lambda s: None)
+        stream = _stream_to_stdout if not as_json else (lambda text: None)
         session = Session(m, sampler, stream)
         total_start = time.perf_counter()
         if not as_json and not no_display_prompt:
@@ -109,30 +124,25 @@ def run(
             session.feed(ids)
             turn = session.generate(n_predict, reverse_prompts)
             if interactive and not as_json:
-                _interactive_turns(session, out, n_predict, reverse_prompts, not no_escape)
+                _interactive_turns(session, n_predict, reverse_prompts, not no_escape)
         except KeyboardInterrupt:
-            _finish(m, sampler, total_start, interrupted=True)
+            sys.stdout.write("\n")
+            _report(m, sampler, total_start)
+            sys.stdout.write("Interrupted by user\n")
             raise typer.Exit(130)
-        m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
-        m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
         if as_json:
+            _close_counters(m, sampler, total_start)
             _print_json(m, ids, session, turn)
-        else:
-            if turn.stop == "eog" and not interactive:
-                out.write(" [end of text]\n")
-            out.write("\n\n")
-            out.flush()
-            sys.stderr.write(format_perf_report(m.perf))
+            return
+        if turn.stop == "eog" and not interactive:
+            sys.stdout.write(" [end of text]\n")
+        sys.stdout.write("\n\n")
+        _report(m, sampler, total_start)
 
 
-def _finish(m: Model, sampler, total_start: float, interrupted: bool) -> None:
-    m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
-    m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
-    sys.stdout.write("\n")
+def _stream_to_stdout(text: str) -> None:
+    sys.stdout.write(text)
     sys.stdout.flush()
-    sys.stderr.write(format_perf_report(m.perf))
-    if interrupted:
-        sys.stdout.write("Interrupted by user\n")
 
 
 def _print_json(m: Model, prompt_ids: list[int], session: Session, turn) -> None:
