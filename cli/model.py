@@ -10,9 +10,11 @@ from typing import Iterator
 import numpy as np
 
 from ._native import check, ffi, lib
+from .adapters import read_adapter_file
 from .errors import ContextFullError, HotLoraError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
+from .lora import Adapter
 from .sampling import Sampler, SamplerParams
 from .system import physical_cores
 from .timings import PerfCounters
@@ -36,9 +38,14 @@ class Model:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 seed: int | None = None, cache_type: str = "f16", n_batch: int = 512):
+                 seed: int | None = None, cache_type: str = "f16", n_batch: int = 512, lora_keep_cache: bool = False):
         start = time.perf_counter()
         self._model = self._ctx = None
+        self._loaded: list[Adapter] = []          # in load order
+        self._active: dict[Adapter, float] = {}   # the set, in application order
+        self._history: list[int] = []             # the tokens in the KV cache
+        self._next_adapter_id = 0
+        self.lora_keep_cache = lora_keep_cache
         self.path = Path(path) if path is not None else default_model_path()
         self._file = GGUFFile(self.path)
         self.tokenizer = Tokenizer.from_reader(self._file.reader, self.path)
@@ -70,6 +77,11 @@ class Model:
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
+        if self._ctx is not None:
+            lib.hl_context_set_adapters(self._ctx, ffi.NULL, ffi.NULL, 0)
+        for adapter in self._loaded:
+            adapter.free()
+        self._loaded, self._active = [], {}
         if self._ctx is not None:
             lib.hl_context_free(self._ctx)
             self._ctx = None
@@ -113,6 +125,7 @@ class Model:
     def reset(self) -> None:
         """Empties the KV cache."""
         check(lib.hl_kv_keep(self._live_ctx(), 0), "reset")
+        self._history = []
 
     def abort(self) -> None:
         """Stops a running evaluation between graph nodes (safe from another thread)."""
@@ -125,6 +138,7 @@ class Model:
         self._abort_flag[0] = 0
         start = time.perf_counter()
         check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)), "decode")
+        self._history.extend(ids)
         ms = (time.perf_counter() - start) * 1e3
         if len(ids) > 1:
             self.perf.prompt_ms += ms
@@ -138,9 +152,21 @@ class Model:
         if self.n_past + n > self.n_ctx:
             raise ContextFullError(f"{n} tokens do not fit in the context: {self.n_past} of {self.n_ctx} cells used")
 
+    def _recompute_stale(self) -> None:
+        """Re-evaluates the cached tokens computed under another adapter set (unless lora_keep_cache)."""
+        stale = lib.hl_kv_first_stale(self._live_ctx())
+        if self.lora_keep_cache or stale >= self.n_past:
+            return
+        redo = self._history[stale:]
+        check(lib.hl_kv_keep(self._ctx, stale), "recompute")
+        del self._history[stale:]
+        for i in range(0, len(redo), self.n_batch):
+            self._decode(redo[i:i + self.n_batch], False)
+
     def eval(self, ids) -> np.ndarray:
         """Logits of every token [len(ids), n_vocab] (float32), appended after the cached tokens."""
         ids = [int(t) for t in ids]
+        self._recompute_stale()
         self._check_room(len(ids))
         chunks = [self._decode(ids[i:i + self.n_batch], True) for i in range(0, len(ids), self.n_batch)]
         return np.concatenate(chunks) if chunks else np.empty((0, self.n_vocab), np.float32)
@@ -150,11 +176,57 @@ class Model:
         ids = [int(t) for t in ids]
         if not ids:
             raise HotLoraError("eval_last needs at least one token")
+        self._recompute_stale()
         self._check_room(len(ids))
         logits = None
         for i in range(0, len(ids), self.n_batch):
             logits = self._decode(ids[i:i + self.n_batch], False)
         return logits[0]
+
+    # ---- adapters ---------------------------------------------------------------------------------
+    def load_adapter(self, path: str | os.PathLike) -> Adapter:
+        """Loads a GGUF or ggla LoRA adapter for this model (inactive until set_adapters)."""
+        start = time.perf_counter()
+        file = read_adapter_file(path, self.hparams.arch, self.n_layer)
+        adapter = Adapter(self._next_adapter_id, file, self._model)
+        self._next_adapter_id += 1
+        self._loaded.append(adapter)
+        self.perf.load_ms += (time.perf_counter() - start) * 1e3
+        return adapter
+
+    def set_adapters(self, scales: dict[Adapter, float]) -> None:
+        """Makes exactly these adapters active, applied in this order; {} means none.
+
+        Takes effect at the next evaluated token; cached tokens computed under another
+        set are re-evaluated first unless lora_keep_cache is set. Base weights stay put.
+        """
+        for adapter, scale in scales.items():
+            if adapter not in self._loaded:
+                raise HotLoraError(f"adapter {adapter!r} is not loaded in this model")
+            if not np.isfinite(scale):
+                raise HotLoraError(f"adapter {adapter.id}: scale {scale} is not finite")
+        handles = ffi.new("hl_adapter *[]", [a.handle for a in scales] or [ffi.NULL])
+        values = ffi.new("float[]", [float(s) for s in scales.values()] or [0.0])
+        check(lib.hl_context_set_adapters(self._live_ctx(), handles, values, len(scales)), "set_adapters")
+        self._active = {a: float(s) for a, s in scales.items()}
+
+    def unload_adapter(self, adapter: Adapter) -> None:
+        """Deactivates (if active) and frees an adapter."""
+        if adapter not in self._loaded:
+            raise HotLoraError(f"adapter {adapter!r} is not loaded in this model")
+        if adapter in self._active:
+            self.set_adapters({a: s for a, s in self._active.items() if a is not adapter})
+        adapter.free()
+        self._loaded.remove(adapter)
+
+    @property
+    def adapters(self) -> dict[Adapter, float]:
+        """The active set with its scales, in application order."""
+        return dict(self._active)
+
+    @property
+    def loaded_adapters(self) -> list[Adapter]:
+        return list(self._loaded)
 
     # ---- generation -------------------------------------------------------------------------------
     def sampler(self, **sampling) -> Sampler:

@@ -87,8 +87,37 @@ typedef struct {
     int32_t cache_type; /* HL_TYPE_F16 or HL_TYPE_F32 */
 } hl_context_params;
 
+/* Where a LoRA pair applies. Layer targets are per block; the others are global. */
+typedef enum {
+    HL_LORA_ATTN_Q = 0,
+    HL_LORA_ATTN_K = 1,
+    HL_LORA_ATTN_V = 2,
+    HL_LORA_ATTN_OUTPUT = 3,
+    HL_LORA_FFN_GATE = 4,
+    HL_LORA_FFN_UP = 5,
+    HL_LORA_FFN_DOWN = 6,
+    HL_LORA_LAYER_TARGETS = 7,
+    HL_LORA_TOKEN_EMBD = 100, /* row lookup: x += s * B . a[id] */
+    HL_LORA_OUTPUT = 101      /* output head (token_embd's weights on a tied model) */
+} hl_lora_target;
+
+/* One adapted projection: y = W.x + user_scale * scale * B.(A.x). */
+typedef struct {
+    int32_t target;   /* hl_lora_target */
+    int32_t layer;    /* block index for layer targets, else ignored */
+    hl_tensor_view a; /* [n_in, r]; token_embd: [r, n_vocab] */
+    hl_tensor_view b; /* [r, n_out]; token_embd: [r, n_embd] */
+    float scale;      /* alpha / r, or 1 without alpha */
+} hl_lora_pair;
+
+typedef struct {
+    int32_t n_pairs;
+    const hl_lora_pair *pairs; /* copied by hl_adapter_create; tensor data is not */
+} hl_adapter_desc;
+
 typedef struct hl_model hl_model;
 typedef struct hl_context hl_context;
+typedef struct hl_adapter hl_adapter;
 
 /* Message of the last failed call on this thread ("" if none). */
 const char *hl_last_error(void);
@@ -101,6 +130,16 @@ void hl_model_free(hl_model *model);
 hl_status hl_context_create(hl_model *model, const hl_context_params *params, hl_context **out);
 void hl_context_free(hl_context *ctx);
 
+/* Checks every pair against the model (target, layer, shapes, types). */
+hl_status hl_adapter_create(const hl_model *model, const hl_adapter_desc *desc, hl_adapter **out);
+/* The caller removes the adapter from every context's active set first. */
+void hl_adapter_free(hl_adapter *adapter);
+/*
+ * Makes these adapters active from the next decode, applied in this order;
+ * entries with scale 0 are skipped (they cost nothing). n = 0 means none.
+ */
+hl_status hl_context_set_adapters(hl_context *ctx, hl_adapter *const *adapters, const float *scales, int32_t n);
+
 /*
  * Appends n_tokens tokens (1..n_batch) at the next cache cells and computes them.
  * logits: caller buffer of n_vocab floats (last token only) or n_tokens*n_vocab
@@ -110,10 +149,19 @@ hl_status hl_decode(hl_context *ctx, const int32_t *tokens, int32_t n_tokens,
                     float *logits, int32_t all_logits);
 /* Number of cache cells in use (= position of the next token). */
 int32_t hl_kv_used(const hl_context *ctx);
+/* First cache cell computed under another adapter set than the active one (hl_kv_used() if none). */
+int32_t hl_kv_first_stale(const hl_context *ctx);
 /* Keeps the first n cells and drops the rest (0 clears the cache). */
 hl_status hl_kv_keep(hl_context *ctx, int32_t n);
 /* While *flag != 0, compute stops between graph nodes with HL_ERR_ABORTED. */
 void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
+
+/*
+ * Writes the graph of one decode of n_tokens (layer >= 0: that block only; -1: all)
+ * as Graphviz DOT into buf (cap bytes, NUL-terminated); *needed gets the full
+ * length + 1. LoRA nodes carry the attribute lora=1. Nothing is computed.
+ */
+hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
 
 /* Kernels, exposed for tests and tools. */
 /* Bytes of one row of n elements of type (0 if type unknown or n not a multiple of the block). */

@@ -7,7 +7,7 @@
 #include "core.h"
 #include "quants.h"
 
-static hl_status check_params(const hl_model *m, const hl_context_params *p) {
+static hl_status check_params(const hl_context_params *p) {
     if (p->n_ctx < 1 || p->n_batch < 1 || p->n_threads < 1)
         return hl_fail(HL_ERR_INVALID, "n_ctx (%d), n_batch (%d) and n_threads (%d) must be positive",
                        p->n_ctx, p->n_batch, p->n_threads);
@@ -15,21 +15,6 @@ static hl_status check_params(const hl_model *m, const hl_context_params *p) {
     if (p->cache_type != HL_TYPE_F16 && p->cache_type != HL_TYPE_F32)
         return hl_fail(HL_ERR_UNSUPPORTED, "KV cache type %d is not supported (use F16 or F32)", p->cache_type);
     return HL_OK;
-}
-
-/* Largest work buffer any node needs: converted activations or attention scores. */
-static size_t work_size(const hl_model *m, const hl_context_params *p) {
-    size_t size = (size_t)p->n_threads * (size_t)p->n_ctx * sizeof(float);
-    if (hl_mul_mat_work_size(&m->output, p->n_batch) > size) size = hl_mul_mat_work_size(&m->output, p->n_batch);
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        const hl_layer *L = &m->layers[il];
-        const hl_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-            size_t s = hl_mul_mat_work_size(ws[i], p->n_batch);
-            if (s > size) size = s;
-        }
-    }
-    return size;
 }
 
 static void *alloc_floats(int64_t n, int64_t n_tokens) { return malloc((size_t)n * (size_t)n_tokens * sizeof(float)); }
@@ -57,12 +42,11 @@ static hl_status alloc_buffers(hl_context *c) {
     c->up = alloc_floats(m->hp.n_ff, B);
     c->rope_cs = alloc_floats(m->hp.head_dim, B);
     c->tokens = malloc((size_t)B * sizeof(int32_t));
-    c->work_size = work_size(m, &c->params);
-    c->work = malloc(c->work_size);
+    c->cell_sig = calloc((size_t)c->params.n_ctx, sizeof(uint64_t));
     c->max_nodes = hl_graph_max_nodes(m);
     c->nodes = calloc((size_t)c->max_nodes, sizeof(hl_node));
     if (!c->x || !c->xn || !c->proj || !c->q || !c->attn || !c->k || !c->v || !c->gate || !c->up ||
-        !c->rope_cs || !c->tokens || !c->work || !c->nodes)
+        !c->rope_cs || !c->tokens || !c->cell_sig || !c->nodes)
         return HL_ERR_NOMEM;
     return HL_OK;
 }
@@ -70,7 +54,7 @@ static hl_status alloc_buffers(hl_context *c) {
 hl_status hl_context_create(hl_model *model, const hl_context_params *params, hl_context **out) {
     if (!model || !params || !out) return hl_fail(HL_ERR_INVALID, "hl_context_create: NULL argument");
     *out = NULL;
-    hl_status st = check_params(model, params);
+    hl_status st = check_params(params);
     if (st != HL_OK) return st;
     hl_context *c = calloc(1, sizeof *c);
     if (!c) return hl_fail(HL_ERR_NOMEM, "out of memory for a context");
@@ -99,8 +83,9 @@ void hl_context_free(hl_context *c) {
     }
     free(c->k_cache);
     free(c->v_cache);
-    void *bufs[] = {c->x, c->xn, c->proj, c->q, c->attn, c->k, c->v, c->gate, c->up, c->rope_cs,
-                    c->tokens, c->work, c->nodes};
+    void *bufs[] = {c->x,      c->xn,     c->proj,     c->q,     c->attn,   c->k,      c->v,     c->gate,
+                    c->up,     c->rope_cs, c->tokens,  c->work,  c->nodes,  c->cell_sig, c->active, c->terms,
+                    c->lora_t};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(c);
 }
@@ -120,12 +105,22 @@ hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, floa
         c->tokens[i] = tokens[i];
     }
     hl_status st = hl_graph_build(c, n_tokens, logits, all_logits);
+    if (st == HL_OK) st = hl_graph_plan(c);
     if (st == HL_OK) st = hl_graph_compute(c);
-    if (st == HL_OK) c->n_used += n_tokens;
-    return st;
+    if (st != HL_OK) return st;
+    for (int32_t i = 0; i < n_tokens; i++) c->cell_sig[c->n_used + i] = c->set_sig;
+    c->n_used += n_tokens;
+    return HL_OK;
 }
 
 int32_t hl_kv_used(const hl_context *c) { return c ? c->n_used : 0; }
+
+int32_t hl_kv_first_stale(const hl_context *c) {
+    if (!c) return 0;
+    int32_t i = 0;
+    while (i < c->n_used && c->cell_sig[i] == c->set_sig) i++;
+    return i;
+}
 
 hl_status hl_kv_keep(hl_context *c, int32_t n) {
     if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_keep: NULL context");

@@ -21,6 +21,33 @@ typedef struct {
     hl_tensor ffn_norm, w_gate, w_up, w_down, b_gate, b_up, b_down;
 } hl_layer;
 
+/* One LoRA pair as the graph uses it; a.data == NULL means absent. */
+typedef struct {
+    hl_tensor a;  /* [n_in, r]; token_embd: [r, n_vocab] */
+    hl_tensor b;  /* [r, n_out]; token_embd: [r, n_embd] */
+    int32_t rank;
+    float scale;  /* alpha / r (or 1) */
+} hl_lora;
+
+struct hl_adapter {
+    uint64_t serial;      /* unique per adapter ever created: identifies it in cache signatures */
+    const hl_model *model;
+    hl_lora *layers;      /* [n_layer][HL_LORA_LAYER_TARGETS] */
+    hl_lora token_embd, output;
+};
+
+typedef struct {
+    const hl_adapter *adapter;
+    float scale;          /* user scale, never 0 */
+} hl_active_adapter;
+
+/* One adapter's term at one node: t = A.x, then y += scale * B.t. */
+typedef struct {
+    const hl_lora *lora;
+    float scale;          /* user scale * lora->scale */
+    float *t;             /* [rank, n_tokens] */
+} hl_lora_term;
+
 struct hl_model {
     hl_model_desc hp;      /* hyper-parameters; its tensor views are not used after create */
     int32_t n_embd_kv;     /* head_dim * n_head_kv */
@@ -41,6 +68,7 @@ typedef enum {
     OP_ATTENTION, /* dst = softmax(q K^T * scale) V over cells 0..pos */
     OP_SWIGLU,    /* dst = silu(src0) * src1 */
     OP_ADD,       /* dst = src0 + src1 */
+    OP_LORA_A,    /* terms[i].t = terms[i].lora->a . src1, for every term */
     OP_COUNT
 } hl_op;
 
@@ -49,7 +77,9 @@ typedef struct {
     int32_t il;    /* layer index, -1 outside the layers */
     int32_t pos0;  /* position of the first row (rope, attention) */
     hl_tensor dst, src0, src1, src2;
-    char name[32]; /* e.g. "blk.0.attn_q" */
+    hl_lora_term *terms; /* mat-mul / get-rows: B terms to add; lora-a: A terms to compute */
+    int32_t n_terms;
+    char name[32];       /* e.g. "blk.0.attn_q" */
 } hl_node;
 
 struct hl_context {
@@ -60,6 +90,15 @@ struct hl_context {
     atomic_int abort_at; /* index of the node after which compute stops */
 
     int32_t n_used;    /* cells in use = next position */
+    uint64_t *cell_sig;  /* [n_ctx] adapter-set signature each cell was computed under */
+
+    hl_active_adapter *active; /* the adapter set, in application order */
+    int32_t n_active;
+    uint64_t set_sig;    /* signature of the active set; 0 = no adapter */
+    hl_lora_term *terms; /* storage for the graph's terms */
+    int32_t n_terms, max_terms;
+    float *lora_t;       /* storage for the terms' t */
+    size_t lora_t_used, lora_t_floats;
     void **k_cache;    /* [n_layer] -> [n_embd_kv, n_ctx] of cache_type */
     void **v_cache;
 
@@ -77,6 +116,8 @@ struct hl_context {
 
 /* graph.c */
 hl_status hl_graph_build(hl_context *ctx, int32_t n_tokens, float *logits, int32_t all_logits);
+/* Grows ctx->work to the largest need of any node of the built graph. */
+hl_status hl_graph_plan(hl_context *ctx);
 hl_status hl_graph_compute(hl_context *ctx);
 int32_t hl_graph_max_nodes(const hl_model *model);
 
@@ -84,6 +125,8 @@ int32_t hl_graph_max_nodes(const hl_model *model);
 int hl_op_phases(const hl_node *node);
 void hl_op_run(hl_context *ctx, const hl_node *node, int phase, int ith, int nth);
 size_t hl_mul_mat_work_size(const hl_tensor *w, int64_t n_tokens);
+/* Work bytes a node needs with nth threads (mat-mul with terms, lora-a, get-rows with terms). */
+size_t hl_node_work_size(const hl_node *node, int nth);
 /* Fills ctx->rope_cs for positions pos0 .. pos0 + n_tokens - 1. */
 void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens);
 

@@ -1,9 +1,17 @@
 /*
  * The compute graph: hl_graph_build writes a flat node list for one batch of
- * T tokens; hl_graph_compute runs it on the thread pool with a barrier after
- * every node phase, checking the abort flag between nodes.
+ * T tokens; hl_graph_plan sizes the work buffer; hl_graph_compute runs the
+ * nodes on the thread pool with a barrier after every node phase, checking
+ * the abort flag between nodes.
+ *
+ * LoRA: a projection with active adapter terms becomes mul_mat_lora, i.e. an
+ * OP_LORA_A node computing every term's t = A.x (q, k and v share one such
+ * node, as do gate and up), then the mat-mul adding s * B.t row by row. A
+ * projection without terms is the plain mat-mul, so no adapter, or only
+ * adapters at scale 0, gives exactly the base graph.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "core.h"
 
@@ -28,47 +36,96 @@ static hl_node *add_node(hl_context *ctx, hl_op op, int32_t il, const char *name
     return nd;
 }
 
-static void add_mul_mat(hl_context *ctx, int32_t il, const char *name, hl_tensor dst, hl_tensor w,
-                        hl_tensor x, hl_tensor bias) {
-    add_node(ctx, OP_MUL_MAT, il, name, dst, w, x)->src2 = bias;
+/* A group of consecutive terms in ctx->terms. */
+typedef struct {
+    hl_lora_term *first;
+    int32_t n;
+} term_span;
+
+/* The active adapters' terms for one projection, in set order, each with its t [rank, T]. */
+static term_span collect_terms(hl_context *ctx, int32_t il, int32_t target, int32_t T) {
+    term_span span = {ctx->terms + ctx->n_terms, 0};
+    for (int32_t i = 0; i < ctx->n_active; i++) {
+        const hl_adapter *ad = ctx->active[i].adapter;
+        const hl_lora *lora = target == HL_LORA_TOKEN_EMBD ? &ad->token_embd
+                              : target == HL_LORA_OUTPUT   ? &ad->output
+                                                           : &ad->layers[il * HL_LORA_LAYER_TARGETS + target];
+        if (!lora->a.data) continue;
+        ctx->terms[ctx->n_terms++] = (hl_lora_term){lora, ctx->active[i].scale * lora->scale,
+                                                    ctx->lora_t + ctx->lora_t_used};
+        ctx->lora_t_used += (size_t)lora->rank * (size_t)T;
+        span.n++;
+    }
+    return span;
 }
 
-int32_t hl_graph_max_nodes(const hl_model *model) { return 16 * model->hp.n_layer + 4; }
+/* Terms of several projections sharing input x; one OP_LORA_A node computes all their t. */
+static void add_lora_a(hl_context *ctx, int32_t il, const char *name, hl_tensor x, term_span *spans, int n) {
+    term_span all = {spans[0].first, 0};
+    for (int i = 0; i < n; i++) all.n += spans[i].n;
+    if (all.n == 0) return;
+    hl_node *nd = add_node(ctx, OP_LORA_A, il, name, (hl_tensor){0}, (hl_tensor){0}, x);
+    nd->terms = all.first;
+    nd->n_terms = all.n;
+}
 
-/*
- * One LLaMA block for T tokens at positions pos0..; x [n_embd, T] in place.
- * In the last layer only the last n_out tokens continue past the KV store.
- */
-static void build_layer(hl_context *ctx, int32_t il, int32_t T, int32_t pos0, int32_t n_out) {
+static void add_mul_mat(hl_context *ctx, int32_t il, const char *name, hl_tensor dst, hl_tensor w,
+                        hl_tensor x, hl_tensor bias, term_span terms) {
+    hl_node *nd = add_node(ctx, OP_MUL_MAT, il, name, dst, w, x);
+    nd->src2 = bias;
+    nd->terms = terms.n ? terms.first : NULL;
+    nd->n_terms = terms.n;
+}
+
+int32_t hl_graph_max_nodes(const hl_model *model) { return 20 * model->hp.n_layer + 6; }
+
+/* Self-attention half of a block: x [n_embd, T] += attn(...); later tokens only past the KV store. */
+static void build_attention(hl_context *ctx, int32_t il, int32_t T, int32_t pos0, int32_t n_out) {
     const hl_model *m = ctx->model;
     const hl_layer *L = &m->layers[il];
-    const int64_t n_embd = m->hp.n_embd, n_ff = m->hp.n_ff;
-    hl_tensor x = act(ctx->x, n_embd, T), xn = act(ctx->xn, n_embd, T);
-    hl_tensor q = act(ctx->q, m->n_q, T);            /* [head_dim*n_head, T] */
-    hl_tensor k = act(ctx->k, m->n_embd_kv, T);      /* [head_dim*n_head_kv, T] */
+    hl_tensor x = act(ctx->x, m->hp.n_embd, T), xn = act(ctx->xn, m->hp.n_embd, T);
+    hl_tensor q = act(ctx->q, m->n_q, T);       /* [head_dim*n_head, T] */
+    hl_tensor k = act(ctx->k, m->n_embd_kv, T); /* [head_dim*n_head_kv, T] */
     hl_tensor v = act(ctx->v, m->n_embd_kv, T);
 
     add_node(ctx, OP_RMS_NORM, il, "attn_norm", xn, x, L->attn_norm);
-    add_mul_mat(ctx, il, "attn_q", q, L->wq, xn, L->bq);
-    add_mul_mat(ctx, il, "attn_k", k, L->wk, xn, L->bk);
-    add_mul_mat(ctx, il, "attn_v", v, L->wv, xn, L->bv);
+    term_span qkv[3] = {collect_terms(ctx, il, HL_LORA_ATTN_Q, T), collect_terms(ctx, il, HL_LORA_ATTN_K, T),
+                        collect_terms(ctx, il, HL_LORA_ATTN_V, T)};
+    add_lora_a(ctx, il, "lora_a.qkv", xn, qkv, 3);
+    add_mul_mat(ctx, il, "attn_q", q, L->wq, xn, L->bq, qkv[0]);
+    add_mul_mat(ctx, il, "attn_k", k, L->wk, xn, L->bk, qkv[1]);
+    add_mul_mat(ctx, il, "attn_v", v, L->wv, xn, L->bv, qkv[2]);
     add_node(ctx, OP_ROPE, il, "rope_q", q, q, (hl_tensor){0})->pos0 = pos0;
     add_node(ctx, OP_ROPE, il, "rope_k", k, k, (hl_tensor){0})->pos0 = pos0;
     add_node(ctx, OP_STORE_KV, il, "kv_store", (hl_tensor){0}, k, v)->pos0 = pos0;
 
-    const int32_t first = T - n_out; /* tokens before it need no more work here */
-    hl_tensor attn = act(ctx->attn, m->n_q, n_out), proj = act(ctx->proj, n_embd, n_out);
-    hl_tensor xo = rows(x, first, n_out), xno = act(ctx->xn, n_embd, n_out);
-    hl_tensor gate = act(ctx->gate, n_ff, n_out), up = act(ctx->up, n_ff, n_out);
-
+    const int32_t first = T - n_out;
+    hl_tensor attn = act(ctx->attn, m->n_q, n_out), proj = act(ctx->proj, m->hp.n_embd, n_out);
+    hl_tensor xo = rows(x, first, n_out);
     add_node(ctx, OP_ATTENTION, il, "attention", attn, rows(q, first, n_out), (hl_tensor){0})->pos0 = pos0 + first;
-    add_mul_mat(ctx, il, "attn_output", proj, L->wo, attn, L->bo);
+    term_span o = collect_terms(ctx, il, HL_LORA_ATTN_OUTPUT, n_out);
+    add_lora_a(ctx, il, "lora_a.attn_output", attn, &o, 1);
+    add_mul_mat(ctx, il, "attn_output", proj, L->wo, attn, L->bo, o);
     add_node(ctx, OP_ADD, il, "attn_residual", xo, xo, proj);
+}
+
+/* SwiGLU feed-forward half of a block on the last n_out tokens: x += down(silu(gate) * up). */
+static void build_ffn(hl_context *ctx, int32_t il, int32_t T, int32_t n_out) {
+    const hl_model *m = ctx->model;
+    const hl_layer *L = &m->layers[il];
+    hl_tensor xo = rows(act(ctx->x, m->hp.n_embd, T), T - n_out, n_out), xno = act(ctx->xn, m->hp.n_embd, n_out);
+    hl_tensor gate = act(ctx->gate, m->hp.n_ff, n_out), up = act(ctx->up, m->hp.n_ff, n_out);
+    hl_tensor proj = act(ctx->proj, m->hp.n_embd, n_out);
+
     add_node(ctx, OP_RMS_NORM, il, "ffn_norm", xno, xo, L->ffn_norm);
-    add_mul_mat(ctx, il, "ffn_gate", gate, L->w_gate, xno, L->b_gate);
-    add_mul_mat(ctx, il, "ffn_up", up, L->w_up, xno, L->b_up);
+    term_span gu[2] = {collect_terms(ctx, il, HL_LORA_FFN_GATE, n_out), collect_terms(ctx, il, HL_LORA_FFN_UP, n_out)};
+    add_lora_a(ctx, il, "lora_a.gate_up", xno, gu, 2);
+    add_mul_mat(ctx, il, "ffn_gate", gate, L->w_gate, xno, L->b_gate, gu[0]);
+    add_mul_mat(ctx, il, "ffn_up", up, L->w_up, xno, L->b_up, gu[1]);
     add_node(ctx, OP_SWIGLU, il, "swiglu", gate, gate, up);
-    add_mul_mat(ctx, il, "ffn_down", proj, L->w_down, gate, L->b_down);
+    term_span down = collect_terms(ctx, il, HL_LORA_FFN_DOWN, n_out);
+    add_lora_a(ctx, il, "lora_a.ffn_down", gate, &down, 1);
+    add_mul_mat(ctx, il, "ffn_down", proj, L->w_down, gate, L->b_down, down);
     add_node(ctx, OP_ADD, il, "ffn_residual", xo, xo, proj);
 }
 
@@ -76,17 +133,41 @@ hl_status hl_graph_build(hl_context *ctx, int32_t T, float *logits, int32_t all_
     const hl_model *m = ctx->model;
     const int32_t pos0 = ctx->n_used, n_out = all_logits ? T : 1;
     const int64_t n_embd = m->hp.n_embd;
-    ctx->n_nodes = 0;
+    ctx->n_nodes = ctx->n_terms = 0;
+    ctx->lora_t_used = 0;
     hl_rope_table(ctx, pos0, T);
 
-    add_node(ctx, OP_GET_ROWS, -1, "token_embd", act(ctx->x, n_embd, T), m->token_embd, (hl_tensor){0});
-    for (int32_t il = 0; il < m->hp.n_layer; il++)
-        build_layer(ctx, il, T, pos0, il == m->hp.n_layer - 1 ? n_out : T);
-
+    hl_node *embd = add_node(ctx, OP_GET_ROWS, -1, "token_embd", act(ctx->x, n_embd, T), m->token_embd, (hl_tensor){0});
+    term_span e = collect_terms(ctx, -1, HL_LORA_TOKEN_EMBD, T);
+    embd->terms = e.n ? e.first : NULL;
+    embd->n_terms = e.n;
+    for (int32_t il = 0; il < m->hp.n_layer; il++) {
+        const int32_t layer_out = il == m->hp.n_layer - 1 ? n_out : T; /* last layer: wanted rows only */
+        build_attention(ctx, il, T, pos0, layer_out);
+        build_ffn(ctx, il, T, layer_out);
+    }
     hl_tensor xo = rows(act(ctx->x, n_embd, T), T - n_out, n_out), xno = act(ctx->xn, n_embd, n_out);
     add_node(ctx, OP_RMS_NORM, -1, "output_norm", xno, xo, m->output_norm);
-    add_mul_mat(ctx, -1, "output", act(logits, m->hp.n_vocab, n_out), m->output, xno, (hl_tensor){0});
-    return ctx->n_nodes <= ctx->max_nodes ? HL_OK : hl_fail(HL_ERR_INVALID, "graph overflow");
+    term_span out = collect_terms(ctx, -1, HL_LORA_OUTPUT, n_out);
+    add_lora_a(ctx, -1, "lora_a.output", xno, &out, 1);
+    add_mul_mat(ctx, -1, "output", act(logits, m->hp.n_vocab, n_out), m->output, xno, (hl_tensor){0}, out);
+    if (ctx->n_nodes > ctx->max_nodes || ctx->n_terms > ctx->max_terms || ctx->lora_t_used > ctx->lora_t_floats)
+        return hl_fail(HL_ERR_INVALID, "graph exceeds its planned size");
+    return HL_OK;
+}
+
+hl_status hl_graph_plan(hl_context *ctx) {
+    size_t need = 0;
+    for (int32_t i = 0; i < ctx->n_nodes; i++) {
+        size_t s = hl_node_work_size(&ctx->nodes[i], hl_pool_size(ctx->pool));
+        if (s > need) need = s;
+    }
+    if (need <= ctx->work_size) return HL_OK;
+    void *work = realloc(ctx->work, need);
+    if (!work) return hl_fail(HL_ERR_NOMEM, "out of memory for a %zu-byte work buffer", need);
+    ctx->work = work;
+    ctx->work_size = need;
+    return HL_OK;
 }
 
 /* abort_at only ever falls from INT32_MAX to one node index, written by thread 0

@@ -6,23 +6,19 @@
 #include <math.h>
 
 #include "core.h"
+#include "ops_internal.h"
 #include "quants.h"
 
 #define ROW(t, i) ((char *)(t)->data + (size_t)(i) * (t)->row_bytes)
 
-/* [start, end) of n items for thread ith of nth. */
-static void split(int64_t n, int ith, int nth, int64_t *start, int64_t *end) {
-    int64_t chunk = (n + nth - 1) / nth;
-    *start = chunk * ith < n ? chunk * ith : n;
-    *end = *start + chunk < n ? *start + chunk : n;
-}
-
 static void op_get_rows(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     const hl_type_traits *tt = hl_get_type_traits(nd->src0.type);
     int64_t t0, t1;
-    split(nd->dst.ne[1], ith, nth, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++)
+    hl_split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
         tt->to_float(ROW(&nd->src0, ctx->tokens[t]), (float *)ROW(&nd->dst, t), nd->dst.ne[0]);
+        if (nd->n_terms) hl_lora_embd_add(ctx, nd, t, (float *)ROW(&nd->dst, t), ith);
+    }
 }
 
 /* y = x / sqrt(mean(x^2) + eps) * w; the sum of squares in double, as llama.cpp. */
@@ -31,7 +27,7 @@ static void op_rms_norm(hl_context *ctx, const hl_node *nd, int phase, int ith, 
     const float *w = nd->src1.data;
     const float eps = ctx->model->hp.rms_eps;
     int64_t t0, t1;
-    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->dst.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const float *x = (const float *)ROW(&nd->src0, t);
         float *y = (float *)ROW(&nd->dst, t);
@@ -54,12 +50,12 @@ static void mul_mat_convert(hl_context *ctx, const hl_node *nd, int ith, int nth
     const int64_t n_in = nd->src0.ne[0];
     const size_t stride = hl_row_size(vdt, n_in);
     int64_t t0, t1;
-    split(nd->src1.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->src1.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++)
         vt->from_float((const float *)ROW(&nd->src1, t), (char *)ctx->work + t * stride, n_in);
 }
 
-/* Phase 1: dst[t][r] = W[r] . x[t] (+ bias[r]), weight rows split among threads. */
+/* Phase 1: dst[t][r] = W[r] . x[t] (+ LoRA terms) (+ bias[r]), weight rows split among threads. */
 static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     const hl_type_traits *tt = hl_get_type_traits(nd->src0.type);
     const int64_t n_in = nd->src0.ne[0], n_tok = nd->src1.ne[1];
@@ -68,12 +64,13 @@ static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     const size_t act_stride = is_f32 ? nd->src1.row_bytes : hl_row_size(tt->vec_dot_type, n_in);
     const float *bias = nd->src2.data;
     int64_t r0, r1;
-    split(nd->src0.ne[1], ith, nth, &r0, &r1);
+    hl_split(nd->src0.ne[1], ith, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         const void *w_row = ROW(&nd->src0, r);
         for (int64_t t = 0; t < n_tok; t++) {
             float s;
             tt->vec_dot(n_in, &s, w_row, act + t * act_stride);
+            if (nd->n_terms) s += hl_lora_b_row(ctx, nd, r, t);
             ((float *)ROW(&nd->dst, t))[r] = bias ? s + bias[r] : s;
         }
     }
@@ -86,7 +83,7 @@ static void op_rope(hl_context *ctx, const hl_node *nd, int phase, int ith, int 
     const int neox = ctx->model->hp.rope_mode == HL_ROPE_NEOX;
     const int64_t n_heads = nd->src0.ne[0] / hd;
     int64_t t0, t1;
-    split(nd->src0.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->src0.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const float *cs = ctx->rope_cs + (size_t)(nd->pos0 - ctx->rope_pos0 + t) * hd; /* [half][cos, sin] */
         float *row = (float *)ROW(&nd->src0, t);
@@ -134,7 +131,7 @@ static void op_store_kv(hl_context *ctx, const hl_node *nd, int phase, int ith, 
     const int64_t n = ctx->model->n_embd_kv;
     const size_t cell_bytes = hl_row_size(type, n);
     int64_t t0, t1;
-    split(nd->src0.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->src0.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const size_t cell = (size_t)(nd->pos0 + t);
         store_row(type, (char *)ctx->k_cache[nd->il] + cell * cell_bytes, (const float *)ROW(&nd->src0, t), n);
@@ -192,17 +189,20 @@ static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, fl
     for (int64_t j = 0; j < n_kv; j++) axpy_cache(type, out, scores[j] * inv, vc + j * cell_bytes, hd);
 }
 
+/* Scores per thread: one per cell the last query row sees. */
+static size_t attention_scratch(const hl_node *nd) { return (size_t)(nd->pos0 + nd->src0.ne[1]); }
+
 static void op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     const int n_head = ctx->model->hp.n_head;
-    float *scores = (float *)ctx->work + (size_t)ith * ctx->params.n_ctx;
+    float *scores = (float *)ctx->work + (size_t)ith * attention_scratch(nd);
     int64_t w0, w1;
-    split(nd->src0.ne[1] * n_head, ith, nth, &w0, &w1);
+    hl_split(nd->src0.ne[1] * n_head, ith, nth, &w0, &w1);
     for (int64_t w = w0; w < w1; w++) attend_head(ctx, nd, w / n_head, (int)(w % n_head), scores);
 }
 
 static void op_swiglu(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     int64_t t0, t1;
-    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->dst.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const float *g = (const float *)ROW(&nd->src0, t), *u = (const float *)ROW(&nd->src1, t);
         float *y = (float *)ROW(&nd->dst, t);
@@ -212,7 +212,7 @@ static void op_swiglu(hl_context *ctx, const hl_node *nd, int phase, int ith, in
 
 static void op_add(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     int64_t t0, t1;
-    split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    hl_split(nd->dst.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const float *a = (const float *)ROW(&nd->src0, t), *b = (const float *)ROW(&nd->src1, t);
         float *y = (float *)ROW(&nd->dst, t);
@@ -220,9 +220,18 @@ static void op_add(hl_context *ctx, const hl_node *nd, int phase, int ith, int n
     }
 }
 
+static int mul_mat_phases(const hl_node *nd) {
+    const int convert_x = hl_get_type_traits(nd->src0.type)->vec_dot_type != HL_TYPE_F32;
+    return convert_x || hl_lora_b_needs_conversion(nd) ? 2 : 1;
+}
+
 static void op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
-    if (phase == 0 && hl_op_phases(nd) == 2) mul_mat_convert(ctx, nd, ith, nth);
-    else mul_mat_dot(ctx, nd, ith, nth);
+    if (phase == 1 || mul_mat_phases(nd) == 1) {
+        mul_mat_dot(ctx, nd, ith, nth);
+        return;
+    }
+    if (hl_get_type_traits(nd->src0.type)->vec_dot_type != HL_TYPE_F32) mul_mat_convert(ctx, nd, ith, nth);
+    if (nd->n_terms) hl_lora_b_convert(ctx, nd, ith, nth);
 }
 
 typedef void (*op_fn)(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
@@ -230,14 +239,25 @@ typedef void (*op_fn)(hl_context *ctx, const hl_node *nd, int phase, int ith, in
 static const op_fn OPS[OP_COUNT] = {
     [OP_GET_ROWS] = op_get_rows, [OP_RMS_NORM] = op_rms_norm, [OP_MUL_MAT] = op_mul_mat,
     [OP_ROPE] = op_rope,         [OP_STORE_KV] = op_store_kv, [OP_ATTENTION] = op_attention,
-    [OP_SWIGLU] = op_swiglu,     [OP_ADD] = op_add,
+    [OP_SWIGLU] = op_swiglu,     [OP_ADD] = op_add,           [OP_LORA_A] = hl_op_lora_a,
 };
 
 int hl_op_phases(const hl_node *node) {
-    if (node->op != OP_MUL_MAT) return 1;
-    return hl_get_type_traits(node->src0.type)->vec_dot_type == HL_TYPE_F32 ? 1 : 2;
+    if (node->op == OP_MUL_MAT) return mul_mat_phases(node);
+    if (node->op == OP_LORA_A) return hl_lora_a_phases(node);
+    return 1;
 }
 
 void hl_op_run(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     OPS[nd->op](ctx, nd, phase, ith, nth);
+}
+
+size_t hl_node_work_size(const hl_node *nd, int nth) {
+    switch (nd->op) {
+    case OP_MUL_MAT: return nd->n_terms ? hl_lora_b_work_size(nd) : hl_mul_mat_work_size(&nd->src0, nd->src1.ne[1]);
+    case OP_LORA_A: return hl_lora_a_work_size(nd);
+    case OP_GET_ROWS: return nd->n_terms ? hl_lora_embd_work_size(nd, nth) : 0;
+    case OP_ATTENTION: return (size_t)nth * attention_scratch(nd) * sizeof(float);
+    default: return 0;
+    }
 }
