@@ -11,12 +11,11 @@ import typer
 
 from . import __version__
 from .commands.bench import bench
+from .commands.graph import graph
+from .commands.options import UsageError, join_pairs
 from .commands.run import run
 from .commands.tokenize import tokenize
 from .errors import HotLoraError
-
-# click's UsageError, from whichever click typer uses (recent typer vendors its own copy)
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(
     name="hotlora",
@@ -28,6 +27,7 @@ app = typer.Typer(
 app.command("run")(run)
 app.command("tokenize")(tokenize)
 app.command("bench")(bench)
+app.command("graph")(graph)
 
 
 def _print_version(value: bool) -> None:
@@ -50,7 +50,8 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        code = app(args=argv, prog_name="hotlora", standalone_mode=False)
+        args = join_pairs(sys.argv[1:] if argv is None else argv)
+        code = app(args=args, prog_name="hotlora", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)

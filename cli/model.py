@@ -30,6 +30,11 @@ def default_model_path() -> Path:
     return Path(str(resources.files("hotlora.data") / DEFAULT_MODEL_NAME))
 
 
+def default_adapter_paths() -> list[Path]:
+    """The LoRA adapters bundled for the default model, by name."""
+    return sorted(default_model_path().parent.glob("*.lora.gguf"))
+
+
 class Model:
     """A loaded model and one inference context (KV cache, threads).
 
@@ -227,6 +232,19 @@ class Model:
     @property
     def loaded_adapters(self) -> list[Adapter]:
         return list(self._loaded)
+
+    def graph_dot(self, n_tokens: int = 1, layer: int | None = 0) -> str:
+        """The compute graph of a decode of n_tokens as Graphviz DOT: one block, or all (layer=None)."""
+        if not 1 <= n_tokens <= self.n_batch:
+            raise HotLoraError(f"graph: n_tokens must be 1 to n_batch = {self.n_batch}, got {n_tokens}")
+        if layer is not None and not 0 <= layer < self.n_layer:
+            raise HotLoraError(f"graph: layer must be 0 to {self.n_layer - 1}, got {layer}")
+        which = -1 if layer is None else layer
+        needed = ffi.new("size_t *")
+        check(lib.hl_graph_dot(self._live_ctx(), n_tokens, which, ffi.NULL, 0, needed), "graph")
+        buf = ffi.new("char[]", needed[0])
+        check(lib.hl_graph_dot(self._ctx, n_tokens, which, buf, needed[0], needed), "graph")
+        return ffi.string(buf).decode("utf-8")
 
     # ---- generation -------------------------------------------------------------------------------
     def sampler(self, **sampling) -> Sampler:

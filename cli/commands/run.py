@@ -1,21 +1,41 @@
-"""`hotlora run`: generate text like llama-cli; timings on stderr, or one JSON object with --json."""
+"""`hotlora run`: generate text like llama-cli; timings on stderr, or one JSON object with --json.
+
+With no --model and no adapter option it runs the bundled model twice, without
+and then with the bundled adapters, so the adapters' effect shows at once.
+"""
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import HotLoraError
-from ..model import Model
+from ..model import Model, default_adapter_paths
 from ..session import Session
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
+from .lora_repl import LoraCommands
+from .options import HotLora, HotLoraScaled, adapter_list
 
 Opt = typer.Option
+
+
+@dataclass
+class Generation:
+    """What one pass generates from: the prompt, stop rules and how to show the result."""
+    prompt_ids: list[int]
+    n_predict: int
+    reverse_prompts: list[str]
+    sampling: dict
+    interactive: bool
+    display_prompt: bool
+    as_json: bool
+    escape: bool
 
 
 def _read_prompt(prompt: str, file: Optional[Path], escape: bool) -> str:
@@ -30,13 +50,9 @@ def _read_prompt(prompt: str, file: Optional[Path], escape: bool) -> str:
 
 def _warm_up(model: Model) -> None:
     """One throw-away decode, counted in the load time as llama.cpp does."""
-    start = time.perf_counter()
     bos = model.tokenizer.bos_id
     model.eval_last([bos if bos is not None else 0])
     model.reset()
-    model.perf.load_ms += (time.perf_counter() - start) * 1e3
-    model.perf.prompt_ms = model.perf.eval_ms = 0.0
-    model.perf.prompt_n = model.perf.eval_n = 0
 
 
 def _prompt_tokens(model: Model, text: str) -> list[int]:
@@ -49,21 +65,30 @@ def _prompt_tokens(model: Model, text: str) -> list[int]:
     return ids
 
 
-def _interactive_turns(session: Session, n_predict: int, reverse_prompts: list[str], escape: bool) -> None:
+def _interactive_turns(session: Session, gen: Generation, commands: LoraCommands) -> None:
     """Reads a line per turn; EOF ends the run cleanly (unlike llama-cli, which loops forever).
 
     As llama-cli: a line of at most one character hands control back without adding
-    text, and the samplers are reset after each user turn.
+    text, and the samplers are reset after each user turn. Lines starting with /lora
+    are adapter commands.
     """
     while True:
         line = sys.stdin.readline()
         if not line:
             return
-        text = unescape(line) if escape else line
+        if line.startswith("/lora"):
+            commands.run(line.strip())
+            continue
+        text = unescape(line) if gen.escape else line
         if len(text) > 1:
             session.sampler.reset()
             session.feed(session.model.tokenize(text, add_bos=False, special=False))
-        session.generate(n_predict, reverse_prompts)
+        session.generate(gen.n_predict, gen.reverse_prompts)
+
+
+def _stream_to_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _close_counters(m: Model, sampler, total_start: float) -> None:
@@ -71,15 +96,57 @@ def _close_counters(m: Model, sampler, total_start: float) -> None:
     m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
 
 
-def _report(m: Model, sampler, total_start: float) -> None:
-    """The five perf lines on stderr, after the text."""
+def _generate(m: Model, gen: Generation) -> None:
+    """One pass from an empty cache: stream (or collect) the text, then the report (or JSON)."""
+    m.reset()
+    m.perf.prompt_ms = m.perf.eval_ms = 0.0
+    m.perf.prompt_n = m.perf.eval_n = 0
+    sampler = m.sampler(**gen.sampling)
+    session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout)
+    total_start = time.perf_counter()
+    if not gen.as_json and gen.display_prompt:
+        _stream_to_stdout(m.tokenizer.detokenize(gen.prompt_ids))
+    try:
+        session.feed(gen.prompt_ids)
+        turn = session.generate(gen.n_predict, gen.reverse_prompts)
+        if gen.interactive and not gen.as_json:
+            _interactive_turns(session, gen, LoraCommands(m))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        _close_counters(m, sampler, total_start)
+        sys.stderr.write(format_perf_report(m.perf))
+        sys.stdout.write("Interrupted by user\n")
+        raise typer.Exit(130)
     _close_counters(m, sampler, total_start)
+    if gen.as_json:
+        _print_json(m, gen.prompt_ids, session, turn)
+        return
+    if turn.stop == "eog" and not gen.interactive:
+        sys.stdout.write(" [end of text]\n")
+    sys.stdout.write("\n\n")
     sys.stdout.flush()
     sys.stderr.write(format_perf_report(m.perf))
 
 
+def _print_json(m: Model, prompt_ids: list[int], session: Session, turn) -> None:
+    generated = session.history[len(prompt_ids):]
+    result = {
+        "model": str(m.path),
+        "adapters": [{"id": a.id, "path": str(a.path), "scale": s} for a, s in m.adapters.items()],
+        "prompt_tokens": prompt_ids,
+        "tokens": generated,
+        "text": m.tokenizer.detokenize(generated),
+        "stop": turn.stop,
+        "timings": timings_json(m.perf),
+    }
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
 def run(
     model: Annotated[Optional[Path], Opt("-m", "--model", help="GGUF model (default: the bundled tiny model)")] = None,
+    hot_lora: HotLora = None,
+    hot_lora_scaled: HotLoraScaled = None,
+    lora_keep_cache: Annotated[bool, Opt("--lora-keep-cache", help="reuse cache cells computed under another adapter set")] = False,
     prompt: Annotated[str, Opt("-p", "--prompt", help="prompt to start generation with")] = "",
     file: Annotated[Optional[Path], Opt("-f", "--file", help="a file containing the prompt")] = None,
     n_predict: Annotated[int, Opt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until end or context full)")] = -1,
@@ -95,64 +162,38 @@ def run(
     repeat_last_n: Annotated[int, Opt("--repeat-last-n", help="tokens the penalty looks back on (-1 = context)", min=-1)] = 64,
     ignore_eos: Annotated[bool, Opt("--ignore-eos", help="never sample an end-of-generation token")] = False,
     no_display_prompt: Annotated[bool, Opt("--no-display-prompt", help="do not echo the prompt")] = False,
-    interactive: Annotated[bool, Opt("-i", "--interactive", help="read more input after each turn")] = False,
+    interactive: Annotated[bool, Opt("-i", "--interactive", help="read more input after each turn (/lora commands too)")] = False,
     reverse_prompt: Annotated[Optional[list[str]], Opt("-r", "--reverse-prompt", help="stop (or hand back control) at this text; repeatable")] = None,
     cache_type: Annotated[str, Opt("--cache-type", "--cache-type-k", help="KV cache type: f16 or f32")] = "f16",
     no_escape: Annotated[bool, Opt("--no-escape", help="do not process escapes (\\n, \\t, ...) in the prompt")] = False,
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
 ) -> None:
-    """Generate text from a prompt, like llama-cli."""
+    """Generate text from a prompt, like llama-cli, with LoRA adapters applied at run time."""
     if cache_type not in ("f16", "f32"):
         raise typer.BadParameter(f"'{cache_type}' is not f16 or f32", param_hint="--cache-type")
+    adapters = adapter_list(hot_lora, hot_lora_scaled)
+    compare = model is None and not adapters  # the default job: base, then the bundled adapters
+    if compare:
+        adapters = [(p, 1.0) for p in default_adapter_paths()]
     text = _read_prompt(prompt, file, not no_escape)
-    reverse_prompts = [unescape(r) if not no_escape else r for r in (reverse_prompt or [])]
     start = time.perf_counter()
-    with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size) as m:
+    with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size,
+               lora_keep_cache=lora_keep_cache) as m:
+        loaded = {m.load_adapter(path): scale for path, scale in adapters}
         if not no_warmup:
             _warm_up(m)
         m.perf.load_ms = (time.perf_counter() - start) * 1e3
-        ids = _prompt_tokens(m, text)
-        sampler = m.sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                            repeat_last_n=repeat_last_n, ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF)
-        stream = _stream_to_stdout if not as_json else (lambda text: None)
-        session = Session(m, sampler, stream)
-        total_start = time.perf_counter()
-        if not as_json and not no_display_prompt:
-            stream(m.tokenizer.detokenize(ids))
-        try:
-            session.feed(ids)
-            turn = session.generate(n_predict, reverse_prompts)
-            if interactive and not as_json:
-                _interactive_turns(session, n_predict, reverse_prompts, not no_escape)
-        except KeyboardInterrupt:
-            sys.stdout.write("\n")
-            _report(m, sampler, total_start)
-            sys.stdout.write("Interrupted by user\n")
-            raise typer.Exit(130)
-        if as_json:
-            _close_counters(m, sampler, total_start)
-            _print_json(m, ids, session, turn)
-            return
-        if turn.stop == "eog" and not interactive:
-            sys.stdout.write(" [end of text]\n")
-        sys.stdout.write("\n\n")
-        _report(m, sampler, total_start)
-
-
-def _stream_to_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _print_json(m: Model, prompt_ids: list[int], session: Session, turn) -> None:
-    generated = session.history[len(prompt_ids):]
-    result = {
-        "model": str(m.path),
-        "prompt_tokens": prompt_ids,
-        "tokens": generated,
-        "text": m.tokenizer.detokenize(generated),
-        "stop": turn.stop,
-        "timings": timings_json(m.perf),
-    }
-    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        gen = Generation(
+            prompt_ids=_prompt_tokens(m, text), n_predict=n_predict,
+            reverse_prompts=[r if no_escape else unescape(r) for r in reverse_prompt or []],
+            sampling=dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                          repeat_last_n=repeat_last_n, ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF),
+            interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape)
+        if compare and loaded:
+            sys.stderr.write("main: without adapters\n")
+            _generate(m, gen)
+            names = ", ".join(f"'{a.path.name}'" for a in loaded)
+            sys.stderr.write(f"main: with adapter{'s' if len(loaded) > 1 else ''} {names}\n")
+        m.set_adapters(loaded)
+        _generate(m, gen)

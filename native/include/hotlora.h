@@ -159,7 +159,7 @@ void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
 /*
  * Writes the graph of one decode of n_tokens (layer >= 0: that block only; -1: all)
  * as Graphviz DOT into buf (cap bytes, NUL-terminated); *needed gets the full
- * length + 1. LoRA nodes carry the attribute lora=1. Nothing is computed.
+ * length + 1 (cap = 0 asks only for that). LoRA nodes carry lora=1. Nothing is computed.
  */
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
 

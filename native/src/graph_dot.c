@@ -59,6 +59,16 @@ static int32_t producer(const hl_context *ctx, int32_t i, const hl_tensor *src) 
 
 static int shown(const hl_node *nd, int32_t layer) { return layer < 0 || nd->il == layer; }
 
+/* The OP_LORA_A node that computed the t's of a mat-mul's terms. */
+static int32_t lora_a_producer(const hl_context *ctx, int32_t i) {
+    const hl_lora_term *t = ctx->nodes[i].terms;
+    for (int32_t j = i - 1; j >= 0; j--) {
+        const hl_node *w = &ctx->nodes[j];
+        if (w->op == OP_LORA_A && t >= w->terms && t < w->terms + w->n_terms) return j;
+    }
+    return -1;
+}
+
 static void emit_edges(dot_writer *w, const hl_context *ctx, int32_t i, int32_t layer) {
     const hl_node *nd = &ctx->nodes[i];
     const hl_tensor *srcs[4] = {&nd->src0, &nd->src1, &nd->src2, NULL};
@@ -69,6 +79,10 @@ static void emit_edges(dot_writer *w, const hl_context *ctx, int32_t i, int32_t 
         if (j < 0 || !shown(&ctx->nodes[j], layer) || j == seen[0] || j == seen[1] || j == seen[2]) continue;
         seen[k] = j;
         emit(w, "  n%d -> n%d;\n", j, i);
+    }
+    if (nd->op == OP_MUL_MAT && nd->n_terms) {
+        const int32_t j = lora_a_producer(ctx, i);
+        if (j >= 0 && shown(&ctx->nodes[j], layer)) emit(w, "  n%d -> n%d [style=dashed];\n", j, i);
     }
 }
 
@@ -93,6 +107,7 @@ hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *b
         if (shown(&ctx->nodes[i], layer)) emit_edges(&w, ctx, i, layer);
     emit(&w, "}\n");
     *needed = w.len + 1;
-    if (cap > 0) buf[w.len < cap ? w.len : cap - 1] = '\0';
+    if (cap == 0) return HL_OK; /* a size query */
+    buf[w.len < cap ? w.len : cap - 1] = '\0';
     return w.len < cap ? HL_OK : hl_fail(HL_ERR_INVALID, "hl_graph_dot: buffer of %zu bytes is too small", cap);
 }
