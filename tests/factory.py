@@ -365,3 +365,136 @@ def write_tiny_adapter(path: str | Path, base_spec: TinySpec, targets: Sequence[
     w.add_uint32("general.quantization_version", 2)
     _write(w, tiny_adapter_tensors(base_spec, targets, rank, tensor_type, seed, layers))
     return path
+
+
+def write_adapter_file(path: str | Path, arch: str, tensors: dict[str, TinyTensor | np.ndarray],
+                       alpha: float | None = 8.0, general_type: str | None = "adapter",
+                       adapter_type: str | None = "lora") -> Path:
+    """An adapter GGUF with arbitrary tensors (for malformed-adapter tests): the keys of lora.md §2.1 (a None
+    value leaves that key out) and `tensors` as given, in order (a numpy array is written as float32 with
+    ne = reversed shape; a TinyTensor as encoded)."""
+    path = Path(path)
+    w = gguf.GGUFWriter(path, arch)
+    if general_type is not None:
+        w.add_string("general.type", general_type)
+    if adapter_type is not None:
+        w.add_string("adapter.type", adapter_type)
+    w.add_string("general.name", "Tiny Lora")
+    if alpha is not None:
+        w.add_float32("adapter.lora.alpha", alpha)
+    w.add_uint32("general.quantization_version", 2)
+    _write(w, {name: t if isinstance(t, TinyTensor) else encode(np.asarray(t), "F32") for name, t in tensors.items()})
+    return path
+
+
+def adapter_pairs(tensors: dict[str, TinyTensor]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """base name -> (a, b) float32 arrays in numpy orientation (reference.RefAdapter.pairs layout) of the tensors
+    of `tiny_adapter_tensors` (the values before any F16/BF16/Q8_0 rounding)."""
+    bases = sorted({name.rpartition(".")[0] for name in tensors})
+    return {base: (tensors[base + ".lora_a"].intended, tensors[base + ".lora_b"].intended) for base in bases}
+
+
+def tiny_adapter_pairs(base_spec: TinySpec, targets: Sequence[str], rank: int = 4, seed: int = 0,
+                       layers: Sequence[int] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The float32 (a, b) pairs that `write_tiny_adapter` with the same arguments (and tensor_type F32) writes,
+    in numpy orientation: projections a (r, n_in), b (n_out, r); token_embd a (n_vocab, r), b (n_embd, r)."""
+    return adapter_pairs(tiny_adapter_tensors(resolve(base_spec), targets, rank, "F32", seed, layers))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Legacy ggla adapters (lora.md §8)
+# ----------------------------------------------------------------------------------------------------------
+
+GGLA_MAGIC = 0x67676C61
+GGLA_FTYPE = {"F32": (0, np.float32), "F16": (1, np.float16)}
+
+
+def ggla_tensors(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """ggla tensor name -> numpy array (shape = reversed ne) giving the same deltas as the GGUF `pairs`.
+
+    `pairs` is in the GGUF adapter's numpy orientation (reference.RefAdapter.pairs, `tiny_adapter_pairs`).
+    The ggla format had one rule for every tensor (lora.md §8, "old semantics"): `loraA` ne [r, n_in],
+    `loraB` ne [r, n_out], checked as `W.ne[0] == loraA.ne[1]`, `W.ne[1] == loraB.ne[1]`, and
+    `W += s · ggml_mul_mat(loraA, loraB)`, i.e. in numpy orientation `ΔW = loraB_np @ loraA_np.T`
+    (loraA_np (n_in, r), loraB_np (n_out, r)).
+
+    * projections / output: W (n_out, n_in), GGUF ΔW = b @ a with a (r, n_in), b (n_out, r) →
+      loraA_np = a.T (A transposed, ne [r, n_in]), loraB_np = b (ne [r, n_out]).
+    * token_embd: W (n_vocab, n_embd) is ne [n_embd, n_vocab], so the old rule reads it as a linear map with
+      n_in = n_embd, n_out = n_vocab. GGUF ΔW = a @ b.T with a (n_vocab, r) [ne r, n_vocab], b (n_embd, r)
+      [ne r, n_embd] → loraA_np = b (ne [r, n_embd]) and loraB_np = a (ne [r, n_vocab]): the GGUF halves
+      swap places, without any transposition. Its row lookup is unchanged: x_t += s · loraA_np @ loraB_np[id_t].
+    """
+    out = {}
+    for base, (a, b) in pairs.items():
+        if base == "token_embd.weight":
+            lora_a, lora_b = b, a
+        else:
+            lora_a, lora_b = a.T, b
+        out[base + ".loraA"] = np.ascontiguousarray(lora_a)
+        out[base + ".loraB"] = np.ascontiguousarray(lora_b)
+    return out
+
+
+def write_ggla_adapter(path: str | Path, pairs: dict[str, tuple[np.ndarray, np.ndarray]], alpha: int,
+                       rank_header: int, a_type: str = "F32", b_type: str = "F32",
+                       raw: dict[str, np.ndarray] | None = None) -> Path:
+    """A legacy `ggla` LoRA file, byte for byte as lora.md §8 describes.
+
+    Header: u32 magic 0x67676C61, i32 version 1, i32 r (`rank_header`, written as given: readers must take the
+    rank of each pair from its tensors), i32 alpha. Then per tensor: i32 n_dims (2), i32 name_len, i32 ftype
+    (0 F32, 1 F16), i32 ne[0], i32 ne[1], the UTF-8 name, zero padding up to a multiple of 32 counted from the
+    start of the file, then the row-major data (ne[1] rows of ne[0] elements).
+
+    `pairs`: GGUF-orientation pairs (see `ggla_tensors` for the mapping, including token_embd). Tensors are
+    written in sorted base-name order, loraA before loraB, loraA as `a_type`, loraB as `b_type` ("F32"/"F16").
+    `raw`, if given, replaces the whole tensor list (name -> numpy array, shape = reversed ne, written as F32
+    unless float16) for malformed-file tests.
+    """
+    import struct
+
+    tensors = raw if raw is not None else ggla_tensors(dict(sorted(pairs.items())))
+    out = bytearray(struct.pack("<Iiii", GGLA_MAGIC, 1, int(rank_header), int(alpha)))
+    for name, values in tensors.items():
+        if raw is not None:
+            ftype, dtype = (1, np.float16) if values.dtype == np.float16 else (0, np.float32)
+        else:
+            ftype, dtype = GGLA_FTYPE[a_type if name.endswith(".loraA") else b_type]
+        values = np.ascontiguousarray(values, dtype=dtype)
+        ne = list(reversed(values.shape))
+        encoded = name.encode("utf-8")
+        out += struct.pack(f"<iii{len(ne)}i", len(ne), len(encoded), ftype, *ne)
+        out += encoded
+        out += b"\0" * (-len(out) % 32)
+        out += values.tobytes()
+    path = Path(path)
+    path.write_bytes(bytes(out))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models from float weights (e.g. reference.merge results)
+# ----------------------------------------------------------------------------------------------------------
+
+def write_model_like(path: str | Path, src: str | Path, weights: dict[str, np.ndarray]) -> Path:
+    """A copy of model file `src` (every metadata key) whose tensors are `weights` (numpy orientation), all
+    written as F32, in `src`'s tensor order followed by any new names (e.g. the `output.weight` of a merged,
+    untied model); `general.file_type` becomes 0 (all F32). Tensors of `src` missing from `weights` are dropped."""
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field("general.architecture").contents()
+    writer = gguf.GGUFWriter(Path(path), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
+            continue
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub)
+    writer.add_uint32("general.file_type", FILE_TYPE["F32"])
+    order = [t.name for t in reader.tensors if t.name in weights]
+    order += [name for name in weights if name not in order]
+    for name in order:
+        writer.add_tensor(name, np.ascontiguousarray(weights[name], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -15,11 +15,15 @@ supported (NotImplementedError).
 
 LoRA (lora.md §3): a pair on a projection adds `s · B (A x)` before that projection's bias; a `token_embd` pair
 adds `s · b · a[id]` to the looked-up embedding row, with `s = user_scale · alpha / rank` (`user_scale` alone when
-alpha is 0) and `rank = lora_b.ne[0]`. On a tied model (no `output.weight`) llama.cpp would also feed a
-`token_embd` pair to the output product, where its layout cannot work (assertion failure or a wrong result), and
-an `output.weight` pair refers to a tensor that does not exist; the reference therefore REJECTS both with
-ValueError, as lora.md §10.2 asks of us ("fail loudly"). Pairs on tensors that are never multiplied through a
-LoRA-aware product (norms, rope_freqs) are rejected the same way instead of being silently ignored.
+alpha is 0) and `rank = lora_b.ne[0]`. Pairs on tensors that are never multiplied through a LoRA-aware product
+(norms, rope_freqs) are rejected with ValueError instead of being silently ignored (lora.md §10.2).
+
+Tied-output models (no `output.weight`; the output head multiplies by `token_embd.weight`) — hotlora's decision,
+unlike llama.cpp (lora.md §3 "tied output trap"): the LoRA of a product is looked up by the *site*, not by the
+name of the weight tensor it happens to use. A `token_embd.weight` pair applies at the input row lookup only
+(PEFT's embedding-LoRA semantics); an `output.weight` pair applies at the output head (shapes checked against
+token_embd, which the head uses: a (r, n_embd), b (n_vocab, r)). Merging therefore unties the model: `merge()`
+gives `output.weight = token_embd + Δ_output` and `token_embd.weight = token_embd + Δ_embd` as two tensors.
 """
 
 from __future__ import annotations
@@ -192,28 +196,44 @@ def load_ref_adapter(path: str | Path) -> RefAdapter:
 # Adapter validation and merging
 # ----------------------------------------------------------------------------------------------------------
 
+def is_tied(model: RefModel) -> bool:
+    """No `output.weight`: the output head multiplies by `token_embd.weight`."""
+    return "output.weight" not in model.weights
+
+
+def base_weight(model: RefModel, name: str) -> np.ndarray | None:
+    """The weight a LoRA pair named `name` must fit (None: no such tensor in the base model).
+
+    Only difference from `model.weights.get(name)`: `output.weight` on a tied model is the head's weight,
+    i.e. `token_embd.weight`.
+    """
+    if name == "output.weight" and is_tied(model):
+        return model.weights.get("token_embd.weight")
+    return model.weights.get(name)
+
+
 def _lora_aware(model: RefModel, name: str) -> bool:
-    """Is `name` a tensor that the graph multiplies through a LoRA-aware product (lora.md §3)?"""
+    """Is `name` a site that the graph multiplies through a LoRA-aware product (lora.md §3)?"""
     if name in ("token_embd.weight", "output.weight"):
-        return name in model.weights
+        return base_weight(model, name) is not None
     parts = name.split(".")  # blk.N.<projection>.weight
     return (len(parts) == 4 and parts[0] == "blk" and parts[2] in LAYER_PROJECTIONS
             and parts[3] == "weight" and name in model.weights)
 
 
 def check_adapter(model: RefModel, adapter: RefAdapter) -> None:
-    """Model-dependent checks of lora.md §5.7, plus our refusals for tied models and inert targets."""
+    """Model-dependent checks of lora.md §5.7, plus our refusal of inert targets.
+
+    On a tied model an `output.weight` pair is checked against token_embd (the head's weight).
+    """
     if adapter.arch != model.hparams.arch:
         raise ValueError("model arch and LoRA arch mismatch")
-    tied = "output.weight" not in model.weights
     for name, (a, b) in adapter.pairs.items():
-        if name not in model.weights:
+        w = base_weight(model, name)
+        if w is None:
             raise ValueError(f"LoRA tensor '{name}' does not exist in base model")
         if not _lora_aware(model, name):
             raise ValueError(f"LoRA tensor '{name}' is not used by any LoRA-aware product")
-        if name == "token_embd.weight" and tied:
-            raise ValueError("token_embd LoRA on a tied-output model would also hit the output product")
-        w = model.weights[name]
         if name == "token_embd.weight":
             # W (n_vocab, n_embd); a (n_vocab, r); b (n_embd, r)
             shapes_ok = a.shape[0] == w.shape[0] and b.shape[0] == w.shape[1]
@@ -238,10 +258,19 @@ def _delta(adapter: RefAdapter, name: str, user_scale: float) -> np.ndarray:
 
 
 def merge(model: RefModel, adapters: AdapterList) -> RefModel:
-    """W' = W + Σ s·B·A in float64 (lora.md §7); the embedding delta is b·a arranged as the embedding."""
+    """W' = W + Σ s·B·A in float64 (lora.md §7); the embedding delta is b·a arranged as the embedding.
+
+    On a tied model whose token_embd or output site has a pair, the result is untied: `output.weight` starts
+    as a copy of the original token_embd and takes the `output.weight` deltas, `token_embd.weight` takes the
+    `token_embd.weight` deltas (module docstring). Other tied models stay tied.
+    """
     weights = {name: w.copy() for name, w in model.weights.items()}
-    for adapter, user_scale in adapters:
+    for adapter, _ in adapters:
         check_adapter(model, adapter)
+    if is_tied(model) and any(name in ("token_embd.weight", "output.weight")
+                              for adapter, _ in adapters for name in adapter.pairs):
+        weights["output.weight"] = model.weights["token_embd.weight"].copy()
+    for adapter, user_scale in adapters:
         for name in adapter.pairs:
             weights[name] += _delta(adapter, name, user_scale)
     return RefModel(model.hparams, weights)
@@ -278,14 +307,16 @@ def silu(z: np.ndarray) -> np.ndarray:
     return z / (1.0 + np.exp(-z))
 
 
-def linear(model: RefModel, lora: _Lora, name: str, x: np.ndarray) -> np.ndarray:
+def linear(model: RefModel, lora: _Lora, name: str, x: np.ndarray, site: str | None = None) -> np.ndarray:
     """y = W x + Σ s·B(A x) + bias.  x (T, n_in) -> (T, n_out).
 
+    `name` is the weight multiplied; `site` (default `name`) the name the LoRA pairs are looked up by — they
+    differ only at a tied output head (W = token_embd.weight, site output.weight).
     With lora.act_quant set, W sees act_quant(name, x) (the engine's activation rounding).
     """
     xw = lora.act_quant(name, x) if lora.act_quant else x
     y = xw @ model.weights[name].T                     # (T, n_out)
-    for s, a, b in lora.get(name):
+    for s, a, b in lora.get(site or name):
         y = y + s * ((x @ a.T) @ b.T)                  # (T, r) -> (T, n_out)
     bias = model.weights.get(name.removesuffix(".weight") + ".bias")
     return y if bias is None else y + bias
@@ -386,7 +417,7 @@ def forward(model: RefModel, tokens: Sequence[int], adapters: AdapterList = (),
 
     h = rmsnorm(x, w["output_norm.weight"], hp.rms_eps)               # (T, n_embd)
     output = "output.weight" if "output.weight" in w else "token_embd.weight"  # tied: W = token_embd
-    return linear(model, lora, output, h)                             # (T, n_vocab)
+    return linear(model, lora, output, h, site="output.weight")       # (T, n_vocab)
 
 
 def with_hparams(model: RefModel, **changes) -> RefModel:

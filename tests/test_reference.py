@@ -230,15 +230,54 @@ def test_token_embd_lora_is_a_row_lookup(tmp_path):
     np.testing.assert_allclose(merged[t], expected_row, **EXACT)
 
 
-def test_tied_model_rejects_output_side_adapters(tmp_path):
+def untied(model):
+    """The same function as a tied model, written with an explicit output.weight = token_embd."""
+    copy = with_hparams(model)
+    copy.weights["output.weight"] = copy.weights["token_embd.weight"].copy()
+    return copy
+
+
+@pytest.mark.parametrize("targets", [["token_embd"], ["output"], ["token_embd", "output"], ADAPTER_TARGETS])
+def test_tied_model_output_side_adapters(tmp_path, targets):
+    """Tied model: a token_embd pair acts at the input lookup only, an output pair at the head (W = token_embd);
+    i.e. exactly what the same pairs do on the untied copy of the model. Merging unties."""
     spec = TinySpec(tied=True)
     model = model_of(tmp_path, spec)
-    for target in ("token_embd", "output"):
-        adapter = adapter_of(tmp_path, spec, [target], name=f"{target}.gguf")
-        with pytest.raises(ValueError):
-            forward(model, TOKENS_IN, [(adapter, 1.0)])
-        with pytest.raises(ValueError):
-            merge(model, [(adapter, 1.0)])
+    adapter = adapter_of(tmp_path, spec, targets, seed=5)
+    adapters = [(adapter, 1.5)]
+    runtime = forward(model, TOKENS_IN, adapters)
+    np.testing.assert_allclose(runtime, forward(untied(model), TOKENS_IN, adapters), **EXACT)
+    assert np.abs(runtime - forward(model, TOKENS_IN)).max() > 1e-2
+
+    merged = merge(model, adapters)
+    np.testing.assert_allclose(forward(merged, TOKENS_IN), runtime, **EXACT)
+    embd = model.weights["token_embd.weight"]
+    assert "output.weight" in merged.weights and "output.weight" not in model.weights
+    if "output" not in targets:
+        np.testing.assert_array_equal(merged.weights["output.weight"], embd)
+    else:
+        a, b = adapter.pairs["output.weight"]
+        np.testing.assert_allclose(merged.weights["output.weight"], embd + 1.5 * 8.0 / 4 * (b @ a), **EXACT)
+    if "token_embd" not in targets:
+        np.testing.assert_array_equal(merged.weights["token_embd.weight"], embd)
+    assert not np.array_equal(merged.weights["token_embd.weight"], merged.weights["output.weight"])
+
+
+def test_tied_model_stays_tied_without_output_side_pairs(tmp_path):
+    spec = TinySpec(tied=True)
+    model = model_of(tmp_path, spec)
+    adapter = adapter_of(tmp_path, spec, ["attn_q", "ffn_down"])
+    assert "output.weight" not in merge(model, [(adapter, 1.0)]).weights
+
+
+def test_tied_model_output_pair_must_fit_token_embd(tmp_path):
+    spec = TinySpec(tied=True)
+    model = model_of(tmp_path, spec)
+    adapter = adapter_of(tmp_path, spec, ["output"])
+    a, b = adapter.pairs["output.weight"]
+    adapter.pairs["output.weight"] = (a, b[:-1])   # b (n_vocab - 1, r)
+    with pytest.raises(ValueError, match="incorrect shape"):
+        forward(model, TOKENS_IN, [(adapter, 1.0)])
 
 
 def test_adapter_round_trip(tmp_path):

@@ -44,10 +44,11 @@ static hl_status check_pair(const char *name, const hl_lora *p, int64_t n_in, in
         return hl_fail(HL_ERR_INVALID, "LoRA tensor '%s': lora_a rank %lld ([%lld, %lld]) does not match lora_b rank "
                        "%lld ([%lld, %lld])", name, (long long)a_rank, (long long)p->a.ne[0], (long long)p->a.ne[1],
                        (long long)p->b.ne[0], (long long)p->b.ne[0], (long long)p->b.ne[1]);
+    const int64_t base0 = embd ? n_out : n_in, base1 = embd ? n_in : n_out; /* the base tensor's ne */
     if (a_in != n_in || p->b.ne[1] != n_out)
-        return hl_fail(HL_ERR_INVALID, "tensor '%s' has incorrect shape for this LoRA: base maps %lld -> %lld, "
+        return hl_fail(HL_ERR_INVALID, "tensor '%s' has incorrect shape for this LoRA: base is [%lld, %lld], "
                        "lora_a is [%lld, %lld], lora_b is [%lld, %lld] (hint: maybe wrong base model?)", name,
-                       (long long)n_in, (long long)n_out, (long long)p->a.ne[0], (long long)p->a.ne[1],
+                       (long long)base0, (long long)base1, (long long)p->a.ne[0], (long long)p->a.ne[1],
                        (long long)p->b.ne[0], (long long)p->b.ne[1]);
     return HL_OK;
 }
