@@ -11,7 +11,9 @@ import typer
 
 from . import __version__
 from .commands.bench import bench
+from .commands.export_lora import export_lora
 from .commands.graph import graph
+from .commands.inspect import inspect
 from .commands.options import UsageError, join_pairs
 from .commands.run import run
 from .commands.tokenize import tokenize
@@ -28,6 +30,8 @@ app.command("run")(run)
 app.command("tokenize")(tokenize)
 app.command("bench")(bench)
 app.command("graph")(graph)
+app.command("export-lora")(export_lora)
+app.command("inspect")(inspect)
 
 
 def _print_version(value: bool) -> None:

@@ -163,3 +163,25 @@ class GGUFFile:
         if info is None and required:
             raise ModelFileError(f"{self.path}: tensor '{name}' not found")
         return info
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+def copy_metadata(f: GGUFFile, writer, skip: tuple[str, ...] = ()) -> None:
+    """Copies every key of f except general.architecture (GGUFWriter writes it) and those in skip."""
+    for name, field in f.reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in skip:
+            continue
+        sub = field.types[1] if field.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub)
+
+
+def add_raw_tensor(writer, name: str, type_name: str, ne: tuple[int, ...], data: np.ndarray) -> None:
+    """Adds a tensor from its bytes, of any ggml type, keeping its ggml shape ne."""
+    qtype = GGMLQuantizationType[type_name]
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    dims = list(ne)
+    while len(dims) > 1 and dims[-1] == 1:
+        dims.pop()
+    byte_shape = list(reversed(dims[1:])) + [dims[0] // block * type_size]  # numpy order, last axis in bytes
+    writer.add_tensor(name, np.ascontiguousarray(data).view(np.uint8).reshape(byte_shape), raw_dtype=qtype)

@@ -47,6 +47,11 @@ class Adapter:
             self._handle = None
 
     @property
+    def file(self) -> AdapterFile:
+        """The adapter's tensors as read from its file."""
+        return self._file
+
+    @property
     def handle(self):
         if self._handle is None:
             raise HotLoraError(f"adapter {self.id} ({self.path}) has been unloaded")

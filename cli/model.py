@@ -1,6 +1,7 @@
 """hotlora.Model: a GGUF model on the C core, with its tokenizer, KV cache and generation loop."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from importlib import resources
@@ -109,6 +110,8 @@ class Model:
     n_layer = property(lambda self: self.hparams.n_layer)
     n_ctx = property(lambda self: self._n_ctx)
     n_batch = property(lambda self: self._n_batch)
+    file = property(lambda self: self._file)
+    """The model's validated GGUF file (hotlora.gguf_io.GGUFFile)."""
     weight_bytes = property(lambda self: sum(t.data.nbytes for t in self._file.tensors.values()))
     """Bytes of all tensors in the file (what one decode step reads, up to the embedding table)."""
     n_past = property(lambda self: lib.hl_kv_used(self._live_ctx()))
@@ -198,6 +201,20 @@ class Model:
         self._loaded.append(adapter)
         self.perf.load_ms += (time.perf_counter() - start) * 1e3
         return adapter
+
+    def adapter_problems(self, path: str | os.PathLike) -> list[str]:
+        """Every reason an adapter file does not fit this model, pair by pair ([] if it fits)."""
+        try:
+            file = read_adapter_file(path, self.hparams.arch, self.n_layer)
+        except HotLoraError as e:
+            return [str(e)]
+        problems = []
+        for pair in file.pairs:
+            try:
+                Adapter(-1, dataclasses.replace(file, pairs=[pair]), self._model).free()
+            except HotLoraError as e:
+                problems.append(str(e))
+        return problems
 
     def set_adapters(self, scales: dict[Adapter, float]) -> None:
         """Makes exactly these adapters active, applied in this order; {} means none.
