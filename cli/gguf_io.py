@@ -176,12 +176,18 @@ def copy_metadata(f: GGUFFile, writer, skip: tuple[str, ...] = ()) -> None:
         writer.add_key_value(name, field.contents(), field.types[0], sub)
 
 
+def dims_of(ne: tuple[int, ...]) -> tuple[int, ...]:
+    """ne without its trailing 1s (at least one dimension)."""
+    dims = list(ne)
+    while len(dims) > 1 and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
 def add_raw_tensor(writer, name: str, type_name: str, ne: tuple[int, ...], data: np.ndarray) -> None:
     """Adds a tensor from its bytes, of any ggml type, keeping its ggml shape ne."""
     qtype = GGMLQuantizationType[type_name]
     block, type_size = GGML_QUANT_SIZES[qtype]
-    dims = list(ne)
-    while len(dims) > 1 and dims[-1] == 1:
-        dims.pop()
+    dims = dims_of(ne)
     byte_shape = list(reversed(dims[1:])) + [dims[0] // block * type_size]  # numpy order, last axis in bytes
     writer.add_tensor(name, np.ascontiguousarray(data).view(np.uint8).reshape(byte_shape), raw_dtype=qtype)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._native import TYPE_IDS, ffi, lib
 from .errors import ModelFileError
-from .gguf_io import GGUFFile, TensorInfo
+from .gguf_io import GGUFFile, TensorInfo, dims_of
 from .hparams import HParams
 
 # layer tensor suffix -> (descriptor field, kind); kind: "matrix", "vector" or "bias"
@@ -39,10 +39,9 @@ def _ne_text(ne) -> str:
 
 
 def check_tensor(f: GGUFFile, info: TensorInfo, shape: tuple[int, ...], kind: str) -> None:
-    want = tuple(shape) + (1,) * (4 - len(shape))
-    if info.ne != want:
+    if dims_of(info.ne) != dims_of(shape):
         raise ModelFileError(f"{f.path}: tensor '{info.name}' has wrong shape; expected {_ne_text(shape)}, "
-                             f"got {_ne_text(info.ne[:max(len(shape), 1)] if info.ne[len(shape):] == (1,) * (4 - len(shape)) else info.ne)}")
+                             f"got {_ne_text(dims_of(info.ne))}")
     if kind != "matrix" and info.type_name != "F32":
         raise ModelFileError(f"{f.path}: tensor '{info.name}' must be F32, got {info.type_name}")
     if kind == "matrix" and info.type_name not in TYPE_IDS:
