@@ -170,5 +170,11 @@ hl_status hl_dequantize_row(int32_t type, const void *src, float *dst, int64_t n
 /* y[r] = W[r] . x for r < n_rows; W holds n_rows rows of n_cols elements of type. */
 hl_status hl_mat_vec(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
                      const float *x, float *y, int32_t kernel);
+/*
+ * Quantizes n_rows rows of n_cols floats (src, row-major) into type (dst holds
+ * n_rows * hl_row_size(type, n_cols) bytes), splitting rows over n_threads threads.
+ * Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
+ */
+hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows, int64_t n_cols, int32_t n_threads);
 
 #endif

@@ -53,6 +53,19 @@ static hl_status check_pair(const char *name, const hl_lora *p, int64_t n_in, in
     return HL_OK;
 }
 
+/* B [r, n_out] of a float type as r rows of n_out (same type): y += s * sum_k t_k * Bt[k]
+ * then runs over contiguous rows, where B's rows of r elements would need one tiny dot each. */
+static void *transpose(const hl_tensor *b) {
+    const size_t elem = hl_get_type_traits(b->type)->type_size;
+    const int64_t r = b->ne[0], n_out = b->ne[1];
+    char *bt = malloc((size_t)(r * n_out) * elem);
+    if (!bt) return NULL;
+    for (int64_t j = 0; j < n_out; j++)
+        for (int64_t k = 0; k < r; k++)
+            memcpy(bt + (size_t)(k * n_out + j) * elem, (const char *)b->data + j * b->row_bytes + k * elem, elem);
+    return bt;
+}
+
 static hl_status add_pair(hl_adapter *ad, const hl_model *m, const hl_lora_pair *d) {
     char name[64];
     hl_lora *slot;
@@ -82,6 +95,10 @@ static hl_status add_pair(hl_adapter *ad, const hl_model *m, const hl_lora_pair 
     if (st != HL_OK) return st;
     if (!isfinite(p.scale)) return hl_fail(HL_ERR_INVALID, "LoRA tensor '%s': scale is not finite", name);
     p.rank = (int32_t)p.b.ne[0];
+    if (d->target != HL_LORA_TOKEN_EMBD && hl_get_type_traits(p.b.type)->axpy) {
+        p.bt = transpose(&p.b);
+        if (!p.bt) return hl_fail(HL_ERR_NOMEM, "out of memory for LoRA tensor '%s'", name);
+    }
     *slot = p;
     return HL_OK;
 }
@@ -111,6 +128,10 @@ hl_status hl_adapter_create(const hl_model *model, const hl_adapter_desc *desc, 
 
 void hl_adapter_free(hl_adapter *adapter) {
     if (!adapter) return;
+    if (adapter->layers)
+        for (int64_t i = 0; i < (int64_t)adapter->model->hp.n_layer * HL_LORA_LAYER_TARGETS; i++)
+            free(adapter->layers[i].bt);
+    free(adapter->output.bt);
     free(adapter->layers);
     free(adapter);
 }

@@ -25,6 +25,7 @@ typedef struct {
 typedef struct {
     hl_tensor a;  /* [n_in, r]; token_embd: [r, n_vocab] */
     hl_tensor b;  /* [r, n_out]; token_embd: [r, n_embd] */
+    void *bt;     /* float B only: B transposed, [n_out, r] in b's type, owned by the adapter */
     int32_t rank;
     float scale;  /* alpha / r (or 1) */
 } hl_lora;
@@ -79,7 +80,7 @@ typedef struct {
     hl_tensor dst, src0, src1, src2;
     hl_lora_term *terms; /* mat-mul / get-rows: B terms to add; lora-a: A terms to compute */
     int32_t n_terms;
-    char name[32];       /* e.g. "blk.0.attn_q" */
+    char name[48];       /* e.g. "blk.0.attn_q" */
 } hl_node;
 
 struct hl_context {

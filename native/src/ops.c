@@ -70,9 +70,13 @@ static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
         for (int64_t t = 0; t < n_tok; t++) {
             float s;
             tt->vec_dot(n_in, &s, w_row, act + t * act_stride);
-            if (nd->n_terms) s += hl_lora_b_row(ctx, nd, r, t);
-            ((float *)ROW(&nd->dst, t))[r] = bias ? s + bias[r] : s;
+            ((float *)ROW(&nd->dst, t))[r] = bias && !nd->n_terms ? s + bias[r] : s;
         }
+    }
+    for (int64_t t = 0; nd->n_terms && t < n_tok; t++) { /* y = (W.x + LoRA) + bias */
+        float *y = (float *)ROW(&nd->dst, t);
+        hl_lora_b_rows(ctx, nd, r0, r1, t, y);
+        for (int64_t r = r0; bias && r < r1; r++) y[r] += bias[r];
     }
 }
 

@@ -114,25 +114,31 @@ void hl_lora_b_convert(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     }
 }
 
-/* sum_i s_i * dot(B_i[r], t_i[:, t]) for output row r and token t. */
-float hl_lora_b_row(hl_context *ctx, const hl_node *nd, int64_t r, int64_t t) {
+/* y[r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[:, t] for token t: float B as axpys over the rows of
+ * B transposed; quantized B as one dot per row against t converted to B's vec_dot_type. */
+void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1, int64_t t, float *y) {
     const char *conv = (const char *)ctx->work + lora_b_offset(nd);
     const int64_t n_tok = nd->src1.ne[1];
-    float sum = 0.0f;
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
-        const void *t_row = nd->terms[i].t + t * lora->rank;
-        if (needs_conversion(&lora->b)) {
-            const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
-            t_row = conv + t * stride;
-            conv += align64(stride * (size_t)n_tok);
+        const float *t_row = nd->terms[i].t + t * lora->rank, s = nd->terms[i].scale;
+        if (lora->bt) {
+            const int64_t n_out = lora->b.ne[1];
+            for (int32_t k = 0; k < lora->rank; k++)
+                bt->axpy(r1 - r0, s * t_row[k], (const char *)lora->bt + (size_t)(k * n_out + r0) * bt->type_size,
+                         y + r0);
+            continue;
         }
-        float d;
-        bt->vec_dot(lora->rank, &d, (const char *)lora->b.data + r * lora->b.row_bytes, t_row);
-        sum += nd->terms[i].scale * d;
+        const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
+        const char *t_conv = conv + t * stride;
+        conv += align64(stride * (size_t)n_tok);
+        for (int64_t r = r0; r < r1; r++) {
+            float d;
+            bt->vec_dot(lora->rank, &d, (const char *)lora->b.data + r * lora->b.row_bytes, t_conv);
+            y[r] += s * d;
+        }
     }
-    return sum;
 }
 
 /* ---- OP_GET_ROWS with terms: x[t] += s * B . a[id] ------------------------------------------ */

@@ -233,9 +233,9 @@ void hl_quantize_row_q8_1_ref(const float *x, void *vy, int64_t n) {
 
 /* ------------------------------------------------------------- traits and dispatch */
 
-#define FLOAT_TYPE(nm, sz, tf, dot) \
+#define FLOAT_TYPE(nm, sz, tf, dot, ax) \
     {.name = nm, .block_size = 1, .type_size = sz, .vec_dot_type = HL_TYPE_F32, \
-     .to_float = tf, .vec_dot = dot, .vec_dot_ref = dot}
+     .to_float = tf, .vec_dot = dot, .vec_dot_ref = dot, .axpy = ax, .axpy_ref = ax}
 #define QUANT_TYPE(nm, bs, blk, vdt, tf, dot) \
     {.name = nm, .block_size = bs, .type_size = sizeof(blk), .vec_dot_type = vdt, \
      .to_float = tf, .vec_dot = dot, .vec_dot_ref = dot}
@@ -249,12 +249,28 @@ static void from_float_f32(const float *x, void *y, int64_t n) {
     memcpy(y, x, (size_t)n * sizeof(float));
 }
 
+/* y += alpha * x, one fmaf per element, for the float types. */
+static void axpy_f32_ref(int64_t n, float alpha, const void *vx, float *y) {
+    const float *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(alpha, x[i], y[i]);
+}
+
+static void axpy_f16_ref(int64_t n, float alpha, const void *vx, float *y) {
+    const uint16_t *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(alpha, hl_fp16_to_fp32(x[i]), y[i]);
+}
+
+static void axpy_bf16_ref(int64_t n, float alpha, const void *vx, float *y) {
+    const uint16_t *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(alpha, hl_bf16_to_fp32(x[i]), y[i]);
+}
+
 static hl_type_traits traits_f32 = {
     .name = "f32", .block_size = 1, .type_size = 4, .vec_dot_type = HL_TYPE_F32,
     .to_float = to_float_f32, .from_float = from_float_f32, .from_float_ref = from_float_f32,
-    .vec_dot = vec_dot_f32_ref, .vec_dot_ref = vec_dot_f32_ref};
-static hl_type_traits traits_f16 = FLOAT_TYPE("f16", 2, to_float_f16, vec_dot_f16_ref);
-static hl_type_traits traits_bf16 = FLOAT_TYPE("bf16", 2, to_float_bf16, vec_dot_bf16_ref);
+    .vec_dot = vec_dot_f32_ref, .vec_dot_ref = vec_dot_f32_ref, .axpy = axpy_f32_ref, .axpy_ref = axpy_f32_ref};
+static hl_type_traits traits_f16 = FLOAT_TYPE("f16", 2, to_float_f16, vec_dot_f16_ref, axpy_f16_ref);
+static hl_type_traits traits_bf16 = FLOAT_TYPE("bf16", 2, to_float_bf16, vec_dot_bf16_ref, axpy_bf16_ref);
 static hl_type_traits traits_q4_0 =
     QUANT_TYPE("q4_0", QK, block_q4_0, HL_TYPE_Q8_0, to_float_q4_0, vec_dot_q4_0_q8_0_ref);
 static hl_type_traits traits_q4_1 =
@@ -292,6 +308,9 @@ static void choose_avx2(void) {
     traits_f16.vec_dot = hl_vec_dot_f16_avx2;
     traits_f16.to_float = hl_to_float_f16_avx2;
     traits_bf16.vec_dot = hl_vec_dot_bf16_avx2;
+    traits_f32.axpy = hl_axpy_f32_avx2;
+    traits_f16.axpy = hl_axpy_f16_avx2;
+    traits_bf16.axpy = hl_axpy_bf16_avx2;
     traits_q4_0.vec_dot = hl_vec_dot_q4_0_q8_0_avx2;
     traits_q4_1.vec_dot = hl_vec_dot_q4_1_q8_1_avx2;
     traits_q5_0.vec_dot = hl_vec_dot_q5_0_q8_0_avx2;

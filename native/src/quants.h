@@ -20,6 +20,8 @@ typedef void (*hl_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*hl_from_float_fn)(const float *src, void *dst, int64_t n);
 /* *s = dot of a weight row w (n elements) and an activation row a in vec_dot_type. */
 typedef void (*hl_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
+/* y[i] = fmaf(alpha, x[i], y[i]) for a row x of a float type (rounding independent of the split). */
+typedef void (*hl_axpy_fn)(int64_t n, float alpha, const void *x, float *y);
 
 typedef struct {
     const char *name;
@@ -31,6 +33,8 @@ typedef struct {
     hl_from_float_fn from_float_ref;
     hl_vec_dot_fn vec_dot;             /* chosen kernel (weight types only) */
     hl_vec_dot_fn vec_dot_ref;
+    hl_axpy_fn axpy;                   /* chosen kernel (F32, F16, BF16 only) */
+    hl_axpy_fn axpy_ref;
 } hl_type_traits;
 
 /* NULL for a type the core does not know. */
@@ -143,6 +147,9 @@ void hl_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a
 void hl_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
 void hl_quantize_row_q8_1_avx2(const float *x, void *y, int64_t n);
+void hl_axpy_f32_avx2(int64_t n, float alpha, const void *x, float *y);
+void hl_axpy_f16_avx2(int64_t n, float alpha, const void *x, float *y);
+void hl_axpy_bf16_avx2(int64_t n, float alpha, const void *x, float *y);
 void hl_to_float_f16_avx2(const void *x, float *y, int64_t n);
 #endif
 

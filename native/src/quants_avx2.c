@@ -18,6 +18,7 @@
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "common.h"
@@ -117,6 +118,37 @@ void TARGET hl_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
     for (; i < n; i++) sum += h2f(x[i]) * y[i];
     *s = sum;
+}
+
+/* y += alpha * x with FMA; the scalar tail uses fmaf so every element rounds the same way. */
+void TARGET hl_axpy_f32_avx2(int64_t n, float alpha, const void *vx, float *y) {
+    const float *x = vx;
+    const __m256 a = _mm256_set1_ps(alpha);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(alpha, x[i], y[i]);
+}
+
+void TARGET hl_axpy_f16_avx2(int64_t n, float alpha, const void *vx, float *y) {
+    const uint16_t *x = vx;
+    const __m256 a = _mm256_set1_ps(alpha);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, load_f16x8(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(alpha, h2f(x[i]), y[i]);
+}
+
+void TARGET hl_axpy_bf16_avx2(int64_t n, float alpha, const void *vx, float *y) {
+    const uint16_t *x = vx;
+    const __m256 a = _mm256_set1_ps(alpha);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        const __m256 xf = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, xf, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) y[i] = fmaf(alpha, hl_bf16_to_fp32(x[i]), y[i]);
 }
 
 /* F16C conversion is exact (subnormals, inf kept; NaNs come back quiet). */
