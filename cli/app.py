@@ -11,10 +11,12 @@ import typer
 
 from . import __version__
 from .commands.bench import bench
+from .commands.convert_lora import convert_lora
 from .commands.export_lora import export_lora
 from .commands.graph import graph
 from .commands.inspect import inspect
 from .commands.options import UsageError, join_pairs
+from .commands.quantize import quantize
 from .commands.run import run
 from .commands.tokenize import tokenize
 from .errors import HotLoraError
@@ -30,8 +32,10 @@ app.command("run")(run)
 app.command("tokenize")(tokenize)
 app.command("bench")(bench)
 app.command("graph")(graph)
+app.command("convert-lora")(convert_lora)
 app.command("export-lora")(export_lora)
 app.command("inspect")(inspect)
+app.command("quantize")(quantize)
 
 
 def _print_version(value: bool) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
 
 from ._native import TYPE_IDS, check, ffi, lib
 from .errors import HotLoraError
@@ -21,3 +23,11 @@ def encode(values: np.ndarray, type_name: str, n_threads: int = 1) -> np.ndarray
     check(lib.hl_quantize(TYPE_IDS[type_name], ffi.cast("float *", ffi.from_buffer(src)), ffi.from_buffer(dst),
                           n_rows, n_cols, n_threads), f"quantize to {type_name}")
     return dst
+
+
+def requantize(info, type_name: str, n_threads: int) -> np.ndarray:
+    """A tensor's bytes in another type (dequantised first; copied when the type is unchanged)."""
+    if info.type_name == type_name:
+        return info.data
+    values = dequantize(np.asarray(info.data), GGMLQuantizationType[info.type_name])
+    return encode(values.reshape(-1, info.ne[0]), type_name, n_threads)

@@ -1,0 +1,597 @@
+"""Converting LoRA adapters to llama.cpp's adapter GGUF (lora.md §2): PEFT directories and legacy `ggla` files.
+
+`convert_peft(peft_dir, base_gguf, out, outtype)` reads `adapter_config.json` and `adapter_model.safetensors`
+and writes the GGUF keys and tensors `convert_lora_to_gguf.py` writes (lora.md §2.1, §6), but does better
+where llama.cpp's converter is wrong or silent (lora.md §6.4, §10):
+
+* Everything it needs about the base comes from the base GGUF (`--model`): the architecture, the head counts
+  for llama's q/k row permutation (lora.md §6.3: only `lora_b` rows of `attn_q` / `attn_k` are permuted, with
+  `n_head` / `n_head_kv`; qwen2 is never permuted) and every base tensor's shape, which each pair must fit.
+  No HF base directory or network.
+* PEFT scaling is kept exactly. A GGUF adapter has one alpha and the runtime scale is `alpha / rank` with
+  `rank = lora_b.ne[0]` (lora.md §2.3). We write `adapter.lora.alpha = lora_alpha` from the config and, per
+  pair, fold `factor = true_scale / (alpha / r_t)` into `lora_b`, where `true_scale = alpha_t / r_t` (or
+  `alpha_t / sqrt(r_t)` with `use_rslora`), `alpha_t` / `r_t` from `alpha_pattern` / `rank_pattern`. The file
+  is then correct in llama.cpp too. Folding happens in float64 before any F16/BF16/Q8_0 rounding.
+* Pattern keys follow PEFT's `get_pattern_key`: a key matches a module's full name (e.g.
+  `model.layers.0.self_attn.q_proj`, `lm_head`) when `re.match(rf"(.*\\.)?({key})$", name)` does; the first
+  matching key in the config's order wins. Each pair's rank (from its tensors) must equal the rank the config
+  gives that module, else the config and the weights disagree and we refuse.
+* Refused with one actionable line (a `ModelFileError`): DoRA, `modules_to_save` / full weights, trained
+  biases (`bias != "none"`, `lora_bias`, `lora_B.bias`), `fan_in_fan_out`, non-LORA `peft_type`,
+  `layer_replication`, modules that do not map to a LoRA-aware llama/qwen2 tensor, a half-missing pair,
+  rank disagreement, a pair that does not fit its base tensor (both shapes named), non-finite values.
+  `adapter_model.bin` needs torch: used when importable, else refused with how to convert it.
+* `lm_head` maps to `output.weight`; on a tied base (no `output.weight`) hotlora applies it at the tied head
+  (checked against `token_embd.weight`'s shape). `embed_tokens` LoRAs apply at the input lookup only.
+
+`--outtype` (default f32): f32, f16, bf16 or q8_0 for every `.lora_a` / `.lora_b`. Q8_0 needs rows of a
+multiple of 32 elements. `lora_a`'s rows are `n_in` long (always fine for real models) but `lora_b`'s rows
+(and token_embd's transposed `lora_a`) are `r` long: a tensor whose row length is not a multiple of 32 is
+**stored as F16 instead, and the log says so** (what llama.cpp's older converter did). We do not refuse
+because r = 8/16 is the common case and an F16 `lora_b` is small (r·n_out) and more precise than Q8_0.
+
+`convert_ggla(path, base_gguf, out, outtype, from_peft)` turns a legacy ggla file (lora.md §8; read with
+adapters.read_ggla_adapter, which transposes loraA back) into the same GGUF, with the header alpha and
+per-pair ranks, so the runtime scale is the same as loading the ggla directly. `from_peft=True` applies the
+q/k permutation to `lora_b` of `attn_q` / `attn_k` (files from the old PEFT converter, which forgot it);
+default: none (files from llama.cpp's `finetune` already use llama.cpp's row layout).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .adapters import GGLA_MAGIC, read_ggla_adapter
+from .errors import HotLoraError, ModelFileError
+from .gguf_io import GGUFFile
+from .hparams import HParams, read_hparams
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+Q = gguf.GGMLQuantizationType
+PEFT_PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+MERGE_HINT = "merge the adapter into the base model with PEFT (merge_and_unload) and convert the merged model instead"
+
+# HF module (below `model.layers.N.`) -> GGUF tensor (lora.md §6.2); all multiplied through LoRA-aware products.
+LAYER_MODULES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down"}
+_LAYER_MODULE = re.compile(r"model\.layers\.(\d+)\.(" + "|".join(re.escape(m) for m in LAYER_MODULES) + r")")
+CONVERTIBLE = ("model.embed_tokens, model.layers.N.self_attn.{q,k,v,o}_proj, "
+               "model.layers.N.mlp.{gate,up,down}_proj, lm_head")
+# PEFT tensor suffix -> (half, kind)
+_ADAPTER_NAME = re.compile(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\.default(?=\.|$)")
+_HALVES = {".lora_A.weight": ("A", "linear"), ".lora_B.weight": ("B", "linear"),
+           ".lora_embedding_A": ("A", "embedding"), ".lora_embedding_B": ("B", "embedding")}
+
+
+@dataclass
+class TensorReport:
+    """One converted pair."""
+    base: str            # GGUF base tensor, e.g. "blk.0.attn_q.weight"
+    source: str          # PEFT module name (or the ggla base name)
+    rank: int
+    alpha: float         # the module's alpha (alpha_pattern or lora_alpha; ggla: header alpha)
+    scale: float         # the module's PEFT scale alpha/r (or alpha/sqrt(r)): what the runtime applies at scale 1
+    factor: float        # folded into lora_b (1.0: nothing folded)
+    type_a: str = ""
+    type_b: str = ""
+    permuted: bool = False
+
+
+@dataclass
+class ConvertReport:
+    source: Path
+    out: Path
+    arch: str
+    alpha: float         # the adapter.lora.alpha written
+    outtype: str
+    tensors: list[TensorReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # things the log must say (F16 fallbacks, skipped tensors)
+    f16_fallbacks: list[tuple[str, int]] = field(default_factory=list)   # q8_0 asked, F16 written: (name, row length)
+    n_bytes: int = 0     # size of the written file
+
+    @property
+    def n_tensors(self) -> int:
+        return 2 * len(self.tensors)
+
+    @property
+    def n_folded(self) -> int:
+        return sum(1 for t in self.tensors if t.factor != 1.0)
+
+
+@dataclass
+class _Pair:
+    """A pair in GGUF numpy orientation (ne reversed): linear a (r, n_in), b (n_out, r);
+    token_embd a (n_vocab, r), b (n_embd, r)."""
+    report: TensorReport
+    a: np.ndarray
+    b: np.ndarray
+
+
+# ---- base model ---------------------------------------------------------------------------------------------
+
+class _Base:
+    """What conversion needs from the base GGUF: arch, head counts and tensor shapes (ne)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.file = GGUFFile(self.path)
+        embd = self.file.tensor("token_embd.weight", required=False)
+        self.hp: HParams = read_hparams(self.file, embd.ne[1] if embd is not None else 0)
+        self.arch = self.hp.arch
+        self.tied = "output.weight" not in self.file.tensors
+
+    def ne(self, name: str) -> tuple[int, int] | None:
+        """ne[:2] of the weight a pair on `name` must fit (tied output: token_embd), or None if absent."""
+        if name == "output.weight" and self.tied:
+            name = "token_embd.weight"
+        info = self.file.tensors.get(name)
+        return None if info is None else (info.ne[0], info.ne[1])
+
+    def order(self, name: str) -> int:
+        """Position of a base tensor in the base file (output last when tied), for a familiar tensor order."""
+        names = list(self.file.tensors)
+        return names.index(name) if name in names else len(names)
+
+
+def _check_fit(base: _Base, source: str, name: str, a: np.ndarray, b: np.ndarray, where: str) -> None:
+    """lora.md §5.7 in GGUF numpy orientation, with both shapes named."""
+    ne = base.ne(name)
+    if ne is None:
+        raise ModelFileError(f"{where}: '{source}' maps to '{name}', which does not exist in base model "
+                             f"{base.path} ({base.hp.n_layer} layers; hint: maybe wrong base model?)")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ModelFileError(f"{where}: '{source}' halves must be 2-D, got A {a.shape} and B {b.shape}")
+    embd = name == "token_embd.weight"
+    rank_a = a.shape[1] if embd else a.shape[0]
+    if rank_a != b.shape[1]:
+        raise ModelFileError(f"{where}: '{source}' has lora_A of rank {rank_a} but lora_B of rank {b.shape[1]}")
+    # delta shape in torch orientation (out, in) vs the base weight's (ne[1], ne[0])
+    delta = (a.shape[0], b.shape[0]) if embd else (b.shape[0], a.shape[1])
+    want = (ne[1], ne[0])
+    if delta != want:
+        tied = " (tied output: token_embd.weight)" if name == "output.weight" and base.tied else ""
+        raise ModelFileError(f"{where}: '{source}' does not fit base tensor '{name}'{tied}: adapter delta shape "
+                             f"{delta} (lora_A {_shape(a, embd)}, lora_B {tuple(b.shape)}) vs base shape {want} "
+                             f"(ne [{ne[0]}, {ne[1]}]); hint: maybe wrong base model?")
+
+
+def _shape(a: np.ndarray, embd: bool) -> tuple[int, ...]:
+    """lora_A's shape as the source stored it (token_embd's is kept transposed here)."""
+    return tuple(a.shape[::-1]) if embd else tuple(a.shape)
+
+
+def permute_rows(b: np.ndarray, n_heads: int) -> np.ndarray:
+    """gguf-llama.md §4 on the rows of b: out[h·hd + 2j + s] = b[h·hd + s·hd/2 + j]."""
+    rows = b.shape[0]
+    if rows % (2 * n_heads):
+        raise ModelFileError(f"cannot permute {rows} rows for {n_heads} heads (rows must be a multiple of 2·heads)")
+    hd = rows // n_heads
+    return b.reshape(n_heads, 2, hd // 2, -1).swapaxes(1, 2).reshape(b.shape)
+
+
+def _permute_heads(base: _Base, name: str) -> int | None:
+    """Head count whose q/k permutation applies to lora_b of `name` (None: not permuted)."""
+    if base.arch != "llama":
+        return None
+    kind = name.split(".")[2] if name.startswith("blk.") else ""
+    return {"attn_q": base.hp.n_head, "attn_k": base.hp.n_head_kv}.get(kind)
+
+
+# ---- PEFT ---------------------------------------------------------------------------------------------------
+
+def get_pattern_key(pattern_keys, module: str) -> str | None:
+    """PEFT's pattern lookup: the first key (in order) with re.match(rf"(.*\\.)?({key})$", module); None if none."""
+    for key in pattern_keys:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+def _read_config(peft_dir: Path) -> dict:
+    path = peft_dir / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{peft_dir}: no {CONFIG_NAME} (expected a PEFT adapter directory)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    return config
+
+
+def _number(path: Path, key: str, value, integer: bool = False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            integer and (value != int(value) or value < 1)):
+        what = "a positive integer" if integer else "a number"
+        raise ModelFileError(f"{path}: {key} must be {what}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+@dataclass
+class _PeftConfig:
+    alpha: float
+    r: int
+    rslora: bool
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+
+
+def _check_config(peft_dir: Path, config: dict) -> _PeftConfig:
+    path = peft_dir / CONFIG_NAME
+    peft_type = str(config.get("peft_type") or "LORA")
+    if peft_type.upper() != "LORA":
+        raise ModelFileError(f"{path}: peft_type '{peft_type}' is not LoRA; only LoRA adapters can be converted")
+    if config.get("use_dora"):
+        raise ModelFileError(f"{path}: DoRA adapters (use_dora: true) cannot be converted: a LoRA GGUF has no "
+                             f"magnitude vector; {MERGE_HINT}")
+    if config.get("fan_in_fan_out"):
+        raise ModelFileError(f"{path}: fan_in_fan_out: true (Conv1D-style transposed weights, e.g. GPT-2) is not "
+                             f"supported for llama/qwen2 bases; retrain with fan_in_fan_out false")
+    bias = config.get("bias") or "none"
+    if bias != "none":
+        raise ModelFileError(f"{path}: bias '{bias}' trains bias vectors, which a LoRA GGUF cannot hold; "
+                             f"retrain with bias='none' or {MERGE_HINT}")
+    if config.get("lora_bias"):
+        raise ModelFileError(f"{path}: lora_bias: true adds a trained lora_B bias, which a LoRA GGUF cannot hold; "
+                             f"retrain without it or {MERGE_HINT}")
+    saved = config.get("modules_to_save")
+    if saved:
+        raise ModelFileError(f"{path}: modules_to_save {saved} stores full trained weights (e.g. new token "
+                             f"embeddings), which a LoRA GGUF cannot hold; {MERGE_HINT}")
+    if config.get("layer_replication"):
+        raise ModelFileError(f"{path}: layer_replication changes the model's layers and cannot be converted; "
+                             f"{MERGE_HINT}")
+    if "lora_alpha" not in config:
+        raise ModelFileError(f"{path}: lora_alpha is missing")
+    alpha = _number(path, "lora_alpha", config["lora_alpha"])
+    r = _number(path, "r", config.get("r", 8), integer=True)
+    patterns = {}
+    for key, integer in (("rank_pattern", True), ("alpha_pattern", False)):
+        table = config.get(key) or {}
+        if not isinstance(table, dict):
+            raise ModelFileError(f"{path}: {key} must be an object of module pattern -> value")
+        for pattern, value in table.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ModelFileError(f"{path}: {key} key '{pattern}' is not a valid regular expression ({e})") from None
+            _number(path, f"{key}['{pattern}']", value, integer)
+        patterns[key] = {k: (int(v) if integer else float(v)) for k, v in table.items()}
+    return _PeftConfig(alpha, r, bool(config.get("use_rslora", False)), patterns["rank_pattern"],
+                       patterns["alpha_pattern"])
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    try:
+        return load_file(str(path))
+    except TypeError as e:
+        if "bfloat16" in str(e):
+            return _read_safetensors_manually(path)
+        raise ModelFileError(f"{path}: cannot read safetensors file ({e})") from None
+    except Exception as e:  # safetensors raises its own SafetensorError for malformed files
+        raise ModelFileError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def _read_safetensors_manually(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file with BF16 tensors, which numpy cannot represent: widened to float32."""
+    data = path.read_bytes()
+    try:
+        (n,) = struct.unpack_from("<Q", data, 0)
+        header = json.loads(data[8:8 + n])
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _ST_DTYPES:
+                raise ModelFileError(f"{path}: tensor '{name}' has dtype {info['dtype']}, expected a float type")
+            begin, end = (8 + n + int(o) for o in info["data_offsets"])
+            values = np.frombuffer(data[begin:end], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+            if info["dtype"] == "BF16":
+                values = (values.astype(np.uint32) << 16).view(np.float32)
+            out[name] = values
+        return out
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _read_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ModelFileError(
+            f"{path}: reading a PyTorch .bin adapter needs torch, which is not installed; convert it to "
+            f"safetensors first (where torch is installed: python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{BIN_NAME}', weights_only=True), '{SAFETENSORS_NAME}')\") "
+            f"or pip install torch") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        return {k: v.detach().float().numpy() for k, v in state.items()}
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise ModelFileError(f"{path}: cannot read PyTorch adapter ({type(e).__name__}: {e})") from None
+
+
+def _load_peft_tensors(peft_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    for name, reader in ((SAFETENSORS_NAME, _read_safetensors), (BIN_NAME, _read_bin)):
+        path = peft_dir / name
+        if path.is_file():
+            return path, reader(path)
+    raise ModelFileError(f"{peft_dir}: no {SAFETENSORS_NAME} (or {BIN_NAME}) in the PEFT adapter directory")
+
+
+def _classify(path: Path, tensors: dict[str, np.ndarray], notes: list[str]) -> dict[str, dict[str, object]]:
+    """module -> {"A": array, "B": array, "kind": linear|embedding, "names": {half: tensor name}}.
+
+    Refusals are checked across all tensors in priority order (DoRA, biases, full weights, unknown) so the
+    message names the real reason."""
+    modules: dict[str, dict[str, object]] = {}
+    dora, biases, full, unknown, skipped = [], [], [], [], []
+    for name in sorted(tensors):
+        short = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+        short = _ADAPTER_NAME.sub(r".\1", short)   # state dicts saved with the adapter name ("default")
+        for suffix, (half, kind) in _HALVES.items():
+            if short.endswith(suffix):
+                module = short[:-len(suffix)]
+                entry = modules.setdefault(module, {"kind": kind, "names": {}})
+                if entry["kind"] != kind:
+                    raise ModelFileError(f"{path}: module '{module}' has both linear (lora_A/B) and embedding "
+                                         f"(lora_embedding_A/B) LoRA tensors")
+                entry[half], entry["names"][half] = tensors[name], name
+                break
+        else:
+            if "lora_magnitude_vector" in short:
+                dora.append(name)
+            elif ".base_layer." in short:
+                skipped.append(name)
+            elif short.endswith(".bias"):
+                biases.append(name)
+            elif short.endswith(".weight"):
+                full.append(name)
+            else:
+                unknown.append(name)
+    if dora:
+        raise ModelFileError(f"{path}: '{dora[0]}' is a DoRA magnitude vector; DoRA adapters cannot be converted "
+                             f"(a LoRA GGUF has no magnitude vector); {MERGE_HINT}")
+    if biases:
+        raise ModelFileError(f"{path}: '{biases[0]}' is a trained bias, which a LoRA GGUF cannot hold; retrain "
+                             f"with bias='none' or {MERGE_HINT}")
+    if full:
+        raise ModelFileError(f"{path}: '{full[0]}' is a full weight tensor (modules_to_save, e.g. resized "
+                             f"embeddings for new tokens), which a LoRA GGUF cannot hold; {MERGE_HINT}")
+    if unknown:
+        raise ModelFileError(f"{path}: unexpected tensor '{unknown[0]}' (not a lora_A/lora_B or "
+                             f"lora_embedding_A/B tensor)")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} base_layer tensor(s) (frozen base weights), e.g. '{skipped[0]}'")
+    if not modules:
+        raise ModelFileError(f"{path}: no LoRA tensors (lora_A/lora_B) found")
+    return modules
+
+
+def _gguf_name(path: Path, module: str, kind: str, arch: str) -> str:
+    if module == "model.embed_tokens":
+        name = "token_embd.weight"
+    elif module == "lm_head":
+        name = "output.weight"
+    else:
+        m = _LAYER_MODULE.fullmatch(module)
+        if m is None:
+            raise ModelFileError(f"{path}: target module '{module}' cannot be mapped to a {arch} GGUF tensor "
+                                 f"(convertible: {CONVERTIBLE}); retrain without it in target_modules or "
+                                 f"{MERGE_HINT}")
+        name = f"blk.{int(m.group(1))}.{LAYER_MODULES[m.group(2)]}.weight"
+    if (kind == "embedding") != (name == "token_embd.weight"):
+        want = "lora_embedding_A/B" if name == "token_embd.weight" else "lora_A/lora_B"
+        raise ModelFileError(f"{path}: module '{module}' should carry {want} tensors for {name}, got the other kind")
+    return name
+
+
+def _as_float(path: Path, name: str, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        raise ModelFileError(f"{path}: tensor '{name}' has dtype {values.dtype}, expected a float type")
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ModelFileError(f"{path}: tensor '{name}' contains NaN or infinite values")
+    return values
+
+
+def convert_peft(peft_dir: str | os.PathLike, base_gguf: str | os.PathLike, out: str | os.PathLike | None = None,
+                 outtype: str = "f32") -> ConvertReport:
+    """Converts a PEFT LoRA directory to an adapter GGUF for `base_gguf`; returns what was written."""
+    outtype = _check_outtype(outtype)
+    peft_dir = Path(peft_dir)
+    if not peft_dir.is_dir():
+        raise ModelFileError(f"{peft_dir}: not a PEFT adapter directory")
+    cfg = _check_config(peft_dir, _read_config(peft_dir))
+    base = _Base(base_gguf)
+    st_path, tensors = _load_peft_tensors(peft_dir)
+    out = Path(out) if out is not None else peft_dir / f"{peft_dir.resolve().name}-{outtype.upper()}-LoRA.gguf"
+    report = ConvertReport(peft_dir, out, base.arch, cfg.alpha, outtype)
+    pairs = []
+    modules = _classify(st_path, tensors, report.notes)
+    gguf_names = {module: _gguf_name(st_path, module, e["kind"], base.arch) for module, e in modules.items()}
+    for module, entry in modules.items():
+        kind, names, name = entry["kind"], entry["names"], gguf_names[module]
+        for half, other in (("A", "B"), ("B", "A")):
+            if half not in entry:
+                raise ModelFileError(f"{st_path}: LoRA tensor pair for '{module}' is missing one component "
+                                     f"(has {names[other]}, no lora_{'embedding_' if kind == 'embedding' else ''}"
+                                     f"{half})")
+        a, b = (_as_float(st_path, names[h], entry[h]) for h in ("A", "B"))
+        if kind == "embedding":
+            a = a.T   # lora.md §2.2: token_embd's lora_a is A transposed, (n_vocab, r)
+        _check_fit(base, module, name, a, b, str(st_path))
+        rank = b.shape[1]
+        rank_key = get_pattern_key(cfg.rank_pattern, module)
+        want_rank = cfg.rank_pattern[rank_key] if rank_key is not None else cfg.r
+        if rank != want_rank:
+            said = f"rank_pattern['{rank_key}']" if rank_key is not None else "r"
+            raise ModelFileError(f"{st_path}: '{module}' has rank {rank} but {CONFIG_NAME} gives it {said} = "
+                                 f"{want_rank}; the config does not belong to these weights")
+        alpha_key = get_pattern_key(cfg.alpha_pattern, module)
+        alpha_t = cfg.alpha_pattern[alpha_key] if alpha_key is not None else cfg.alpha
+        scale = alpha_t / (math.sqrt(rank) if cfg.rslora else rank)
+        runtime = cfg.alpha / rank if cfg.alpha else 1.0   # lora.md §2.3 with user_scale 1
+        factor = scale / runtime
+        if factor != 1.0:
+            b = b * factor
+        heads = _permute_heads(base, name)
+        if heads is not None:
+            b = permute_rows(b, heads)
+        report.tensors.append(TensorReport(name, module, rank, alpha_t, scale, factor, permuted=heads is not None))
+        pairs.append(_Pair(report.tensors[-1], a, b))
+    _tied_notes(report, base)
+    _write(report, base, pairs)
+    return report
+
+
+def _tied_notes(report: ConvertReport, base: _Base) -> None:
+    """hotlora applies these by site; llama.cpp does not (lora.md §3, tied output trap): say so."""
+    names = {t.base for t in report.tensors}
+    if base.tied and "output.weight" in names:
+        report.notes.append("tied base: the output.weight (lm_head) pair applies at the tied output head in "
+                            "hotlora; llama.cpp refuses to load it (no output.weight in the base)")
+    if base.tied and "token_embd.weight" in names:
+        report.notes.append("tied base: the token_embd.weight pair applies at the input lookup only in hotlora; "
+                            "llama.cpp would also look it up at the tied output head")
+
+
+# ---- ggla ---------------------------------------------------------------------------------------------------
+
+def _matrix_values(matrix) -> np.ndarray:
+    """adapters.Matrix (F32/F16, ne [n0, n1]) -> float64 (n1, n0)."""
+    dtype = {"F32": np.float32, "F16": np.float16}[matrix.type_name]
+    return np.frombuffer(matrix.data, dtype=dtype).reshape(matrix.ne[1], matrix.ne[0]).astype(np.float64)
+
+
+def is_ggla(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and struct.unpack("<I", head)[0] == GGLA_MAGIC
+
+
+def convert_ggla(ggla_path: str | os.PathLike, base_gguf: str | os.PathLike, out: str | os.PathLike | None = None,
+                 outtype: str = "f32", from_peft: bool = False) -> ConvertReport:
+    """Converts a legacy ggla adapter to GGUF. The header alpha is written as is and ranks come from each pair,
+    as when hotlora loads the ggla itself. `from_peft`: permute lora_b rows of attn_q / attn_k (llama bases)."""
+    outtype = _check_outtype(outtype)
+    ggla_path = Path(ggla_path)
+    base = _Base(base_gguf)
+    file = read_ggla_adapter(ggla_path, base.hp.n_layer)
+    out = Path(out) if out is not None else ggla_path.with_suffix(".gguf")
+    if out.resolve() == ggla_path.resolve():
+        raise HotLoraError(f"output '{out}' would overwrite the input; give another path with -o")
+    report = ConvertReport(ggla_path, out, base.arch, file.alpha, outtype)
+    if from_peft and base.arch != "llama":
+        report.notes.append(f"--ggla-from-peft: {base.arch} bases use no q/k permutation; nothing to permute")
+    pairs = []
+    for pair in file.pairs:
+        a, b = _matrix_values(pair.a), _matrix_values(pair.b)
+        _check_fit(base, pair.base, pair.base, a, b, str(ggla_path))
+        heads = _permute_heads(base, pair.base) if from_peft else None
+        if heads is not None:
+            b = permute_rows(b, heads)
+        scale = file.alpha / pair.rank if file.alpha else 1.0
+        report.tensors.append(TensorReport(pair.base, pair.base, pair.rank, file.alpha, scale, 1.0,
+                                           permuted=heads is not None))
+        pairs.append(_Pair(report.tensors[-1], a, b))
+    _tied_notes(report, base)
+    _write(report, base, pairs)
+    return report
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+
+def _check_outtype(outtype: str) -> str:
+    value = str(outtype).lower()
+    if value not in OUTTYPES:
+        raise HotLoraError(f"--outtype '{outtype}' is not one of {', '.join(OUTTYPES)}")
+    return value
+
+
+def _encode(values: np.ndarray, outtype: str, name: str,
+            fallbacks: list[tuple[str, int]]) -> tuple[np.ndarray, Q | None, str]:
+    """(data, raw_dtype, ggml type name) for a float64 (rows, row length) array; a Q8_0 tensor whose rows are
+    not whole 32-blocks is stored as F16 and listed in `fallbacks` as (name, row length)."""
+    values32 = values.astype(np.float32)
+    if outtype == "q8_0" and values.shape[1] % 32:
+        fallbacks.append((name, values.shape[1]))
+        outtype = "f16"
+    if outtype == "f32":
+        data, raw, type_name = values32, None, "F32"
+    elif outtype == "f16":
+        data, raw, type_name = values32.astype(np.float16), None, "F16"
+    else:
+        raw = Q.BF16 if outtype == "bf16" else Q.Q8_0
+        data, type_name = gguf.quants.quantize(values32, raw), raw.name
+    if outtype == "f16" and not np.all(np.isfinite(data)):
+        raise HotLoraError(f"{name}: values overflow F16 (max |x| = {np.max(np.abs(values)):.4g}); "
+                           f"use --outtype f32 or bf16")
+    return np.ascontiguousarray(data), raw, type_name
+
+
+def adapter_display_name(source: Path) -> str:
+    """general.name from the adapter's directory (or file) name, title-cased: peft-a -> 'Peft A'."""
+    stem = source.resolve().name if source.is_dir() else source.stem
+    return re.sub(r"[-_\s]+", " ", stem).strip().title() or "Lora"
+
+
+def _write(report: ConvertReport, base: _Base, pairs: list[_Pair]) -> None:
+    """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written to a
+    temporary file first so a failure never leaves a half-written adapter behind."""
+    out = report.out
+    if out.is_dir():
+        raise HotLoraError(f"output '{out}' is a directory")
+    pairs = sorted(pairs, key=lambda p: (base.order(p.report.base), p.report.base))
+    report.tensors = [p.report for p in pairs]
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        writer = gguf.GGUFWriter(tmp, report.arch)   # general.architecture first
+        writer.add_string("general.type", "adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_string("general.name", adapter_display_name(report.source))
+        writer.add_float32("adapter.lora.alpha", report.alpha)
+        writer.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
+        for p in pairs:
+            for half, values in (("a", p.a), ("b", p.b)):
+                name = f"{p.report.base}.lora_{half}"
+                data, raw, type_name = _encode(values, report.outtype, name, report.f16_fallbacks)
+                setattr(p.report, f"type_{half}", type_name)
+                writer.add_tensor(name, data, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out)
+        if report.f16_fallbacks:
+            lengths = ", ".join(str(n) for n in sorted({n for _, n in report.f16_fallbacks}))
+            report.notes.append(f"q8_0 needs rows of a multiple of 32 elements: {len(report.f16_fallbacks)} "
+                                f"tensor(s) with rows of {lengths} (lora_b of those ranks, token_embd's lora_a) "
+                                f"stored as F16 instead, e.g. '{report.f16_fallbacks[0][0]}'")
+    except OSError as e:
+        raise HotLoraError(f"cannot write '{out}' ({e.strerror or e})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    report.n_bytes = out.stat().st_size
