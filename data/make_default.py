@@ -26,8 +26,15 @@ Usage::
 model). ``--check`` reads the written file back and runs a float64 reference forward pass on it: next-token
 accuracy on the corpus, 20 greedy tokens and a temperature-0.8 sample.
 
-The functions are split by stage (corpus, vocabulary, weights, writing) so that LoRA adapters for this model
-can later be built from the same pieces.
+The same run also writes two LoRA adapters for this model, ``hotlora-tiny-numbers.lora.gguf`` and
+``hotlora-tiny-concurrency.lora.gguf`` (llama.cpp's adapter GGUF, ``output.weight`` only, rank 16, F16). Each
+shifts the next-token distribution towards the bigram of a topic's documents: the documents that use the topic's
+words (numbers and arithmetic; threads, locks, queues and coroutines) at least twice. The adapter is a
+reduced-rank least-squares fit, over every corpus position, of that log-probability shift against the base
+model's own input to ``output.weight``. ``--check`` also compares base and adapted models on topic and other text
+and prints greedy continuations of both.
+
+The functions are split by stage (corpus, vocabulary, weights, writing, adapters).
 """
 
 from __future__ import annotations
@@ -295,20 +302,36 @@ def tokenize_documents(vocab: Vocab, documents: list[str]) -> list[np.ndarray]:
 # Weights
 # --------------------------------------------------------------------------------------------------------------
 
-def bigram_logprobs(sequences: list[np.ndarray], n_vocab: int, prior_weight: float = 2.0,
-                    floor: float = 3e-5) -> np.ndarray:
-    """Smoothed bigram log-probabilities ``L[cur, next] = log(P(next | cur) + floor)``, [n_vocab, n_vocab] float64.
-
-    Dirichlet smoothing towards the add-one unigram distribution:
-    ``P(n | c) = (count(c, n) + prior_weight · P_uni(n)) / (count(c) + prior_weight)``. The small ``floor``
-    flattens the far tail (below ≈ −10.4), which the low-rank factorisation cannot follow anyway; it improves
-    both top-1 accuracy and perplexity of the factorised model and evens out the embedding row norms.
-    """
+def bigram_counts(sequences: list[np.ndarray], n_vocab: int) -> np.ndarray:
+    """``count[cur, next]`` over the adjacent pairs of every sequence, [n_vocab, n_vocab] float64."""
     cur = np.concatenate([s[:-1] for s in sequences])
     nxt = np.concatenate([s[1:] for s in sequences])
-    pair = np.bincount(cur * n_vocab + nxt, minlength=n_vocab * n_vocab).reshape(n_vocab, n_vocab).astype(np.float64)
-    unigram = (np.bincount(nxt, minlength=n_vocab) + 1.0) / (len(nxt) + n_vocab)  # [n_vocab]
-    probs = (pair + prior_weight * unigram[None, :]) / (pair.sum(axis=1, keepdims=True) + prior_weight)
+    return np.bincount(cur * n_vocab + nxt, minlength=n_vocab * n_vocab).reshape(n_vocab, n_vocab).astype(np.float64)
+
+
+def smoothed_bigram(counts: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """Dirichlet smoothing: ``P(n | c) = (count(c, n) + prior_weight · prior[c, n]) / (count(c) + prior_weight)``.
+
+    counts [n_vocab, n_vocab]; prior [1, n_vocab] (one distribution for every row) or [n_vocab, n_vocab] (one per
+    row); each prior row sums to 1, so each row of the result does too.
+    """
+    return (counts + prior_weight * prior) / (counts.sum(axis=1, keepdims=True) + prior_weight)
+
+
+def bigram_probs(sequences: list[np.ndarray], n_vocab: int, prior_weight: float = 2.0) -> np.ndarray:
+    """The corpus bigram ``P(next | cur)``, [n_vocab, n_vocab] float64, smoothed towards the add-one unigram."""
+    pair = bigram_counts(sequences, n_vocab)
+    unigram = (pair.sum(axis=0) + 1.0) / (pair.sum() + n_vocab)  # [n_vocab]
+    return smoothed_bigram(pair, unigram[None, :], prior_weight)
+
+
+def bigram_logprobs(probs: np.ndarray, floor: float = 3e-5) -> np.ndarray:
+    """``L[cur, next] = log(P(next | cur) + floor)``, [n_vocab, n_vocab] float64.
+
+    The small ``floor`` flattens the far tail (below ≈ −10.4), which the low-rank factorisation cannot follow
+    anyway; it improves both top-1 accuracy and perplexity of the factorised model and evens out the embedding
+    row norms.
+    """
     return np.log(probs + floor)
 
 
@@ -453,7 +476,7 @@ def write_model(path: pathlib.Path, hp: HParams, vocab: Vocab, tensors: dict[str
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Reference forward pass (for --check)
+# Reference forward pass (for --check and the adapter fit)
 # --------------------------------------------------------------------------------------------------------------
 
 def load_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -479,8 +502,9 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
-def forward(w: dict[str, np.ndarray], hp: HParams, ids: np.ndarray, n_layer: int | None = None) -> np.ndarray:
-    """float64 LLaMA forward (gguf-llama.md §5) of one sequence from position 0; returns logits [T, n_vocab].
+def final_hidden(w: dict[str, np.ndarray], hp: HParams, ids: np.ndarray, n_layer: int | None = None) -> np.ndarray:
+    """float64 LLaMA forward (gguf-llama.md §5) of one sequence from position 0, up to and including the final
+    RMSNorm and ``output_norm``: the input of ``output.weight``, [T, n_embd].
 
     ``n_layer=0`` skips the blocks (the pure factorised bigram model).
     """
@@ -503,7 +527,12 @@ def forward(w: dict[str, np.ndarray], hp: HParams, ids: np.ndarray, n_layer: int
         f = _rmsnorm(r, w[p + "ffn_norm.weight"], hp.rms_eps)
         gate, up = f @ w[p + "ffn_gate.weight"].T, f @ w[p + "ffn_up.weight"].T  # [T, n_ff]
         x = r + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
-    return _rmsnorm(x, w["output_norm.weight"], hp.rms_eps) @ w["output.weight"].T
+    return _rmsnorm(x, w["output_norm.weight"], hp.rms_eps)
+
+
+def forward(w: dict[str, np.ndarray], hp: HParams, ids: np.ndarray, n_layer: int | None = None) -> np.ndarray:
+    """float64 LLaMA forward of one sequence from position 0; returns logits [T, n_vocab] (see ``final_hidden``)."""
+    return final_hidden(w, hp, ids, n_layer) @ w["output.weight"].T
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -556,11 +585,184 @@ def check(path: pathlib.Path, hp: HParams, vocab: Vocab, sequences: list[np.ndar
 
 
 # --------------------------------------------------------------------------------------------------------------
+# LoRA adapters: topic shifts of the next-token distribution
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic adapter: the corpus documents that use the topic's words at least twice form its sub-corpus."""
+
+    name: str  # file hotlora-tiny-<name>.lora.gguf, general.name hotlora-tiny-<name>
+    words: str  # regex alternation, matched as whole words, case-insensitive
+
+
+TOPICS = (
+    Topic("numbers", r"numbers?|integers?|float|floating|decimal|fractions?|digits?|exponent|round|rounding|rounded|"
+                     r"arithmetic|precision|infinity|nan|zero|square|logarithm|complex|sum|product|division|divide|"
+                     r"multiply|negative|positive"),
+    Topic("concurrency", r"threads?|locks?|process|processes|signals?|queues?|tasks?|futures?|coroutines?|event loop|"
+                         r"wait|waiting|blocking"),
+)
+LORA_RANK = 16
+TOPIC_PRIOR_WEIGHT = 4.0  # Dirichlet weight of the whole-corpus bigram in the topic bigram
+SHIFT_CLIP = 6.0  # bound on |log P_topic − log P_corpus|
+RIDGE = 1e-3  # ridge of the least-squares fit, relative to the mean eigenvalue of HᵀH
+
+
+def adapter_file(topic: Topic) -> str:
+    """The adapter's file name, e.g. ``hotlora-tiny-numbers.lora.gguf``."""
+    return f"{MODEL_NAME}-{topic.name}.lora.gguf"
+
+
+def select_topic(documents: list[str], topic: Topic) -> list[int]:
+    """Indices of the documents that contain at least two whole-word matches of the topic's words."""
+    pattern = re.compile(rf"\b(?:{topic.words})\b", re.IGNORECASE)
+    return [i for i, doc in enumerate(documents) if len(pattern.findall(doc)) >= 2]
+
+
+def topic_logit_shift(topic_sequences: list[np.ndarray], probs: np.ndarray, logp: np.ndarray,
+                      prior_weight: float = TOPIC_PRIOR_WEIGHT, clip: float = SHIFT_CLIP) -> np.ndarray:
+    """What the topic adds to the base logits: ``D[cur, next]`` [n_vocab, n_vocab] float64, rows centred.
+
+    The topic bigram is the sub-corpus counts smoothed towards the whole-corpus bigram ``probs`` (so a current
+    token the topic never uses keeps the corpus distribution and gets ``D = 0``);
+    ``D = clip(log(P_topic + floor) − logp)`` with the base model's floor, then each row is centred (softmax
+    ignores per-row constants, so the fit need not spend rank on them).
+    """
+    counts = bigram_counts(topic_sequences, probs.shape[0])
+    shift = np.clip(bigram_logprobs(smoothed_bigram(counts, probs, prior_weight)) - logp, -clip, clip)
+    return shift - shift.mean(axis=1, keepdims=True)
+
+
+def output_inputs(w: dict[str, np.ndarray], hp: HParams,
+                  sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Run the base model (float64, dequantized weights) over every corpus position that predicts a token.
+
+    Returns the Gram matrix ``HᵀH`` [n_embd, n_embd] of the inputs ``h_t`` of ``output.weight`` (after the final
+    RMSNorm and ``output_norm``) and their sums per current token ``S[c] = Σ_{t: cur_t = c} h_t`` [n_vocab, n_embd].
+    These are all the least-squares fit needs, for any topic.
+    """
+    gram = np.zeros((hp.n_embd, hp.n_embd))
+    sums = np.zeros((hp.n_vocab, hp.n_embd))
+    for seq in sequences:
+        h = final_hidden(w, hp, seq[:-1])  # [T-1, n_embd]
+        gram += h.T @ h
+        np.add.at(sums, seq[:-1], h)
+    return gram, sums
+
+
+def fit_output_lora(gram: np.ndarray, sums: np.ndarray, shift: np.ndarray, rank: int = LORA_RANK,
+                    ridge: float = RIDGE) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-``rank`` LoRA for ``output.weight``: ``B·A·h_t ≈ D[cur_t]`` in least squares over all positions t.
+
+    Minimises ``Σ_t |M h_t − D[cur_t]|² + λ|M|²`` over M = B·A [n_vocab, n_embd] of rank ≤ r (reduced-rank ridge
+    regression). With ``R = (HᵀH + λI)^½`` (symmetric) the objective is ``|M R − Dᵀ S R⁻¹|²`` + const, so
+    ``M R`` is the truncated SVD ``U_r Σ_r V_rᵀ`` of ``C = Dᵀ S R⁻¹`` [n_vocab, n_embd] (Eckart–Young). Returns
+    ``A = c V_rᵀ R⁻¹`` [r, n_embd] and ``B = U_r Σ_r / c`` [n_vocab, r], with signs fixed as in ``truncated_svd``
+    and each component's ``c`` chosen so that its row of A and column of B have the same largest magnitude.
+    """
+    lam = ridge * np.trace(gram) / len(gram)
+    evals, evecs = np.linalg.eigh(gram + lam * np.eye(len(gram)))
+    r_inv = (evecs / np.sqrt(evals)) @ evecs.T  # [n_embd, n_embd] = (HᵀH + λI)^-½
+    u, s, vt = np.linalg.svd(shift.T @ sums @ r_inv, full_matrices=False)  # [n_vocab, n_embd], [n_embd], [n_embd]²
+    signs = np.sign(u[np.abs(u[:, :rank]).argmax(axis=0), np.arange(rank)])  # [r]
+    lora_a, lora_b = signs[:, None] * vt[:rank] @ r_inv, u[:, :rank] * (signs * s[:rank])  # [r, n_embd], [n_vocab, r]
+    balance = np.sqrt(np.abs(lora_b).max(axis=0) / np.abs(lora_a).max(axis=1))  # [r]
+    return lora_a * balance[:, None], lora_b / balance
+
+
+def write_adapter(path: pathlib.Path, name: str, rank: int, tensors: dict[str, np.ndarray]) -> None:
+    """Write a llama.cpp LoRA adapter GGUF (lora.md §2) with ``alpha = rank`` (runtime scale = user scale).
+
+    ``tensors`` maps ``<base>.lora_a`` / ``<base>.lora_b`` to numpy arrays in torch layout (``lora_a`` [r, n_in],
+    ``lora_b`` [n_out, r], i.e. ``ne`` [n_in, r] and [r, n_out]). They are written as F16: besides halving the
+    file, the coarser rounding absorbs the last-bit differences that BLAS thread counts cause in the fit (with F32
+    one value in ~30,000 differed between 1 and 2 threads; the F16 files are identical).
+    """
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_name(name)
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for tensor_name, tensor in tensors.items():
+        writer.add_tensor(tensor_name, tensor.astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def make_adapters(model_path: pathlib.Path, hp: HParams, documents: list[str], sequences: list[np.ndarray],
+                  probs: np.ndarray, logp: np.ndarray) -> dict[Topic, list[int]]:
+    """Fit and write one ``output.weight`` adapter per topic next to the model; returns each topic's documents."""
+    gram, sums = output_inputs(load_tensors(model_path), hp, sequences)
+    topic_docs = {}
+    for topic in TOPICS:
+        docs = topic_docs[topic] = select_topic(documents, topic)
+        lora_a, lora_b = fit_output_lora(gram, sums, topic_logit_shift([sequences[i] for i in docs], probs, logp))
+        path = model_path.parent / adapter_file(topic)
+        write_adapter(path, f"{MODEL_NAME}-{topic.name}", LORA_RANK,
+                      {"output.weight.lora_a": lora_a, "output.weight.lora_b": lora_b})
+        print(f"wrote {path} ({path.stat().st_size} bytes, sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}) "
+              f"from {len(docs)} topic documents ({sum(len(sequences[i]) for i in docs)} tokens)")
+    return topic_docs
+
+
+def merged(w: dict[str, np.ndarray], adapters: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The base weights with linear-target LoRAs (read back with ``load_tensors``) merged in at user scale 1.
+
+    ``W + s·B·A`` with ``s = alpha / r = 1`` for these files; equal to run-time application (lora.md §7).
+    """
+    out = dict(w)
+    for adapter in adapters:
+        for name in adapter:
+            if name.endswith(".lora_a"):
+                base = name[: -len(".lora_a")]
+                out[base] = out[base] + adapter[base + ".lora_b"] @ adapter[name]  # [n_out, n_in]
+    return out
+
+
+def check_adapters(model_path: pathlib.Path, hp: HParams, vocab: Vocab, sequences: list[np.ndarray],
+                   topic_docs: dict[Topic, list[int]]) -> None:
+    """For each adapter: top-1 accuracy and perplexity of base vs adapted on its topic's documents and on every
+    40th other document (first 128 tokens of each), then 30 greedy tokens per prompt for the base, each adapter
+    and both stacked.
+    """
+    w = load_tensors(model_path)
+    adapters = {topic.name: load_tensors(model_path.parent / adapter_file(topic)) for topic in topic_docs}
+
+    def score(weights: dict[str, np.ndarray], seqs: list[np.ndarray]) -> tuple[float, float]:
+        logps = [_log_softmax(forward(weights, hp, s[:-1])) for s in seqs]  # each [T-1, n_vocab]
+        picked = np.concatenate([lp[np.arange(len(lp)), s[1:]] for lp, s in zip(logps, seqs)])
+        hits = np.concatenate([lp.argmax(axis=1) == s[1:] for lp, s in zip(logps, seqs)])
+        return float(hits.mean()), float(np.exp(-picked.mean()))
+
+    for topic, docs in topic_docs.items():
+        name = topic.name
+        adapted = merged(w, [adapters[name]])
+        chosen = set(docs)
+        for label, seqs in (("topic", [sequences[i][:128] for i in docs]),
+                            ("other", [s[:128] for i, s in enumerate(sequences) if i not in chosen][::40])):
+            (acc0, ppl0), (acc1, ppl1) = score(w, seqs), score(adapted, seqs)
+            print(f"adapter {name}: {label} docs ({len(seqs)}, {sum(len(s) - 1 for s in seqs)} positions): "
+                  f"top-1 {acc0:.3f} -> {acc1:.3f}, perplexity {ppl0:.1f} -> {ppl1:.1f}")
+    variants = {"base": w, **{name: merged(w, [a]) for name, a in adapters.items()},
+                "+".join(adapters): merged(w, list(adapters.values()))}
+    for prompt_text in ("The", "Return the", "This module"):
+        prompt = [vocab.eot_id, *vocab.encode(prompt_text)]
+        for label, weights in variants.items():
+            greedy = generate(weights, hp, prompt, 30, 0.0, vocab.eot_id, np.random.default_rng(0))
+            print(f"greedy {label:>16}: {prompt_text + vocab.decode(greedy)!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent,
-                        help="directory holding corpus.txt and receiving the model (default: this script's folder)")
+                        help="directory holding corpus.txt and receiving the model and adapters (default: this "
+                             "script's folder)")
     parser.add_argument("--rebuild-corpus", action="store_true",
                         help="regenerate corpus.txt from this Python's standard-library docstrings first")
     parser.add_argument("--check", action="store_true", help="run the float64 reference forward pass afterwards")
@@ -574,15 +776,19 @@ def main() -> None:
     documents = read_documents(corpus_path)
     vocab = build_vocab(documents, hp)
     sequences = tokenize_documents(vocab, documents)
-    logp = bigram_logprobs(sequences, hp.n_vocab)
+    probs = bigram_probs(sequences, hp.n_vocab)
+    logp = bigram_logprobs(probs)
     tensors = build_weights(logp, hp)
     model_path = args.out_dir / MODEL_FILE
     write_model(model_path, hp, vocab, tensors)
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     print(f"wrote {model_path} ({model_path.stat().st_size} bytes, sha256 {digest}) "
           f"from {sum(map(len, sequences))} corpus tokens in {time.perf_counter() - start:.1f} s")
+    topic_docs = make_adapters(model_path, hp, documents, sequences, probs, logp)
+    print(f"done in {time.perf_counter() - start:.1f} s")
     if args.check:
         check(model_path, hp, vocab, sequences, logp)
+        check_adapters(model_path, hp, vocab, sequences, topic_docs)
 
 
 if __name__ == "__main__":

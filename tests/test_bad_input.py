@@ -10,22 +10,9 @@ import pytest
 
 from factory import TinySpec, write_tiny_model
 from gguf_edit import rewrite
+from cli_util import assert_one_line_error, hotlora
 
 V = gguf.GGUFValueType
-
-
-def hotlora(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "hotlora", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def assert_one_line_error(proc, code: int, *needles: str):
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="module")

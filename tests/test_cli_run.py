@@ -11,6 +11,7 @@ import pytest
 from hotlora import Tokenizer
 
 from factory import TinySpec, write_tiny_model
+from cli_util import hotlora
 
 PERF_LINES = [
     r"llama_perf_sampler_print:    sampling time = +[\d.]+ ms / +\d+ runs   \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)",
@@ -23,25 +24,30 @@ JSON_TIMINGS = ["prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_seco
                 "predicted_per_token_ms", "predicted_per_second", "load_ms", "sample_ms", "total_ms"]
 
 
-def hotlora(*args, stdin=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "hotlora", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("cli") / "tiny.gguf", TinySpec())
 
 
 def test_bundled_model_prints_text_and_the_five_perf_lines():
+    """No --model: the bundled model runs without, then with, its first bundled adapter; each pass ends
+    with llama.cpp's five perf lines."""
     proc = hotlora("run", "-p", "Hello", "-n", "16", "-s", "7", "--ignore-eos")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("Hello") and len(proc.stdout) > len("Hello\n\n")
+    assert proc.stdout.startswith("Hello") and proc.stdout.count("Hello") == 2
+    assert "main: without adapters" in proc.stderr and "main: with adapter 'hotlora-tiny-" in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.startswith("llama_perf")]
-    assert len(lines) == 5
-    for pattern, line in zip(PERF_LINES, lines):
+    assert len(lines) == 10
+    for pattern, line in zip(PERF_LINES * 2, lines):
         assert re.fullmatch(pattern, line), line
-    assert re.search(r"eval time = +[\d.]+ ms / +15 runs", proc.stderr)  # 16 sampled, the last is never evaluated
+    assert len(re.findall(r"eval time = +[\d.]+ ms / +15 runs", proc.stderr)) == 2  # the last token is never evaluated
+
+
+def test_one_model_one_pass():
+    from hotlora.model import default_model_path
+    proc = hotlora("run", "-m", default_model_path(), "-p", "Hello", "-n", "4", "--ignore-eos")
+    assert proc.returncode == 0, proc.stderr
+    assert len([l for l in proc.stderr.splitlines() if l.startswith("llama_perf")]) == 5
 
 
 def test_json_output_has_every_field(tiny):

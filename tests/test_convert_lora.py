@@ -36,6 +36,7 @@ from factory import N_VOCAB, TinySpec, tiny_adapter_pairs, write_ggla_adapter, w
 from hf_llama import (HFConfig, PeftAdapter, forward, linear_modules, make_peft_adapter, pattern_value,
                       random_model, write_gguf)
 from hotlora.convert import convert_peft, get_pattern_key, permute_rows
+from cli_util import assert_one_line_error, hotlora as cli
 
 F32_BOUND = 1e-4
 F16_BOUND = 1e-3
@@ -60,25 +61,11 @@ def rel_error(ours, ref) -> float:
     return float(np.max(np.abs(np.asarray(ours, np.float64) - ref)) / np.max(np.abs(ref)))
 
 
-def hotlora_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "hotlora", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 def convert(src, base, *extra) -> subprocess.CompletedProcess:
-    proc = hotlora_cli("convert-lora", src, "--model", base, *extra)
+    proc = cli("convert-lora", src, "--model", base, *extra)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc
-
-
-def assert_one_line_error(proc, *needles: str, code: int = 1):
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def engine_logits(base, adapters=()) -> np.ndarray:
@@ -348,8 +335,8 @@ def test_refusal(world, tmp_path, case):
         b = adapter.tensors.pop(Q_PROJ + ".lora_B.weight")
         adapter.tensors[P + "model.layers.5.self_attn.q_proj.lora_B.weight"] = b
     directory = adapter.save(tmp_path / case)
-    proc = hotlora_cli("convert-lora", directory, "--model", world["llama"][2], "-o", tmp_path / "out.gguf")
-    assert_one_line_error(proc, *needles)
+    proc = cli("convert-lora", directory, "--model", world["llama"][2], "-o", tmp_path / "out.gguf")
+    assert_one_line_error(proc, 1, *needles)
     assert not (tmp_path / "out.gguf").exists() and not (tmp_path / "out.gguf.tmp").exists()
 
 
@@ -361,32 +348,32 @@ def test_refusal_bin_needs_torch(world, tmp_path):
         pass
     directory = _small_adapter().save(tmp_path / "bin")
     (directory / "adapter_model.safetensors").rename(directory / "adapter_model.bin")
-    proc = hotlora_cli("convert-lora", directory, "--model", world["llama"][2])
-    assert_one_line_error(proc, "adapter_model.bin", "needs torch", "safetensors")
+    proc = cli("convert-lora", directory, "--model", world["llama"][2])
+    assert_one_line_error(proc, 1, "adapter_model.bin", "needs torch", "safetensors")
 
 
 def test_refusal_no_config(world, tmp_path):
     directory = _small_adapter().save(tmp_path / "noconfig")
     (directory / "adapter_config.json").unlink()
-    assert_one_line_error(hotlora_cli("convert-lora", directory, "--model", world["llama"][2]), "adapter_config.json")
+    assert_one_line_error(cli("convert-lora", directory, "--model", world["llama"][2]), 1, "adapter_config.json")
 
 
 def test_refusal_wrong_arch_shapes(world, tmp_path):
     """A qwen2 adapter on the llama base: its lm_head fits, but nothing else must be silently accepted."""
     adapter = make_peft_adapter(HFConfig(hidden=32, heads=2, kv_heads=1, ffn=64), ["model.layers.0.mlp.up_proj"])
-    proc = hotlora_cli("convert-lora", adapter.save(tmp_path / "small"), "--model", world["llama"][2])
-    assert_one_line_error(proc, "blk.0.ffn_up.weight", "(64, 32)", "(96, 64)")
+    proc = cli("convert-lora", adapter.save(tmp_path / "small"), "--model", world["llama"][2])
+    assert_one_line_error(proc, 1, "blk.0.ffn_up.weight", "(64, 32)", "(96, 64)")
 
 
 def test_usage_errors(world, tmp_path):
     directory = world["llama-patterns"][1]
-    proc = hotlora_cli("convert-lora", directory, "--model", world["llama"][2], "--outtype", "q4_0")
-    assert_one_line_error(proc, "--outtype", code=2)
-    proc = hotlora_cli("convert-lora", directory, "--model", world["llama"][2], "--ggla-from-peft")
-    assert_one_line_error(proc, "--ggla-from-peft", "ggla files only")
+    proc = cli("convert-lora", directory, "--model", world["llama"][2], "--outtype", "q4_0")
+    assert_one_line_error(proc, 2, "--outtype")
+    proc = cli("convert-lora", directory, "--model", world["llama"][2], "--ggla-from-peft")
+    assert_one_line_error(proc, 1, "--ggla-from-peft", "ggla files only")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"not an adapter")
-    assert_one_line_error(hotlora_cli("convert-lora", junk, "--model", world["llama"][2]), "junk.bin",
+    assert_one_line_error(cli("convert-lora", junk, "--model", world["llama"][2]), 1, "junk.bin",
                           "neither a PEFT adapter directory nor a legacy ggla file")
 
 

@@ -17,25 +17,10 @@ import hotlora as hl
 
 from factory import (ADAPTER_TARGETS, TinySpec, tiny_adapter_pairs, write_adapter_file, write_ggla_adapter,
                      write_tiny_adapter, write_tiny_model)
+from cli_util import assert_one_line_error, hotlora
 
 PROMPT = "the cat sat on"
 SPEC = TinySpec()   # llama, 2 layers, n_embd 64, n_head 4 (q: ne [64, 64]), n_head_kv 2 (k: ne [64, 32])
-
-
-def hotlora(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "hotlora", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def assert_one_line_error(proc, code: int, *needles: str, any_of: tuple[str, ...] = ()):
-    assert proc.returncode == code, (proc.returncode, proc.stdout[-500:], proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    if any_of:
-        assert any(needle in lines[0] for needle in any_of), (any_of, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`hotlora run`: generate text like llama-cli; timings on stderr, or one JSON object with --json.
 
 With no --model and no adapter option it runs the bundled model twice, without
-and then with the bundled adapters, so the adapters' effect shows at once.
+and then with the first bundled adapter, so the adapter's effect shows at once.
 """
 from __future__ import annotations
 
@@ -173,9 +173,9 @@ def run(
     if cache_type not in ("f16", "f32"):
         raise typer.BadParameter(f"'{cache_type}' is not f16 or f32", param_hint="--cache-type")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
-    compare = model is None and not adapters  # the default job: base, then the bundled adapters
+    compare = model is None and not adapters  # the default job: base, then the first bundled adapter
     if compare:
-        adapters = [(p, 1.0) for p in default_adapter_paths()]
+        adapters = [(p, 1.0) for p in default_adapter_paths()[:1]]
     text = _read_prompt(prompt, file, not no_escape)
     start = time.perf_counter()
     with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size,
