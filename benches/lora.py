@@ -3,7 +3,7 @@
 Interleaves the configurations (no adapter, rank 16, rank 64, ...) in every
 repetition and reports medians, so machine noise hits all of them alike.
 
-    python benches/lora.py [--cache /tmp/hotlora-bench] [--ranks 16,64] [--reps 7] [-t 2]
+    python benches/lora.py [--cache /tmp/hotlora-bench] [--adapters r16:F16,r64:F16,r64:Q8_0] [--reps 7] [-t 2]
 """
 from __future__ import annotations
 
@@ -58,17 +58,18 @@ def swap_latency_us(m: hotlora.Model, a, b, n: int = 2000) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/hotlora-bench"))
-    ap.add_argument("--ranks", default="16,64")
+    ap.add_argument("--adapters", default="r16:F16,r64:F16,r64:Q8_0", help="rank:type of each adapter tried")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("-t", type=int, default=2)
     args = ap.parse_args()
     model_path = ensure(args.cache / "tinyllama-shaped-q4_0.gguf", "make_bench_model.py", "--type", "Q4_0")
-    ranks = [int(r) for r in args.ranks.split(",")]
+    kinds = [(int(k.split(":")[0][1:]), k.split(":")[1]) for k in args.adapters.split(",")]
     with hotlora.Model(model_path, n_ctx=256, n_threads=args.t) as m:
-        base_map = m._file.reader.data
-        adapters = {r: m.load_adapter(ensure(args.cache / f"lora-r{r}-f16.gguf", "make_bench_adapter.py",
-                                             "--rank", str(r), "--type", "F16")) for r in ranks}
-        configs = {"none": {}} | {f"r{r}": {a: 1.0} for r, a in adapters.items()}
+        base_map = m.file.reader.data
+        adapters = {f"r{r} {t}": m.load_adapter(ensure(args.cache / f"lora-r{r}-{t.lower()}.gguf",
+                                                       "make_bench_adapter.py", "--rank", str(r), "--type", t))
+                    for r, t in kinds}
+        configs = {"none": {}} | {name: {a: 1.0} for name, a in adapters.items()}
         decode = {c: [] for c in configs}
         prompt = {c: [] for c in configs}
         for _ in range(args.reps):
@@ -84,12 +85,11 @@ def main() -> None:
             mib = sum(a.n_bytes for a in configs[name]) / 2**20
             d, p = statistics.median(decode[name]), statistics.median(prompt[name])
             print(f"| {name} | {mib:.1f} | {d:.2f} | {100 * (d / base_d - 1):+.1f}% | {p:.2f} | {100 * (p / base_p - 1):+.1f}% |")
-        print(f"\nweights: {m.weight_bytes / 2**20:.0f} MiB; rank-16 adapter bytes / weight bytes = "
-              f"{adapters[ranks[0]].n_bytes / m.weight_bytes:.1%}")
-        if len(ranks) >= 2:
-            print(f"swap latency (set_adapters between two loaded adapters): "
-                  f"{swap_latency_us(m, adapters[ranks[0]], adapters[ranks[1]]):.1f} µs median")
-        print(f"base memory map unchanged by loading/swapping: {m._file.reader.data is base_map}")
+        print(f"\nweights: {m.weight_bytes / 2**20:.0f} MiB; adapter bytes / weight bytes: " + ", ".join(
+            f"{name} {a.n_bytes / m.weight_bytes:.1%}" for name, a in adapters.items()))
+        first, second = list(adapters.values())[:2]
+        print(f"swap latency (set_adapters between two loaded adapters): {swap_latency_us(m, first, second):.1f} µs median")
+        print(f"base memory map unchanged by loading/swapping: {m.file.reader.data is base_map}")
 
 
 if __name__ == "__main__":
