@@ -57,7 +57,7 @@ def main() -> None:
     (work / "jobs.json").write_text(json.dumps(jobs))
     script = f"TOKENS = {TOKENS}\n" + LLAMA_SIDE
     subprocess.run([args.llama_python, "-c", script, str(work / "jobs.json")], check=True, capture_output=True)
-    print(f"| model | max abs diff | max abs logit | top-1 agreement |\n|---|---:|---:|---:|")
+    print("| model | max abs diff | max abs logit | top-1 agreement |\n|---|---:|---:|---:|")
     for name in SPECS:
         theirs = np.load(jobs[name][1])
         diff = np.abs(theirs - ours[name]).max()

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import hotlora
 
 HERE = Path(__file__).resolve().parent

@@ -1,8 +1,6 @@
 """Bad input: one `error: ...` line naming the file, tensor or option; exit 1 (2 for usage errors); no traceback."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import gguf
 import numpy as np

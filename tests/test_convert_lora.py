@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import gguf
 import numpy as np

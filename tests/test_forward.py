@@ -12,7 +12,6 @@ Bounds (relative to max |logit| of the reference):
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
