@@ -17,9 +17,10 @@ from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
 from .lora import Adapter
 from .sampling import Sampler, SamplerParams
+from .session import Session
 from .system import physical_cores
 from .timings import PerfCounters
-from .tokenizer import StreamDecoder, Tokenizer
+from .tokenizer import Tokenizer
 from .weights import CoreModelDesc
 
 CACHE_TYPES = {"f16": lib.HL_TYPE_F16, "f32": lib.HL_TYPE_F32}
@@ -279,18 +280,7 @@ class Model:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise HotLoraError("the prompt is empty")
-        sampler = self.sampler(**sampling)
+        session = Session(self, self.sampler(**sampling))
         self.reset()
-        logits = self.eval_last(ids)
-        for t in ids:
-            sampler.accept(t)
-        decoder = StreamDecoder(self.tokenizer)
-        n = 0
-        while n_predict < 0 or n < n_predict:
-            token = sampler.sample(logits)
-            sampler.accept(token)
-            n += 1
-            yield token, decoder.push(token)
-            if self.tokenizer.is_eog(token) or n == n_predict or self.n_past >= self.n_ctx:
-                break
-            logits = self.eval_last([token])
+        session.feed(ids)
+        yield from session.steps(n_predict)

@@ -8,13 +8,15 @@ reverse prompt, or when the context is full.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from .model import Model
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
+
+if TYPE_CHECKING:
+    from .model import Model
 
 REVERSE_PROMPT_WINDOW = 32  # tokens whose text is searched for a reverse prompt
 
@@ -37,6 +39,7 @@ class Session:
         self.history: list[int] = []
         self.logits: np.ndarray | None = None
         self.pending: list[int] = []  # the last sampled token, not yet evaluated (as llama.cpp)
+        self.stop = ""                # why the last turn stopped
         self._decoder = StreamDecoder(model.tokenizer)
 
     def feed(self, ids: list[int]) -> None:
@@ -55,36 +58,48 @@ class Session:
         tail = self.model.tokenizer.detokenize(self.history[-REVERSE_PROMPT_WINDOW:])
         return any(tail.endswith(r) for r in reverse_prompts)
 
-    def generate(self, n_predict: int, reverse_prompts: list[str] = ()) -> Turn:
-        """Samples until a stop rule fires; streams text pieces to on_text."""
-        turn = Turn()
+    def _stop_rule(self, token: int, n: int, n_predict: int, reverse_prompts: list[str]) -> str:
+        if self.model.tokenizer.is_eog(token):
+            return "eog"
+        if 0 <= n_predict <= n:
+            return "n_predict"
+        if self._ends_with_reverse_prompt(reverse_prompts):
+            return "reverse_prompt"
+        if self.model.n_past + 1 > self.model.n_ctx:
+            return "context_full"
+        return ""
+
+    def steps(self, n_predict: int, reverse_prompts: list[str] = ()) -> Iterator[tuple[int, str]]:
+        """Samples until a stop rule fires, yielding (token, text piece); self.stop then names the rule.
+
+        The last sampled token is left unevaluated (pending), as llama-cli leaves it.
+        """
+        self.stop = "n_predict" if n_predict == 0 else ""
+        if self.stop:
+            return
         if self.pending:
             self.logits = self.model.eval_last(self.pending)
             self.pending = []
-        while True:
+        n = 0
+        while not self.stop:
             token = self.sampler.sample(self.logits)
             self.sampler.accept(token)
             self.history.append(token)
+            n += 1
+            self.stop = self._stop_rule(token, n, n_predict, list(reverse_prompts))
+            piece = self._decoder.push(token) + (self._decoder.flush() if self.stop else "")
+            yield token, piece
+            if self.stop:
+                self.pending = [token]
+            else:
+                self.logits = self.model.eval_last([token])
+
+    def generate(self, n_predict: int, reverse_prompts: list[str] = ()) -> Turn:
+        """Samples until a stop rule fires; streams text pieces to on_text."""
+        turn = Turn()
+        for token, piece in self.steps(n_predict, reverse_prompts):
             turn.tokens.append(token)
-            piece = self._decoder.push(token)
             turn.text += piece
             self.on_text(piece)
-            if self.model.tokenizer.is_eog(token):
-                turn.stop = "eog"
-                break
-            if 0 <= n_predict <= len(turn.tokens):
-                turn.stop = "n_predict"
-                break
-            if self._ends_with_reverse_prompt(list(reverse_prompts)):
-                turn.stop = "reverse_prompt"
-                break
-            if self.model.n_past + 1 > self.model.n_ctx:
-                turn.stop = "context_full"
-                break
-            self.logits = self.model.eval_last([token])
-        self.pending = [turn.tokens[-1]]
-        rest = self._decoder.flush()
-        if rest:
-            turn.text += rest
-            self.on_text(rest)
+        turn.stop = self.stop
         return turn
