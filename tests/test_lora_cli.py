@@ -414,3 +414,20 @@ def test_graph_tied_model(files):
     path = write_tiny_adapter(files["dir"] / "tied_graph.gguf", TinySpec(tied=True), targets)
     nodes, _ = graph_of(files, files["tied"], "--hot-lora", path, "--all")
     assert lora_projections(nodes) == expected_lora(targets, {0, 1}, whole_model=True)
+
+
+def test_interactive_lora_commands(files):
+    """`run -i` takes /lora commands between turns and shows the adapters as a table on stderr."""
+    commands = "\n".join(["/lora", f"/lora load {files['other']} 0.5", "/lora scale 0 0.25", "/lora off",
+                          "more", "/lora on", "/lora unload 1", "/lora bogus", ""]) + "\n"
+    proc = hotlora("run", "-m", files["model"], "--hot-lora", files["adapter"], "-p", PROMPT, "-n", "2",
+                   "--temp", "0", "-i", stdin=commands)
+    assert proc.returncode == 0, proc.stderr
+    tables = proc.stderr.split("LoRA adapters")[1:]
+    assert len(tables) == 6  # one per valid command; the bogus one prints an error instead
+    assert "adapter.gguf" in tables[0] and "other.gguf" not in tables[0]
+    assert "other.gguf" in tables[1] and "0.5" in tables[1]
+    assert "0.25" in tables[2]
+    assert tables[3].count(" no ") == 2 and tables[4].count(" yes ") == 2  # off, then on again
+    assert "other.gguf" not in tables[5]  # unloaded
+    assert "error:" in proc.stderr and "usage" in proc.stderr

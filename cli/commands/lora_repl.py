@@ -68,11 +68,11 @@ class LoraCommands:
 
     def table(self) -> Table:
         table = Table(title="LoRA adapters", title_justify="left")
-        for column in ("id", "path", "scale", "active", "targets", "ranks", "MiB"):
+        for column in ("id", "file", "scale", "active", "targets", "ranks", "MiB"):
             table.add_column(column, justify="right" if column in ("id", "scale", "targets", "MiB") else "left")
         active = self.model.adapters
         for a in self.model.loaded_adapters:
             ranks = sorted(set(a.ranks.values()))
-            table.add_row(str(a.id), str(a.path), f"{active.get(a, 0.0):g}", "yes" if active.get(a) else "no",
+            table.add_row(str(a.id), a.path.name, f"{active.get(a, 0.0):g}", "yes" if active.get(a) else "no",
                           str(len(a.targets)), ",".join(map(str, ranks)), f"{a.n_bytes / 2**20:.2f}")
         return table
