@@ -1,6 +1,6 @@
 """Tiny random LLaMA-family GGUF models and llama.cpp LoRA adapters for tests.
 
-Models follow /work/shared/spec/gguf-llama.md (§2.2 keys, §3 tensors; no q/k permutation — random weights need
+Models follow ../shared/spec/gguf-llama.md (§2.2 keys, §3 tensors; no q/k permutation — random weights need
 none) with a small, self-consistent byte-level BPE vocabulary (tokenizers.md §5); adapters follow lora.md §2.
 
 Weight types: every 2-D matrix (token_embd, output and all projections) gets `TinySpec.weight_type`; 1-D tensors

@@ -1,7 +1,7 @@
 """Float64 reference forward pass for LLaMA-family GGUF models (the test oracle).
 
-Written straight from /work/shared/spec/gguf-llama.md (§2 keys, §3 tensors, §5 forward pass) and
-/work/shared/spec/lora.md (§2 adapter files, §3 where deltas apply), independent of hotlora's own code: it
+Written straight from ../shared/spec/gguf-llama.md (§2 keys, §3 tensors, §5 forward pass) and
+../shared/spec/lora.md (§2 adapter files, §3 where deltas apply), independent of hotlora's own code: it
 reads files with the `gguf` package and dequantizes every tensor with `gguf.quants.dequantize`.
 
 Orientation: every matrix is kept in numpy orientation, i.e. the GGUF `ne` reversed. A projection weight of
