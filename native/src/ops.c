@@ -143,33 +143,12 @@ static void op_store_kv(hl_context *ctx, const hl_node *nd, int phase, int ith, 
     }
 }
 
-static float dot_cache(int32_t type, const float *q, const void *k, int n) {
-    float s = 0.0f;
-    if (type == HL_TYPE_F32) {
-        const float *kf = k;
-        for (int i = 0; i < n; i++) s += q[i] * kf[i];
-    } else {
-        const uint16_t *kh = k;
-        for (int i = 0; i < n; i++) s += q[i] * hl_fp16_to_fp32(kh[i]);
-    }
-    return s;
-}
-
-static void axpy_cache(int32_t type, float *out, float p, const void *v, int n) {
-    if (type == HL_TYPE_F32) {
-        const float *vf = v;
-        for (int i = 0; i < n; i++) out[i] += p * vf[i];
-    } else {
-        const uint16_t *vh = v;
-        for (int i = 0; i < n; i++) out[i] += p * hl_fp16_to_fp32(vh[i]);
-    }
-}
-
 /* One query head over cells 0..pos: causal softmax(q.k * scale) weighted sum of v. */
 static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, float *scores) {
     const hl_model *m = ctx->model;
     const int hd = m->hp.head_dim, g = h / (m->hp.n_head / m->hp.n_head_kv);
     const int32_t type = ctx->params.cache_type;
+    const hl_type_traits *ct = hl_get_type_traits(type); /* F16 or F32 cells: SIMD dot and axpy */
     const size_t cell_bytes = hl_row_size(type, m->n_embd_kv), head_off = hl_row_size(type, (int64_t)g * hd);
     const char *kc = (const char *)ctx->k_cache[nd->il] + head_off;
     const char *vc = (const char *)ctx->v_cache[nd->il] + head_off;
@@ -180,7 +159,8 @@ static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, fl
 
     float max = -INFINITY;
     for (int64_t j = 0; j < n_kv; j++) {
-        scores[j] = dot_cache(type, q, kc + j * cell_bytes, hd) * scale;
+        ct->vec_dot(hd, &scores[j], kc + j * cell_bytes, q);
+        scores[j] *= scale;
         if (scores[j] > max) max = scores[j];
     }
     double sum = 0.0;
@@ -190,7 +170,7 @@ static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, fl
     }
     const float inv = (float)(1.0 / sum);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t j = 0; j < n_kv; j++) axpy_cache(type, out, scores[j] * inv, vc + j * cell_bytes, hd);
+    for (int64_t j = 0; j < n_kv; j++) ct->axpy(hd, scores[j] * inv, vc + j * cell_bytes, out);
 }
 
 /* Scores per thread: one per cell the last query row sees. */
