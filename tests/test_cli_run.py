@@ -107,3 +107,17 @@ def test_help_from_module_and_console_script(tmp_path):
     assert module.returncode == 0 and "--n-predict" in module.stdout
     script = subprocess.run(["hotlora", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert script.returncode == 0 and "run" in script.stdout
+
+
+def test_penalty_options_reach_the_sampler(tiny):
+    """--presence-penalty 100 at temp 0: no token seen in the window (prompt or generated) comes again."""
+    proc = hotlora("run", "-m", tiny, "-p", "hello hello", "-n", "12", "--json", "--temp", "0", "--ignore-eos",
+                   "--presence-penalty", "100", "--repeat-last-n", "64")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    seen = result["prompt_tokens"] + result["tokens"]
+    assert len(set(result["tokens"])) == 12 and not set(result["tokens"]) & set(result["prompt_tokens"]), seen
+    help_text = hotlora("run", "--help").stdout
+    for option in ("--typical", "--frequency-penalty", "--xtc-probability", "--xtc-threshold", "--dynatemp-range",
+                   "--dynatemp-exp"):
+        assert option in help_text

@@ -160,6 +160,13 @@ def run(
     min_p: Annotated[float, Opt("--min-p", help="min-p sampling (0.0 = off)")] = 0.05,
     repeat_penalty: Annotated[float, Opt("--repeat-penalty", help="penalty for repeated tokens (1.0 = off)")] = 1.0,
     repeat_last_n: Annotated[int, Opt("--repeat-last-n", help="tokens the penalty looks back on (-1 = context)", min=-1)] = 64,
+    typical: Annotated[float, Opt("--typical", help="locally typical sampling p (1.0 = off)")] = 1.0,
+    presence_penalty: Annotated[float, Opt("--presence-penalty", help="presence penalty (0.0 = off)")] = 0.0,
+    frequency_penalty: Annotated[float, Opt("--frequency-penalty", help="frequency penalty (0.0 = off)")] = 0.0,
+    xtc_probability: Annotated[float, Opt("--xtc-probability", help="XTC probability (0.0 = off)")] = 0.0,
+    xtc_threshold: Annotated[float, Opt("--xtc-threshold", help="XTC threshold")] = 0.1,
+    dynatemp_range: Annotated[float, Opt("--dynatemp-range", help="dynamic temperature range (0.0 = off)")] = 0.0,
+    dynatemp_exp: Annotated[float, Opt("--dynatemp-exp", help="dynamic temperature exponent")] = 1.0,
     ignore_eos: Annotated[bool, Opt("--ignore-eos", help="never sample an end-of-generation token")] = False,
     no_display_prompt: Annotated[bool, Opt("--no-display-prompt", help="do not echo the prompt")] = False,
     interactive: Annotated[bool, Opt("-i", "--interactive", help="read more input after each turn (/lora commands too)")] = False,
@@ -187,8 +194,12 @@ def run(
         gen = Generation(
             prompt_ids=_prompt_tokens(m, text), n_predict=n_predict,
             reverse_prompts=[r if no_escape else unescape(r) for r in reverse_prompt or []],
-            sampling=dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                          repeat_last_n=repeat_last_n, ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF),
+            sampling=dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
+                          repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                          presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                          xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
+                          dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
+                          ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF),
             interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape)
         if compare and loaded:
             sys.stderr.write("main: without adapters\n")
