@@ -1,10 +1,11 @@
-"""Mutation campaign driver: loads randomly corrupted copies of a valid GGUF.
+"""Mutation campaign driver: loads randomly corrupted copies of a valid model or adapter file.
 
 Run as a script (by tests/test_fuzz.py, in a subprocess so that a crash in C
 shows up as a signal): each case must either load and decode, or raise
 HotLoraError. Anything else prints the case and exits 1.
 
-    python fuzz_gguf.py VALID.gguf WORK_DIR N_CASES SEED
+    python fuzz_gguf.py VALID.gguf WORK_DIR N_CASES SEED                # a model
+    python fuzz_gguf.py VALID_ADAPTER WORK_DIR N_CASES SEED MODEL.gguf  # an adapter (GGUF or ggla) for MODEL
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFReader
 
 import hotlora
 
@@ -39,9 +41,16 @@ def mutate(data: bytes, rng: np.random.Generator, header_end: int) -> bytes:
     return bytes(buf)
 
 
-def run_case(path: Path) -> bool:
+def run_case(path: Path, model: hotlora.Model | None) -> bool:
     """True if the file loaded and decoded, False if it was refused with a one-line HotLoraError."""
     try:
+        if model is not None:  # an adapter: load, apply, decode, unload
+            adapter = model.load_adapter(path)
+            model.set_adapters({adapter: 1.0})
+            model.reset()
+            model.eval([0, 1])
+            model.unload_adapter(adapter)
+            return True
         with hotlora.Model(path, n_ctx=16, n_threads=1, n_batch=4) as m:
             m.eval([0, min(1, m.n_vocab - 1)])
             m.detokenize(m.tokenize("fuzz <|endoftext|> test"))
@@ -52,17 +61,17 @@ def run_case(path: Path) -> bool:
         return False
 
 
-def main(valid: str, work_dir: str, n_cases: str, seed: str) -> int:
+def main(valid: str, work_dir: str, n_cases: str, seed: str, model_path: str | None = None) -> int:
     data = Path(valid).read_bytes()
-    from gguf import GGUFReader
-    header_end = GGUFReader(valid).data_offset
+    header_end = GGUFReader(valid).data_offset if data[:4] == b"GGUF" else 256
+    model = hotlora.Model(model_path, n_ctx=16, n_threads=1, n_batch=4) if model_path else None
     rng = np.random.default_rng(int(seed))
     case = Path(work_dir) / "case.gguf"
     loaded = 0
     for i in range(int(n_cases)):
         case.write_bytes(mutate(data, rng, header_end))
         try:
-            loaded += run_case(case)
+            loaded += run_case(case, model)
         except Exception:
             Path(work_dir, "failing.gguf").write_bytes(case.read_bytes())
             print(f"case {i}: unexpected exception", file=sys.stderr)
