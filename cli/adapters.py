@@ -111,9 +111,9 @@ def read_gguf_adapter(path: Path, model_arch: str, n_layer: int) -> AdapterFile:
         base, dot, half = name.rpartition(".")
         if half not in ("lora_a", "lora_b") or not base:
             raise ModelFileError(f"{path}: LoRA tensor '{name}' has unexpected suffix (expected .lora_a or .lora_b)")
-        if info.type_name not in TYPE_IDS or info.ne[2:] != (1, 1):
-            raise ModelFileError(f"{path}: LoRA tensor '{name}' must be a 2-D matrix of a supported type, "
-                                 f"got {info.type_name} {list(info.ne)}")
+        if info.type_name not in TYPE_IDS or info.ne[2:] != (1, 1) or min(info.ne[:2]) < 1:
+            raise ModelFileError(f"{path}: LoRA tensor '{name}' must be a non-empty 2-D matrix of a supported "
+                                 f"type, got {info.type_name} {list(info.ne)}")
         halves.setdefault(base, {})[half[-1]] = Matrix(info.type_name, (info.ne[0], info.ne[1]), info.data)
     return AdapterFile(path, model_arch, alpha, _pair_up(path, halves, n_layer), f.get_str("general.name", ""), f)
 

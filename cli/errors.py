@@ -1,8 +1,16 @@
 """Errors hotlora raises on bad input. The CLI prints `error: <message>` and exits 1."""
 
 
+def one_line(text: str) -> str:
+    """Escapes newlines and other unprintable characters (e.g. from a corrupted tensor name)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class HotLoraError(Exception):
     """Base class: a one-line message that names the file, tensor or option at fault."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(str(message)))
 
 
 class ModelFileError(HotLoraError):
