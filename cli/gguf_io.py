@@ -63,6 +63,15 @@ class _CheckedReader(GGUFReader):
     def data(self) -> np.ndarray:
         return self._data
 
+    def _get(self, offset: int, dtype, count: int = 1, override_order=None) -> np.ndarray:
+        """Every read is bounded by the file: the stock reader would loop over a corrupted
+        array count of 2^60 elements past the end, collecting empty slices until memory runs out."""
+        count = int(count)
+        end = int(offset) + np.dtype(dtype).itemsize * count
+        if offset < 0 or count < 0 or end > len(self._data):
+            raise ValueError(f"a field at byte {offset} reads past the end of the file ({len(self._data)} bytes)")
+        return super()._get(offset, dtype, count, override_order)
+
     @data.setter
     def data(self, mapped: np.ndarray) -> None:
         # A plain ndarray view of the memory map (it keeps the map alive): slicing np.memmap

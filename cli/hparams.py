@@ -61,6 +61,8 @@ def read_hparams(f: GGUFFile, n_vocab: int) -> HParams:
     n_ff = _uniform(f, "feed_forward_length", f.get_int_or_array(f"{arch}.feed_forward_length", required=True), n_layer)
     if n_layer < 1 or n_embd < 1 or n_head < 1 or n_head_kv < 1 or n_ff < 1:
         raise ModelFileError(f"{f.path}: block_count, embedding_length, head counts and feed_forward_length must be positive")
+    if n_layer > len(f.tensors):  # every block has its own tensors: checked before anything is sized by it
+        raise ModelFileError(f"{f.path}: block_count {n_layer} is more than the file's {len(f.tensors)} tensors")
     head_dim = f.get_int(f"{arch}.attention.key_length", n_embd // n_head)
     value_dim = f.get_int(f"{arch}.attention.value_length", head_dim)
     n_rot = f.get_int(f"{arch}.rope.dimension_count", head_dim)

@@ -6,6 +6,7 @@ HotLoraError. Anything else prints the case and exits 1.
 
     python fuzz_gguf.py VALID.gguf WORK_DIR N_CASES SEED                # a model
     python fuzz_gguf.py VALID_ADAPTER WORK_DIR N_CASES SEED MODEL.gguf  # an adapter (GGUF or ggla) for MODEL
+    python fuzz_gguf.py VALID.gguf WORK_DIR N_CASES SEED --tokenizer     # the vocabulary alone (hotlora.Tokenizer)
 """
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def mutate(data: bytes, rng: np.random.Generator, header_end: int) -> bytes:
     return bytes(buf)
 
 
-def run_case(path: Path, model: hotlora.Model | None) -> bool:
+def run_case(path: Path, model: hotlora.Model | str | None) -> bool:
     """True if the file loaded and decoded, False if it was refused with a one-line HotLoraError."""
     try:
+        if model == "--tokenizer":
+            tok = hotlora.Tokenizer(path)
+            tok.detokenize(tok.tokenize("fuzz <|endoftext|> t\u00e9st \U0001F999"))
+            return True
         if model is not None:  # an adapter: load, apply, decode, unload
             adapter = model.load_adapter(path)
             model.set_adapters({adapter: 1.0})
@@ -64,7 +69,9 @@ def run_case(path: Path, model: hotlora.Model | None) -> bool:
 def main(valid: str, work_dir: str, n_cases: str, seed: str, model_path: str | None = None) -> int:
     data = Path(valid).read_bytes()
     header_end = GGUFReader(valid).data_offset if data[:4] == b"GGUF" else 256
-    model = hotlora.Model(model_path, n_ctx=16, n_threads=1, n_batch=4) if model_path else None
+    model = model_path
+    if model_path and model_path != "--tokenizer":
+        model = hotlora.Model(model_path, n_ctx=16, n_threads=1, n_batch=4)
     rng = np.random.default_rng(int(seed))
     case = Path(work_dir) / "case.gguf"
     loaded = 0

@@ -8,7 +8,7 @@ import pytest
 
 from factory import TinySpec, tiny_adapter_pairs, write_ggla_adapter, write_tiny_adapter, write_tiny_model
 
-N_CASES = 2000
+N_CASES = 4000
 
 
 @pytest.mark.parametrize("weight_type", ["Q8_0"])
@@ -42,3 +42,14 @@ def test_mutated_adapter_files_fail_cleanly(tmp_path, kind):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     loaded, refused = map(int, re.search(r"cases ok: (\d+) loaded, (\d+) refused", proc.stdout).groups())
     assert loaded >= 1 and refused >= N_ADAPTER_CASES // 5, proc.stdout  # both paths exercised
+
+
+def test_mutated_vocabularies_fail_cleanly(tmp_path):
+    """hotlora.Tokenizer(path) reads metadata with its own fast reader: the same campaign on it."""
+    valid = write_tiny_model(tmp_path / "valid.gguf", TinySpec(n_embd=32, n_layer=1, n_ff=32, n_head=2, n_head_kv=1))
+    driver = Path(__file__).with_name("fuzz_gguf.py")
+    proc = subprocess.run([sys.executable, str(driver), str(valid), str(tmp_path), "1000", "5", "--tokenizer"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    loaded, refused = map(int, re.search(r"cases ok: (\d+) loaded, (\d+) refused", proc.stdout).groups())
+    assert loaded >= 1 and refused >= 100, proc.stdout

@@ -60,8 +60,8 @@ def read_fields(path: str | os.PathLike) -> dict[str, Field]:
             return _Cursor(buf).fields()
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read file: {e.strerror or e}") from None
-    except (ValueError, struct.error, IndexError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{path}: not a valid GGUF file ({e})") from None
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        raise ModelFileError(f"{path}: not a valid GGUF file ({type(e).__name__}: {e})") from None
 
 
 def fields_from_reader(reader: GGUFReader) -> dict[str, Field]:
