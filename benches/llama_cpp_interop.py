@@ -1,7 +1,7 @@
 """Optional: files move both ways between hotlora and llama.cpp (through llama-cpp-python).
 
-1. hotlora writes (quantize to K-quant mixes, export-lora, an adapter GGUF); llama.cpp loads and runs them;
-   we compare its logits with ours on the same files.
+1. hotlora writes (quantize to K-quant mixes, export-lora, an adapter GGUF, a PEFT adapter converted with
+   rsLoRA and alpha/rank patterns folded in); llama.cpp loads and runs them; we compare its logits with ours.
 2. llama.cpp writes (llama_model_quantize to Q4_K_M, Q3_K_M, Q2_K...); hotlora loads them and must match the
    float64 reference with its activation rounding (tests/activations.py) row by row.
 
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from activations import roundtrip  # noqa: E402
 from factory import ADAPTER_TARGETS, TinySpec, write_tiny_adapter, write_tiny_model  # noqa: E402
+from hf_llama import HFConfig, linear_modules, make_peft_adapter, random_model, write_gguf  # noqa: E402
 from reference import forward, load_ref_model  # noqa: E402
 
 import hotlora  # noqa: E402
@@ -53,6 +54,17 @@ def ours(path, adapter=None, cache_type="f16") -> np.ndarray:
         return m.eval(TOKENS)
 
 
+def converted_peft(work: Path, cli: list[str]) -> tuple[str, str]:
+    """An HF-layout llama written with the q/k permutation, and a PEFT adapter (rsLoRA, patterns) converted."""
+    cfg = HFConfig()
+    base = write_gguf(work / "hf_base.gguf", cfg, random_model(cfg, seed=3))
+    peft = make_peft_adapter(cfg, linear_modules(cfg), r=8, lora_alpha=16.0, rank_pattern={"down_proj": 4},
+                             alpha_pattern={"v_proj": 32.0}, use_rslora=True).save(work / "peft")
+    subprocess.run(cli + ["convert-lora", str(peft), "--model", str(base), "-o", str(work / "peft.gguf")],
+                   check=True, capture_output=True)
+    return str(base), str(work / "peft.gguf")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-python", required=True)
@@ -67,6 +79,7 @@ def main() -> None:
     subprocess.run(cli + ["export-lora", "-m", str(f32), "--hot-lora", str(adapter), "-o", str(work / "merged.gguf")],
                    check=True, capture_output=True)
     runs = {t: (str(work / f"{t}.gguf"), None) for t in OUR_TYPES + ["merged"]} | {"lora": (str(f32), str(adapter))}
+    runs["converted PEFT"] = converted_peft(work, cli)
     job = {"dir": str(work), "f32": str(f32), "tokens": TOKENS, "quantize": LLAMA_FTYPES, "run": runs}
     (work / "job.json").write_text(json.dumps(job))
     subprocess.run([args.llama_python, "-c", LLAMA_SIDE, str(work / "job.json")], check=True, capture_output=True)
