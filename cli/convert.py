@@ -90,10 +90,6 @@ class ConvertReport:
     def n_tensors(self) -> int:
         return 2 * len(self.tensors)
 
-    @property
-    def n_folded(self) -> int:
-        return sum(1 for t in self.tensors if t.factor != 1.0)
-
 
 @dataclass
 class _Pair:

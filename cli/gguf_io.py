@@ -123,13 +123,10 @@ class GGUFFile:
         self.reader = _open_reader(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         for t in self.reader.tensors:
-            info = self._check_tensor(t)
+            info = self._wrap_tensor(t)
             self.tensors[info.name] = info
 
     # ---- metadata -------------------------------------------------------------------------------
-    def has(self, key: str) -> bool:
-        return self.reader.get_field(key) is not None
-
     def _value(self, key: str, types: tuple[GGUFValueType, ...], what: str, required: bool, default):
         field = self.reader.get_field(key)
         if field is None:
@@ -157,9 +154,6 @@ class GGUFFile:
     def get_str(self, key: str, default: str | None = None, required: bool = False) -> str | None:
         return self._value(key, (GGUFValueType.STRING,), "a string", required, default)
 
-    def get_bool(self, key: str, default: bool | None = None) -> bool | None:
-        return self._value(key, (GGUFValueType.BOOL,), "a bool", False, default)
-
     def get_int_or_array(self, key: str, default: int | None = None, required: bool = False) -> list[int] | int | None:
         """A hyper-parameter that may be one value or one value per layer."""
         field = self.reader.get_field(key)
@@ -171,7 +165,7 @@ class GGUFFile:
         return self.get_int(key, default, required)
 
     # ---- tensors --------------------------------------------------------------------------------
-    def _check_tensor(self, t) -> TensorInfo:
+    def _wrap_tensor(self, t) -> TensorInfo:
         """Wraps a tensor _CheckedReader already bounds-checked."""
         dims = [int(d) for d in t.shape]
         data = t.data.reshape(-1).view(np.uint8)
