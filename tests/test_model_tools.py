@@ -187,3 +187,12 @@ def test_inspect_model_adapter_and_fit(tmp_path):
     assert "[128, 128]" in bad.stdout.replace("\n", " ")
     bad_json = json.loads(hotlora("inspect", adapter, "--model", other, "--json").stdout)
     assert bad_json["fit"]["compatible"] is False and len(bad_json["fit"]["problems"]) == 3
+
+
+def test_inspect_prints_file_text_literally(tmp_path):
+    """Metadata that looks like Rich markup is shown as written, not styled or refused."""
+    from gguf_edit import rewrite
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layer=1))
+    odd = rewrite(model, tmp_path / "odd.gguf", kv={"general.name": ("[/bold] [red]x", gguf.GGUFValueType.STRING)})
+    shown = hotlora("inspect", odd)
+    assert shown.returncode == 0 and "[/bold] [red]x" in shown.stdout, shown.stderr

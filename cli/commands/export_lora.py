@@ -46,7 +46,7 @@ def export_lora(
                 progress.advance(task)
     for t in merged:
         console.print(f"merge_tensor : {t.name} {list(t.info.ne[:2])} {t.info.type_name} -> {t.type_name}, "
-                      f"{len(t.deltas)} adapter{'s' if len(t.deltas) > 1 else ''}")
+                      f"{len(t.deltas)} adapter{'s' if len(t.deltas) > 1 else ''}", markup=False)
     console.print(f"run_merge : merged {len(merged)} tensors with lora adapters")
     console.print(f"run_merge : wrote {len(tensors)} tensors to output file")
     sys.stderr.write(f"done, output file is {output}\n")

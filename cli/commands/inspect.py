@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..inspect_file import check_fit, describe
@@ -20,27 +21,28 @@ def _mib(n: int) -> str:
 
 
 def _render(info: dict, fit: dict | None, console: Console) -> None:
-    console.print(f"[bold]{info['path']}[/bold]: {info['kind']} ({info['format']}), arch {info['arch']}")
+    console.print(f"[bold]{escape(info['path'])}[/bold]: {info['kind']} ({info['format']}), arch {info['arch']}")
     if info["metadata"]:
         meta = Table("key", "value", title="metadata", title_justify="left")
         for key, value in info["metadata"].items():
-            meta.add_row(key, str(value))
+            meta.add_row(escape(key), escape(str(value)))  # file contents are text, never markup
         console.print(meta)
     tensors = Table("name", "type", "shape", "bytes", title=f"{len(info['tensors'])} tensors", title_justify="left")
     for t in info["tensors"]:
-        tensors.add_row(t["name"], t["type"], str(t["shape"]), f"{t['bytes']:,}")
+        tensors.add_row(escape(t["name"]), t["type"], str(t["shape"]), f"{t['bytes']:,}")
     console.print(tensors)
     if info["kind"] == "adapter":
         ranks = sorted(set(info["ranks"].values()))
         modules = ", ".join(f"{k} ×{n}" for k, n in sorted(info["modules"].items()))
-        console.print(f"alpha {info['alpha']:g}; ranks {ranks}; targets {modules}; {_mib(info['adapter_bytes'])}")
+        console.print(f"alpha {info['alpha']:g}; ranks {ranks}; targets {modules}; {_mib(info['adapter_bytes'])}",
+                      markup=False)
     if fit is not None:
         if fit["compatible"]:
             console.print(f"[green]fits the model[/green]; adds {fit['byte_ratio']:.2%} of the base's bytes")
         else:
             console.print(f"[red]does not fit the model[/red] ({len(fit['problems'])} problems):")
             for problem in fit["problems"]:
-                console.print(f"  - {problem}")
+                console.print(f"  - {problem}", soft_wrap=True, markup=False)  # one line each, as printed
 
 
 def inspect(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import HotLoraError
@@ -34,7 +35,7 @@ class LoraCommands:
                 handler(words[2:])
             self.console.print(self.table())
         except (HotLoraError, ValueError) as e:
-            self.console.print(f"[red]error:[/red] {e}")
+            self.console.print(f"[red]error:[/red] {escape(str(e))}")
 
     def _adapter(self, text: str):
         for adapter in self.model.loaded_adapters:
@@ -73,6 +74,6 @@ class LoraCommands:
         active = self.model.adapters
         for a in self.model.loaded_adapters:
             ranks = sorted(set(a.ranks.values()))
-            table.add_row(str(a.id), a.path.name, f"{active.get(a, 0.0):g}", "yes" if active.get(a) else "no",
+            table.add_row(str(a.id), escape(a.path.name), f"{active.get(a, 0.0):g}", "yes" if active.get(a) else "no",
                           str(len(a.targets)), ",".join(map(str, ranks)), f"{a.n_bytes / 2**20:.2f}")
         return table

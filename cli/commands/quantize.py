@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from gguf import GGUFWriter
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import HotLoraError
@@ -54,7 +55,7 @@ def quantize(
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"quantizing to {target}", total=len(f.tensors))
         for name, info in f.tensors.items():
-            progress.update(task, description=f"{name} -> {types[name]}")
+            progress.update(task, description=f"{escape(name)} -> {types[name]}")
             add_raw_tensor(writer, name, types[name], info.ne, requantize(info, types[name], threads or physical_cores()))
             progress.advance(task)
         writer.write_header_to_file()
