@@ -2,11 +2,12 @@
 
 * hl_dequantize_row equals gguf.quants.dequantize bit for bit (the C code uses
   gguf's float32 evaluation order), for every weight type.
-* hl_mat_vec (reference and chosen kernels) vs float64 dequantize(W) @ x:
+* hl_mat_mul (reference and chosen kernels) vs float64 dequantize(W) @ x:
   float types within 1e-6 of sum|w*x| per row; quantized types within the
   activation-quantisation bound derived in tests/KERNEL_BOUNDS.md, which is
   computed here per row (and the error is also checked to be < 1% of sum|w*x|).
-* The chosen (SIMD) kernels agree with the references on random, ragged shapes.
+* The chosen (SIMD) kernels agree with the references on random, ragged shapes (tokens and rows), and
+  a token's result does not depend on the batch it is computed in.
 * Bad arguments fail with a specific status and message; F16/BF16 edge values.
 
 Self-contained; deterministic seeds.
@@ -80,13 +81,19 @@ def c_dequantize(qtype, raw_row, n):
     return out
 
 
-def c_mat_vec(qtype, raw, n_cols, n_rows, x, kernel):
-    y = np.full(n_rows, np.nan, dtype=np.float32)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    st = lib.hl_mat_vec(int(qtype), ffi.from_buffer(raw), n_cols, n_rows, ffi.from_buffer("float[]", x),
-                        ffi.from_buffer("float[]", y, require_writable=True), kernel)
+def c_mat_mul(qtype, raw, n_cols, n_rows, x, kernel):
+    """hl_mat_mul of n_rows weight rows and x [n_tokens, n_cols] -> float64 [n_tokens, n_rows]."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, n_cols)
+    y = np.full((x.shape[0], n_rows), np.nan, dtype=np.float32)
+    st = lib.hl_mat_mul(int(qtype), ffi.from_buffer(raw), n_cols, n_rows, ffi.from_buffer("float[]", x),
+                        x.shape[0], ffi.from_buffer("float[]", y, require_writable=True), kernel)
     assert st == HL_OK, ffi.string(lib.hl_last_error())
     return y.astype(np.float64)
+
+
+def c_mat_vec(qtype, raw, n_cols, n_rows, x, kernel):
+    """One token through hl_mat_mul -> float64 [n_rows]."""
+    return c_mat_mul(qtype, raw, n_cols, n_rows, x, kernel)[0]
 
 
 def last_error():
@@ -106,6 +113,20 @@ def activation_half_step(x, act):
     blocks = x.reshape(-1, 256)
     d = np.abs(blocks).max(axis=1).astype(np.float64) / 127
     return np.repeat(d * (0.5 + 1e-4), 256)
+
+
+def without_ties(x):
+    """x [..., n] with every exact .5 tie of the Q8_0/Q8_1 quantizer (x * (1/d) in float32) moved one ulp to 0:
+    the SIMD quantizers round ties to even and the references away from zero (pinned by its own test)."""
+    x = np.array(x, dtype=np.float32)
+    blocks = x.reshape(-1, 32)
+    with np.errstate(divide="ignore"):
+        d = (np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = np.abs(blocks * inv)
+    ties = v - np.floor(v) == 0.5
+    blocks[ties] = np.nextafter(blocks[ties], np.float32(0))
+    return blocks.reshape(x.shape)
 
 
 def quantized_error_bound(qtype, raw, w64, x):
@@ -185,8 +206,42 @@ def test_auto_matches_reference_ragged(qtype):
             assert np.all(np.abs(fast - ref) <= 1e-5 * scale + 1e-30), (qtype.name, n_cols, n_rows)
 
 
+@pytest.mark.parametrize("qtype", ALL_WEIGHT_TYPES, ids=_ids(ALL_WEIGHT_TYPES))
+def test_multi_token_matches_reference_ragged(qtype):
+    """The tiled kernels against the reference on ragged token and row counts (tiles cut anywhere)."""
+    rng = np.random.default_rng(3500 + int(qtype))
+    bs = WEIGHT_TYPES[qtype][0]
+    n_cols = 2 * bs if bs > 1 else 67
+    for n_tokens in (1, 2, 3, 5, 17, 64):
+        for n_rows in (1, 7, 16, 33):
+            raw, w64 = make_weights(qtype, n_rows, n_cols, rng)
+            x = (rng.standard_normal((n_tokens, n_cols)) * rng.uniform(0.01, 10)).astype(np.float32)
+            if WEIGHT_TYPES[qtype][2] in ("q8_0", "q8_1"):
+                x = without_ties(x)
+            scale = np.abs(x.astype(np.float64)) @ np.abs(w64).T  # [n_tokens, n_rows]
+            ref = c_mat_mul(qtype, raw, n_cols, n_rows, x, REFERENCE)
+            fast = c_mat_mul(qtype, raw, n_cols, n_rows, x, AUTO)
+            assert np.all(np.abs(fast - ref) <= 1e-5 * scale + 1e-30), (qtype.name, n_tokens, n_rows)
+
+
+@pytest.mark.parametrize("qtype", ALL_WEIGHT_TYPES, ids=_ids(ALL_WEIGHT_TYPES))
+def test_multi_token_result_independent_of_batch(qtype):
+    """A token's row values are bit-identical whether it is computed alone, in a batch, or with fewer rows."""
+    rng = np.random.default_rng(3700 + int(qtype))
+    bs = WEIGHT_TYPES[qtype][0]
+    n_cols, n_rows, n_tokens = 4 * max(bs, 32), 37, 23
+    raw, _ = make_weights(qtype, n_rows, n_cols, rng)
+    x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+    batch = c_mat_mul(qtype, raw, n_cols, n_rows, x, AUTO)
+    row_bytes = raw.reshape(n_rows, -1).shape[1]
+    for t in (0, 5, 22):
+        assert np.array_equal(c_mat_mul(qtype, raw, n_cols, n_rows, x[t], AUTO)[0], batch[t]), (qtype.name, t)
+    part = np.ascontiguousarray(raw.reshape(n_rows, row_bytes)[3:12])
+    assert np.array_equal(c_mat_mul(qtype, part, n_cols, 9, x[4:11], AUTO), batch[4:11, 3:12]), qtype.name
+
+
 def test_simd_name():
-    assert ffi.string(lib.hl_simd_name()).decode() in ("avx2", "scalar")
+    assert ffi.string(lib.hl_simd_name()).decode() in ("avx512", "avx2", "scalar")
 
 
 def test_zero_rows_and_zero_activations():
@@ -194,7 +249,7 @@ def test_zero_rows_and_zero_activations():
     y = np.ones(2, dtype=np.float32)
     x = np.zeros(256, dtype=np.float32)
     for kernel in (REFERENCE, AUTO):
-        assert lib.hl_mat_vec(int(QT.Q4_K), ffi.from_buffer(raw), 256, 0, ffi.from_buffer("float[]", x),
+        assert lib.hl_mat_mul(int(QT.Q4_K), ffi.from_buffer(raw), 256, 0, ffi.from_buffer("float[]", x), 1,
                               ffi.from_buffer("float[]", y, require_writable=True), kernel) == HL_OK
         assert list(y) == [1.0, 1.0]
         for qtype in ALL_WEIGHT_TYPES:  # all-zero activations: every type gives exactly 0
@@ -205,12 +260,12 @@ def test_zero_rows_and_zero_activations():
 
 # ----------------------------------------------------------------- 4. bad arguments
 
-def _mat_vec_status(qtype, n_cols, n_rows, kernel=AUTO, w=True, x=True, y=True):
+def _mat_vec_status(qtype, n_cols, n_rows, kernel=AUTO, w=True, x=True, y=True, n_tokens=1):
     wb = np.zeros(4096, dtype=np.uint8)
     xb = np.zeros(1024, dtype=np.float32)
     yb = np.zeros(64, dtype=np.float32)
-    return lib.hl_mat_vec(qtype, ffi.from_buffer(wb) if w else ffi.NULL, n_cols, n_rows,
-                          ffi.from_buffer("float[]", xb) if x else ffi.NULL,
+    return lib.hl_mat_mul(qtype, ffi.from_buffer(wb) if w else ffi.NULL, n_cols, n_rows,
+                          ffi.from_buffer("float[]", xb) if x else ffi.NULL, n_tokens,
                           ffi.from_buffer("float[]", yb, require_writable=True) if y else ffi.NULL, kernel)
 
 
@@ -223,6 +278,7 @@ def _mat_vec_status(qtype, n_cols, n_rows, kernel=AUTO, w=True, x=True, y=True):
     ((int(QT.Q4_K), 512 + 32, 1), HL_ERR_INVALID, ["544", "q4_K", "block size 256"]),
     ((int(QT.F32), -4, 1), HL_ERR_INVALID, ["negative length"]),
     ((int(QT.Q8_0), 64, -1), HL_ERR_INVALID, ["negative row count"]),
+    ((int(QT.Q8_0), 64, 1, AUTO, True, True, True, -1), HL_ERR_INVALID, ["negative token count"]),
 ])
 def test_mat_vec_bad_arguments(args, status, words):
     assert _mat_vec_status(*args) == status
@@ -328,7 +384,7 @@ def test_q8_0_simd_quantizer_rounds_ties_to_even():
     ref = c_mat_vec(QT.Q8_0, w, 32, 32, x, REFERENCE)
     assert list(ref[:4]) == [127.0, 3.0, -1.0, 4.0]
     fast = c_mat_vec(QT.Q8_0, w, 32, 32, x, AUTO)
-    if ffi.string(lib.hl_simd_name()) == b"avx2":
+    if ffi.string(lib.hl_simd_name()) in (b"avx2", b"avx512"):
         assert list(fast[:4]) == [127.0, 2.0, -0.0, 4.0]
     else:
         assert list(fast[:4]) == list(ref[:4])

@@ -121,7 +121,7 @@ typedef struct hl_adapter hl_adapter;
 
 /* Message of the last failed call on this thread ("" if none). */
 const char *hl_last_error(void);
-/* Name of the kernel set chosen at run time, e.g. "avx2" or "scalar". */
+/* Name of the kernel set chosen at run time: "avx512", "avx2" or "scalar". */
 const char *hl_simd_name(void);
 
 hl_status hl_model_create(const hl_model_desc *desc, hl_model **out);
@@ -167,9 +167,14 @@ hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *b
 /* Bytes of one row of n elements of type (0 if type unknown or n not a multiple of the block). */
 size_t hl_row_size(int32_t type, int64_t n);
 hl_status hl_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
-/* y[r] = W[r] . x for r < n_rows; W holds n_rows rows of n_cols elements of type. */
-hl_status hl_mat_vec(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
-                     const float *x, float *y, int32_t kernel);
+/*
+ * y[t * n_rows + r] = W[r] . x[t] for r < n_rows, t < n_tokens: W holds n_rows rows of n_cols elements
+ * of type, x n_tokens rows of n_cols floats. Runs the engine's own path on one thread: x converted once
+ * to the type's activation type, then the multi-token kernel (HL_KERNEL_REFERENCE: the scalar
+ * reference for both).
+ */
+hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
+                     const float *x, int64_t n_tokens, float *y, int32_t kernel);
 /*
  * Quantizes n_rows rows of n_cols floats (src, row-major) into type (dst holds
  * n_rows * hl_row_size(type, n_cols) bytes), splitting rows over n_threads threads.

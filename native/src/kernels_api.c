@@ -1,11 +1,12 @@
 /*
  * Public kernel entry points (hotlora.h, "Kernels, exposed for tests and
  * tools"): row sizes, dequantisation of one row, and a single-threaded
- * matrix-vector product through the per-type traits of quants.h.
+ * multi-token mat-mul through the per-type traits of quants.h.
  */
 #include <stdlib.h>
 
 #include "common.h"
+#include "gemm.h"
 #include "quants.h"
 
 const char *hl_simd_name(void) { return hl_quants_simd_name(); }
@@ -38,40 +39,42 @@ hl_status hl_dequantize_row(int32_t type, const void *src, float *dst, int64_t n
     return HL_OK;
 }
 
-hl_status hl_mat_vec(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
-                     const float *x, float *y, int32_t kernel) {
+hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
+                     const float *x, int64_t n_tokens, float *y, int32_t kernel) {
     hl_quants_init();
     const hl_type_traits *t = hl_get_type_traits(type);
-    if (!t) return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_vec: unknown weight type %d", (int)type);
+    if (!t) return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_mul: unknown weight type %d", (int)type);
     if (!t->vec_dot)
-        return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_vec: %s is an activation-only type, not a weight type",
+        return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_mul: %s is an activation-only type, not a weight type",
                        t->name);
     if (kernel != HL_KERNEL_AUTO && kernel != HL_KERNEL_REFERENCE)
-        return hl_fail(HL_ERR_INVALID, "hl_mat_vec: unknown kernel choice %d", (int)kernel);
-    hl_status st = check_length("hl_mat_vec", t, n_cols);
+        return hl_fail(HL_ERR_INVALID, "hl_mat_mul: unknown kernel choice %d", (int)kernel);
+    hl_status st = check_length("hl_mat_mul", t, n_cols);
     if (st != HL_OK) return st;
-    if (n_rows < 0) return hl_fail(HL_ERR_INVALID, "hl_mat_vec: negative row count %lld", (long long)n_rows);
+    if (n_rows < 0) return hl_fail(HL_ERR_INVALID, "hl_mat_mul: negative row count %lld", (long long)n_rows);
+    if (n_tokens < 0)
+        return hl_fail(HL_ERR_INVALID, "hl_mat_mul: negative token count %lld", (long long)n_tokens);
     if (!w || !x || !y)
-        return hl_fail(HL_ERR_INVALID, "hl_mat_vec: %s is NULL", !w ? "w" : !x ? "x" : "y");
+        return hl_fail(HL_ERR_INVALID, "hl_mat_mul: %s is NULL", !w ? "w" : !x ? "x" : "y");
 
     const int ref = kernel == HL_KERNEL_REFERENCE;
-    const hl_vec_dot_fn dot = ref ? t->vec_dot_ref : t->vec_dot;
-    const size_t row_bytes = hl_row_size(type, n_cols);
-
     /* Convert x once to the activation type (float weights use x as is). */
     const void *act = x;
+    size_t act_stride = (size_t)n_cols * sizeof(float);
     void *buf = NULL;
     if (t->vec_dot_type != HL_TYPE_F32) {
         const hl_type_traits *at = hl_get_type_traits(t->vec_dot_type);
-        const size_t act_bytes = hl_row_size(t->vec_dot_type, n_cols);
+        act_stride = hl_row_size(t->vec_dot_type, n_cols);
+        const size_t act_bytes = act_stride * (size_t)n_tokens;
         buf = malloc(act_bytes ? act_bytes : 1);
         if (!buf)
-            return hl_fail(HL_ERR_NOMEM, "hl_mat_vec: cannot allocate %zu bytes for %s activations",
+            return hl_fail(HL_ERR_NOMEM, "hl_mat_mul: cannot allocate %zu bytes for %s activations",
                            act_bytes, at->name);
-        (ref ? at->from_float_ref : at->from_float)(x, buf, n_cols);
+        for (int64_t i = 0; i < n_tokens; i++)
+            (ref ? at->from_float_ref : at->from_float)(x + i * n_cols, (char *)buf + i * act_stride, n_cols);
         act = buf;
     }
-    for (int64_t r = 0; r < n_rows; r++) dot(n_cols, &y[r], (const char *)w + (size_t)r * row_bytes, act);
+    hl_gemm(t, ref, n_cols, n_rows, n_tokens, w, hl_row_size(type, n_cols), act, act_stride, y, (size_t)n_rows);
     free(buf);
     return HL_OK;
 }

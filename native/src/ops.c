@@ -7,7 +7,11 @@
 
 #include "core.h"
 #include "ops_internal.h"
+#include "gemm.h"
 #include "quants.h"
+
+/* Weight rows per thread are cut at multiples of this (a multiple of every kernel's row tile). */
+#define HL_ROW_ALIGN 16
 
 #define ROW(t, i) ((char *)(t)->data + (size_t)(i) * (t)->row_bytes)
 
@@ -55,27 +59,33 @@ static void mul_mat_convert(hl_context *ctx, const hl_node *nd, int ith, int nth
         vt->from_float((const float *)ROW(&nd->src1, t), (char *)ctx->work + t * stride, n_in);
 }
 
-/* Phase 1: dst[t][r] = W[r] . x[t] (+ LoRA terms) (+ bias[r]), weight rows split among threads. */
+/* Rows [r0, r1) of n rows for thread ith of nth, cut at multiples of align so kernel tiles stay whole. */
+static void split_rows(int64_t n, int64_t align, int ith, int nth, int64_t *r0, int64_t *r1) {
+    const int64_t tiles = (n + align - 1) / align;
+    int64_t t0, t1;
+    hl_split(tiles, ith, nth, &t0, &t1);
+    *r0 = t0 * align < n ? t0 * align : n;
+    *r1 = t1 * align < n ? t1 * align : n;
+}
+
+/* Phase 1: dst[t][r] = W[r] . x[t] (+ LoRA terms) (+ bias[r]), weight rows split among threads,
+ * every token of the batch through the multi-token kernel. */
 static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     const hl_type_traits *tt = hl_get_type_traits(nd->src0.type);
     const int64_t n_in = nd->src0.ne[0], n_tok = nd->src1.ne[1];
     const int is_f32 = tt->vec_dot_type == HL_TYPE_F32;
     const char *act = is_f32 ? nd->src1.data : ctx->work;
     const size_t act_stride = is_f32 ? nd->src1.row_bytes : hl_row_size(tt->vec_dot_type, n_in);
+    const size_t dst_stride = nd->dst.row_bytes / sizeof(float);
     const float *bias = nd->src2.data;
     int64_t r0, r1;
-    hl_split(nd->src0.ne[1], ith, nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r++) {
-        const void *w_row = ROW(&nd->src0, r);
-        for (int64_t t = 0; t < n_tok; t++) {
-            float s;
-            tt->vec_dot(n_in, &s, w_row, act + t * act_stride);
-            ((float *)ROW(&nd->dst, t))[r] = bias && !nd->n_terms ? s + bias[r] : s;
-        }
-    }
-    for (int64_t t = 0; nd->n_terms && t < n_tok; t++) { /* y = (W.x + LoRA) + bias */
+    split_rows(nd->src0.ne[1], HL_ROW_ALIGN, ith, nth, &r0, &r1);
+    if (r1 > r0)
+        hl_gemm(tt, 0, n_in, r1 - r0, n_tok, ROW(&nd->src0, r0), nd->src0.row_bytes, act, act_stride,
+                (float *)nd->dst.data + r0, dst_stride);
+    for (int64_t t = 0; t < n_tok; t++) { /* y = (W.x + LoRA) + bias */
         float *y = (float *)ROW(&nd->dst, t);
-        hl_lora_b_rows(ctx, nd, r0, r1, t, y);
+        if (nd->n_terms) hl_lora_b_rows(ctx, nd, r0, r1, t, y);
         for (int64_t r = r0; bias && r < r1; r++) y[r] += bias[r];
     }
 }

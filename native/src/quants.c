@@ -18,6 +18,7 @@
 
 #include "common.h"
 #include "quants.h"
+#include "gemm.h"
 
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0 size");
 _Static_assert(sizeof(block_q4_1) == 20, "q4_1 size");
@@ -327,14 +328,26 @@ static void choose_avx2(void) {
 }
 #endif
 
-static void choose_kernels(void) {
+static hl_cpu_features detect_cpu(void) {
+    hl_cpu_features f = {0, 0, 0};
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
-        choose_avx2();
-    }
+    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni");
+    f.bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
 #endif
+    return f;
+}
+
+static void choose_kernels(void) {
+    const hl_cpu_features cpu = detect_cpu();
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+    if (cpu.avx2) choose_avx2();
+    if (cpu.avx512) simd_name = "avx512";
+#endif
+    hl_gemm_install(&cpu);
 }
 
 void hl_quants_init(void) {
@@ -357,6 +370,10 @@ const char *hl_quants_simd_name(void) {
 
 const hl_type_traits *hl_get_type_traits(int32_t type) {
     hl_quants_init();
+    return hl_traits_for_install(type);
+}
+
+hl_type_traits *hl_traits_for_install(int32_t type) {
     switch (type) {
     case HL_TYPE_F32: return &traits_f32;
     case HL_TYPE_F16: return &traits_f16;

@@ -22,6 +22,14 @@ typedef void (*hl_from_float_fn)(const float *src, void *dst, int64_t n);
 typedef void (*hl_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 /* y[i] = fmaf(alpha, x[i], y[i]) for a row x of a float type (rounding independent of the split). */
 typedef void (*hl_axpy_fn)(int64_t n, float alpha, const void *x, float *y);
+/*
+ * The multi-token mat-mul: dst[t * dst_stride + r] = W[r] . A[t] for r < nr, t < nt, with W nr weight
+ * rows of n elements w_stride bytes apart and A nt activation rows (vec_dot_type) a_stride bytes apart.
+ * Contract for every implementation: the float value of each (r, t) depends only on W[r] and A[t], never
+ * on nr, nt or where r and t sit in the call, so a token gets the same result in any batch or split.
+ */
+typedef void (*hl_gemm_fn)(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                           const void *a, size_t a_stride, float *dst, size_t dst_stride);
 
 typedef struct {
     const char *name;
@@ -35,14 +43,25 @@ typedef struct {
     hl_vec_dot_fn vec_dot_ref;
     hl_axpy_fn axpy;                   /* chosen kernel (F32, F16, BF16 only) */
     hl_axpy_fn axpy_ref;
+    hl_gemm_fn gemm;                   /* chosen tiled kernel (weight types); NULL = vec_dot per pair */
 } hl_type_traits;
 
 /* NULL for a type the core does not know. */
 const hl_type_traits *hl_get_type_traits(int32_t type);
 /* Chooses SIMD kernels once (thread-safe, idempotent). */
 void hl_quants_init(void);
-/* "avx2" or "scalar". */
+/* The kernel set chosen: "avx512", "avx2" or "scalar". */
 const char *hl_quants_simd_name(void);
+
+/* What the CPU offers, as hl_quants_init() found it (all 0 when built with -DHL_NO_SIMD). */
+typedef struct {
+    int avx2;   /* AVX2 + FMA + F16C */
+    int avx512; /* AVX-512 F, BW, VL, DQ and VNNI */
+    int bf16;   /* AVX-512 BF16 */
+} hl_cpu_features;
+
+/* For the kernel installers only (gemm_*.c), while hl_quants_init() runs: the mutable traits of a type. */
+hl_type_traits *hl_traits_for_install(int32_t type);
 
 /* ------------------------------------------------------------------------
  * Internal to quants*.c and kernels_api.c: block layouts (quants.md §1) and

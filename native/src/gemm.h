@@ -1,0 +1,27 @@
+/*
+ * The multi-token mat-mul (hl_gemm_fn in quants.h) and its kernel sets.
+ *
+ * hl_gemm() is what the graph, the LoRA ops and hl_mat_mul call: the chosen tiled kernel of the
+ * weight type, or, for the reference (and for a type without one), vec_dot for every (row, token).
+ * Tiled kernels live one family a file (gemm_q32.c, gemm_kquants.c, gemm_float.c); each file's
+ * installer puts its kernels into the traits table for the CPU found, once, from hl_quants_init().
+ */
+#ifndef HL_GEMM_H
+#define HL_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quants.h"
+
+/* dst[t * dst_stride + r] = W[r] . A[t], r < nr, t < nt (see hl_gemm_fn); ref != 0 forces the reference. */
+void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+             const void *a, size_t a_stride, float *dst, size_t dst_stride);
+
+/* Installs every family's tiled kernels that the CPU can run (called once by hl_quants_init). */
+void hl_gemm_install(const hl_cpu_features *cpu);
+void hl_gemm_install_q32(const hl_cpu_features *cpu);     /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
+void hl_gemm_install_kquants(const hl_cpu_features *cpu); /* Q2_K .. Q6_K */
+void hl_gemm_install_float(const hl_cpu_features *cpu);   /* F32, F16, BF16 */
+
+#endif
