@@ -182,4 +182,11 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
  */
 hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows, int64_t n_cols, int32_t n_threads);
 
+/*
+ * Streaming-read probe: the median over `repeats` of the GB/s that n_threads threads reach reading
+ * disjoint slices of a fresh `bytes`-byte buffer (allocated and freed here). The ceiling decode is
+ * measured against.
+ */
+hl_status hl_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats, double *gb_per_s);
+
 #endif
