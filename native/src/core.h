@@ -100,8 +100,8 @@ struct hl_context {
     int32_t n_terms, max_terms;
     float *lora_t;       /* storage for the terms' t */
     size_t lora_t_used, lora_t_floats;
-    void **k_cache;    /* [n_layer] -> [n_embd_kv, n_ctx] of cache_type */
-    void **v_cache;
+    void **k_cache;    /* [n_layer] -> [n_ctx][n_embd_kv] of cache_type: a row per cell */
+    void **v_cache;    /* [n_layer] -> [n_embd_kv][n_ctx] of cache_type: transposed, a row per feature */
 
     /* activations for up to n_batch tokens, F32 [features, n_batch] */
     float *x, *xn, *q, *k, *v, *attn, *proj, *gate, *up;

@@ -131,67 +131,25 @@ void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens) {
     }
 }
 
-static void store_row(int32_t type, void *dst, const float *src, int64_t n) {
-    if (type == HL_TYPE_F32) {
-        memcpy(dst, src, (size_t)n * sizeof(float));
-    } else {
-        uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = hl_fp32_to_fp16(src[i]);
-    }
+static void store_value(int32_t type, void *dst, size_t i, float x) {
+    if (type == HL_TYPE_F32) ((float *)dst)[i] = x;
+    else ((uint16_t *)dst)[i] = hl_fp32_to_fp16(x);
 }
 
+/* Cells pos0.. of layer il: k rows as they come, v transposed (feature i of cell c at [i][c]). */
 static void op_store_kv(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     const int32_t type = ctx->params.cache_type;
-    const int64_t n = ctx->model->n_embd_kv;
+    const int64_t n = ctx->model->n_embd_kv, n_ctx = ctx->params.n_ctx;
     const size_t cell_bytes = hl_row_size(type, n);
     int64_t t0, t1;
     hl_split(nd->src0.ne[1], ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         const size_t cell = (size_t)(nd->pos0 + t);
-        store_row(type, (char *)ctx->k_cache[nd->il] + cell * cell_bytes, (const float *)ROW(&nd->src0, t), n);
-        store_row(type, (char *)ctx->v_cache[nd->il] + cell * cell_bytes, (const float *)ROW(&nd->src1, t), n);
+        const float *k = (const float *)ROW(&nd->src0, t), *v = (const float *)ROW(&nd->src1, t);
+        char *k_cell = (char *)ctx->k_cache[nd->il] + cell * cell_bytes;
+        for (int64_t i = 0; i < n; i++) store_value(type, k_cell, (size_t)i, k[i]);
+        for (int64_t i = 0; i < n; i++) store_value(type, ctx->v_cache[nd->il], (size_t)(i * n_ctx) + cell, v[i]);
     }
-}
-
-/* One query head over cells 0..pos: causal softmax(q.k * scale) weighted sum of v. */
-static void attend_head(hl_context *ctx, const hl_node *nd, int64_t t, int h, float *scores) {
-    const hl_model *m = ctx->model;
-    const int hd = m->hp.head_dim, g = h / (m->hp.n_head / m->hp.n_head_kv);
-    const int32_t type = ctx->params.cache_type;
-    const hl_type_traits *ct = hl_get_type_traits(type); /* F16 or F32 cells: SIMD dot and axpy */
-    const size_t cell_bytes = hl_row_size(type, m->n_embd_kv), head_off = hl_row_size(type, (int64_t)g * hd);
-    const char *kc = (const char *)ctx->k_cache[nd->il] + head_off;
-    const char *vc = (const char *)ctx->v_cache[nd->il] + head_off;
-    const float *q = (const float *)ROW(&nd->src0, t) + (size_t)h * hd;
-    float *out = (float *)ROW(&nd->dst, t) + (size_t)h * hd;
-    const int64_t n_kv = nd->pos0 + t + 1;
-    const float scale = 1.0f / sqrtf((float)hd);
-
-    float max = -INFINITY;
-    for (int64_t j = 0; j < n_kv; j++) {
-        ct->vec_dot(hd, &scores[j], kc + j * cell_bytes, q);
-        scores[j] *= scale;
-        if (scores[j] > max) max = scores[j];
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_kv; j++) {
-        scores[j] = expf(scores[j] - max);
-        sum += scores[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    memset(out, 0, (size_t)hd * sizeof(float));
-    for (int64_t j = 0; j < n_kv; j++) ct->axpy(hd, scores[j] * inv, vc + j * cell_bytes, out);
-}
-
-/* Scores per thread: one per cell the last query row sees. */
-static size_t attention_scratch(const hl_node *nd) { return (size_t)(nd->pos0 + nd->src0.ne[1]); }
-
-static void op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
-    const int n_head = ctx->model->hp.n_head;
-    float *scores = (float *)ctx->work + (size_t)ith * attention_scratch(nd);
-    int64_t w0, w1;
-    hl_split(nd->src0.ne[1] * n_head, ith, nth, &w0, &w1);
-    for (int64_t w = w0; w < w1; w++) attend_head(ctx, nd, w / n_head, (int)(w % n_head), scores);
 }
 
 static void op_swiglu(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
@@ -232,7 +190,7 @@ typedef void (*op_fn)(hl_context *ctx, const hl_node *nd, int phase, int ith, in
 
 static const op_fn OPS[OP_COUNT] = {
     [OP_GET_ROWS] = op_get_rows, [OP_RMS_NORM] = op_rms_norm, [OP_MUL_MAT] = op_mul_mat,
-    [OP_ROPE] = op_rope,         [OP_STORE_KV] = op_store_kv, [OP_ATTENTION] = op_attention,
+    [OP_ROPE] = op_rope,         [OP_STORE_KV] = op_store_kv, [OP_ATTENTION] = hl_op_attention,
     [OP_SWIGLU] = op_swiglu,     [OP_ADD] = op_add,           [OP_LORA_A] = hl_op_lora_a,
 };
 
@@ -251,7 +209,7 @@ size_t hl_node_work_size(const hl_node *nd, int nth) {
     case OP_MUL_MAT: return nd->n_terms ? hl_lora_b_work_size(nd) : hl_mul_mat_work_size(&nd->src0, nd->src1.ne[1]);
     case OP_LORA_A: return hl_lora_a_work_size(nd);
     case OP_GET_ROWS: return nd->n_terms ? hl_lora_embd_work_size(nd, nth) : 0;
-    case OP_ATTENTION: return (size_t)nth * attention_scratch(nd) * sizeof(float);
+    case OP_ATTENTION: return hl_attention_work_size(nd, nth);
     default: return 0;
     }
 }

@@ -15,6 +15,10 @@ static inline float *hl_row_f32(const hl_tensor *t, int64_t i) {
     return (float *)((char *)t->data + (size_t)i * t->row_bytes);
 }
 
+/* attention.c */
+size_t hl_attention_work_size(const hl_node *nd, int nth);
+void hl_op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
+
 /* ops_lora.c */
 size_t hl_lora_a_work_size(const hl_node *nd);
 int hl_lora_a_phases(const hl_node *nd);
