@@ -14,8 +14,20 @@ void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t n
     }
 }
 
+void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
+                  const float *alpha, size_t alpha_stride, float *y, size_t y_stride) {
+    if (tt->axpy_rows) {
+        tt->axpy_rows(n, nk, nt, x, x_stride, alpha, alpha_stride, y, y_stride);
+        return;
+    }
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t k = 0; k < nk; k++)
+            tt->axpy(n, alpha[(size_t)t * alpha_stride + k], (const char *)x + (size_t)k * x_stride, y + (size_t)t * y_stride);
+}
+
 void hl_gemm_install(const hl_cpu_features *cpu) {
     hl_gemm_install_q32(cpu);
     hl_gemm_install_kquants(cpu);
     hl_gemm_install_float(cpu);
+    hl_axpy_rows_install(cpu);
 }

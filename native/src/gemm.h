@@ -18,10 +18,15 @@
 void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
              const void *a, size_t a_stride, float *dst, size_t dst_stride);
 
+/* y[t][j] += alpha[t][k] * x[k][j] (see hl_axpy_rows_fn) with the chosen kernel or axpy per (t, k). */
+void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
+                  const float *alpha, size_t alpha_stride, float *y, size_t y_stride);
+
 /* Installs every family's tiled kernels that the CPU can run (called once by hl_quants_init). */
 void hl_gemm_install(const hl_cpu_features *cpu);
 void hl_gemm_install_q32(const hl_cpu_features *cpu);     /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
 void hl_gemm_install_kquants(const hl_cpu_features *cpu); /* Q2_K .. Q6_K */
 void hl_gemm_install_float(const hl_cpu_features *cpu);   /* F32, F16, BF16 */
+void hl_axpy_rows_install(const hl_cpu_features *cpu);    /* F32, F16, BF16 (axpy_rows.c) */
 
 #endif

@@ -83,10 +83,10 @@ static void mul_mat_dot(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     if (r1 > r0)
         hl_gemm(tt, 0, n_in, r1 - r0, n_tok, ROW(&nd->src0, r0), nd->src0.row_bytes, act, act_stride,
                 (float *)nd->dst.data + r0, dst_stride);
-    for (int64_t t = 0; t < n_tok; t++) { /* y = (W.x + LoRA) + bias */
+    if (nd->n_terms) hl_lora_b_rows(ctx, nd, r0, r1); /* y = (W.x + LoRA) + bias */
+    for (int64_t t = 0; bias && t < n_tok; t++) {
         float *y = (float *)ROW(&nd->dst, t);
-        if (nd->n_terms) hl_lora_b_rows(ctx, nd, r0, r1, t, y);
-        for (int64_t r = r0; bias && r < r1; r++) y[r] += bias[r];
+        for (int64_t r = r0; r < r1; r++) y[r] += bias[r];
     }
 }
 

@@ -26,7 +26,7 @@ void hl_op_lora_a(hl_context *ctx, const hl_node *nd, int phase, int ith, int nt
 size_t hl_lora_b_work_size(const hl_node *nd);
 int hl_lora_b_needs_conversion(const hl_node *nd);
 void hl_lora_b_convert(hl_context *ctx, const hl_node *nd, int ith, int nth);
-void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1, int64_t t, float *y);
+void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1);
 size_t hl_lora_embd_work_size(const hl_node *nd, int nth);
 void hl_lora_embd_add(hl_context *ctx, const hl_node *nd, int64_t t, float *x, int ith);
 

@@ -2,13 +2,15 @@
  * The LoRA half of mul_mat_lora. For one adapted projection with input x [n_in, T]:
  *
  *   t_i = A_i . x          [r_i, T]   OP_LORA_A, all terms sharing x in one node
- *   y   = W . x + sum_i s_i * B_i . t_i   OP_MUL_MAT with terms: per output row j,
- *                                         dot(W[j], x) + sum_i s_i * dot(B_i[j], t_i)
+ *   y   = W . x + sum_i s_i * B_i . t_i   OP_MUL_MAT with terms: each thread adds the terms to the rows
+ *                                         of W.x it just wrote (float B: t_i holds s_i * A_i.x and
+ *                                         B_i^T's rows are axpy'd; quantized B: s_i * dot(B_i[j], t_i))
  *
  * A and B stay in their stored type; t is converted to B's vec_dot_type like
  * any activation, and every sum is in f32. Never (B.A).x, never a merge.
  */
 #include "core.h"
+#include "gemm.h"
 #include "ops_internal.h"
 #include "quants.h"
 
@@ -63,18 +65,19 @@ void hl_op_lora_a(hl_context *ctx, const hl_node *nd, int phase, int ith, int nt
         }
         return;
     }
-    for (int32_t i = 0; i < nd->n_terms; i++) {
+    for (int32_t i = 0; i < nd->n_terms; i++) { /* t_i [T][rank] = A_i . x, rank rows split among threads */
         const hl_lora_term *term = &nd->terms[i];
         const hl_tensor *a = &term->lora->a;
-        const hl_type_traits *tt = hl_get_type_traits(a->type);
         size_t stride;
         const char *x = lora_a_input(ctx, nd, i, &stride);
-        int64_t w0, w1; /* work items: (token, rank row) pairs */
-        hl_split(n_tok * term->lora->rank, ith, nth, &w0, &w1);
-        for (int64_t w = w0; w < w1; w++) {
-            const int64_t t = w / term->lora->rank, k = w % term->lora->rank;
-            tt->vec_dot(n_in, &term->t[w], (const char *)a->data + k * a->row_bytes, x + t * stride);
-        }
+        int64_t k0, k1;
+        hl_split(term->lora->rank, ith, nth, &k0, &k1);
+        if (k1 <= k0) continue;
+        hl_gemm(hl_get_type_traits(a->type), 0, n_in, k1 - k0, n_tok, (const char *)a->data + k0 * a->row_bytes,
+                a->row_bytes, x, stride, term->t + k0, (size_t)term->lora->rank);
+        if (!term->lora->bt) continue;
+        for (int64_t t = 0; t < n_tok; t++) /* float B: t scaled here, the axpy coefficients of the B half */
+            for (int64_t k = k0; k < k1; k++) term->t[t * term->lora->rank + k] *= term->scale;
     }
 }
 
@@ -114,30 +117,32 @@ void hl_lora_b_convert(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     }
 }
 
-/* y[r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[:, t] for token t: float B as axpys over the rows of
- * B transposed; quantized B as one dot per row against t converted to B's vec_dot_type. */
-void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1, int64_t t, float *y) {
+/* y[t][r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[t] for every token t. Float B: axpys over the rows of B
+ * transposed, all tokens at once (t_i already holds s_i * A_i.x); quantized B: one dot per row against t
+ * converted to B's vec_dot_type. */
+void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1) {
     const char *conv = (const char *)ctx->work + lora_b_offset(nd);
     const int64_t n_tok = nd->src1.ne[1];
+    const size_t y_stride = nd->dst.row_bytes / sizeof(float);
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
-        const float *t_row = nd->terms[i].t + t * lora->rank, s = nd->terms[i].scale;
         if (lora->bt) {
-            const int64_t n_out = lora->b.ne[1];
-            for (int32_t k = 0; k < lora->rank; k++)
-                bt->axpy(r1 - r0, s * t_row[k], (const char *)lora->bt + (size_t)(k * n_out + r0) * bt->type_size,
-                         y + r0);
+            const size_t bt_stride = (size_t)lora->b.ne[1] * bt->type_size;
+            hl_axpy_rows(bt, r1 - r0, lora->rank, n_tok, (const char *)lora->bt + (size_t)r0 * bt->type_size,
+                         bt_stride, nd->terms[i].t, (size_t)lora->rank, (float *)nd->dst.data + r0, y_stride);
             continue;
         }
         const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
-        const char *t_conv = conv + t * stride;
-        conv += align64(stride * (size_t)n_tok);
-        for (int64_t r = r0; r < r1; r++) {
-            float d;
-            bt->vec_dot(lora->rank, &d, (const char *)lora->b.data + r * lora->b.row_bytes, t_conv);
-            y[r] += s * d;
+        for (int64_t t = 0; t < n_tok; t++) {
+            float *y = hl_row_f32(&nd->dst, t);
+            for (int64_t r = r0; r < r1; r++) {
+                float d;
+                bt->vec_dot(lora->rank, &d, (const char *)lora->b.data + r * lora->b.row_bytes, conv + t * stride);
+                y[r] += nd->terms[i].scale * d;
+            }
         }
+        conv += align64(stride * (size_t)n_tok);
     }
 }
 

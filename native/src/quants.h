@@ -23,6 +23,13 @@ typedef void (*hl_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a)
 /* y[i] = fmaf(alpha, x[i], y[i]) for a row x of a float type (rounding independent of the split). */
 typedef void (*hl_axpy_fn)(int64_t n, float alpha, const void *x, float *y);
 /*
+ * Many axpys at once: y[t][j] = fmaf(alpha[t * alpha_stride + k], x[k][j], y[t][j]) for k = 0..nk-1 in
+ * that order, j < n, t < nt; x holds nk rows of a float type x_stride bytes apart, y nt rows y_stride floats
+ * apart. Every element rounds exactly as nk axpys in order would (the LoRA B half of a float adapter).
+ */
+typedef void (*hl_axpy_rows_fn)(int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
+                                const float *alpha, size_t alpha_stride, float *y, size_t y_stride);
+/*
  * The multi-token mat-mul: dst[t * dst_stride + r] = W[r] . A[t] for r < nr, t < nt, with W nr weight
  * rows of n elements w_stride bytes apart and A nt activation rows (vec_dot_type) a_stride bytes apart.
  * Contract for every implementation: the float value of each (r, t) depends only on W[r] and A[t], never
@@ -44,6 +51,7 @@ typedef struct {
     hl_axpy_fn axpy;                   /* chosen kernel (F32, F16, BF16 only) */
     hl_axpy_fn axpy_ref;
     hl_gemm_fn gemm;                   /* chosen tiled kernel (weight types); NULL = vec_dot per pair */
+    hl_axpy_rows_fn axpy_rows;         /* chosen tiled kernel (float types); NULL = axpy per (t, k) */
 } hl_type_traits;
 
 /* NULL for a type the core does not know. */
