@@ -61,26 +61,45 @@ struct hl_model {
 };
 
 typedef enum {
-    OP_GET_ROWS,  /* dst[:, t] = dequant(src0 row tokens[t]) */
+    OP_GET_ROWS,  /* dst[:, t] = dequant(src0 row tokens[t]) (+ token_embd LoRA terms) */
     OP_RMS_NORM,  /* dst = src0 / rms(src0) * src1 */
-    OP_MUL_MAT,   /* dst = src0 . src1 (+ src2 bias) */
-    OP_ROPE,      /* src0 rotated in place, positions pos0.. */
-    OP_STORE_KV,  /* cache cells pos0.. of layer il = src0 (k), src1 (v) */
-    OP_ATTENTION, /* dst = softmax(q K^T * scale) V over cells 0..pos */
-    OP_SWIGLU,    /* dst = silu(src0) * src1 */
-    OP_ADD,       /* dst = src0 + src1 */
-    OP_LORA_A,    /* terms[i].t = terms[i].lora->a . src1, for every term */
+    OP_MUL_MAT,   /* for each projection: dst = w . src1 (+ LoRA terms) (+ bias), then the epilogue */
+    OP_ATTENTION, /* dst = softmax(q K^T * scale) V over cells 0..pos, q = src0 */
     OP_COUNT
 } hl_op;
+
+/* What a mat-mul node does to the rows each thread just wrote, before the node's last barrier. */
+typedef enum {
+    EPI_NONE,
+    EPI_ROPE_STORE_KV, /* projections q, k, v: q and k rotated (threads own whole heads), k and v cached at pos0.. */
+    EPI_SWIGLU,        /* projections gate, up: gate = silu(gate) * up */
+    EPI_ADD            /* one projection: residual += dst */
+} hl_epilogue;
+
+/* One projection of a mat-mul node; every projection of a node reads the node's input x. */
+typedef struct {
+    hl_tensor w;           /* [n_in, n_out] */
+    hl_tensor bias;        /* [n_out] F32 or absent */
+    hl_tensor dst;         /* [n_out, T] F32 */
+    hl_lora_term *terms;   /* B terms to add, a span of the node's terms */
+    int32_t n_terms;
+    char name[24];         /* e.g. "attn_q" */
+} hl_proj;
+
+#define HL_MAX_PROJ 3
 
 typedef struct {
     hl_op op;
     int32_t il;    /* layer index, -1 outside the layers */
-    int32_t pos0;  /* position of the first row (rope, attention) */
-    hl_tensor dst, src0, src1, src2;
-    hl_lora_term *terms; /* mat-mul / get-rows: B terms to add; lora-a: A terms to compute */
+    int32_t pos0;  /* position of the first row (rope, attention, KV store) */
+    hl_tensor dst, src0, src1;
+    hl_proj proj[HL_MAX_PROJ]; /* mul-mat: the projections sharing src1 */
+    int32_t n_proj;
+    hl_epilogue epi;
+    hl_tensor residual;  /* EPI_ADD: the rows the projection is added to */
+    hl_lora_term *terms; /* get-rows: B terms to add; mul-mat: every projection's terms (t = A.x computed here) */
     int32_t n_terms;
-    char name[48];       /* e.g. "blk.0.attn_q" */
+    char name[48];       /* e.g. "blk.0.attn_qkv" */
 } hl_node;
 
 struct hl_context {
@@ -122,11 +141,10 @@ hl_status hl_graph_plan(hl_context *ctx);
 hl_status hl_graph_compute(hl_context *ctx);
 int32_t hl_graph_max_nodes(const hl_model *model);
 
-/* ops.c: runs one phase of a node on thread ith of nth. */
+/* ops.c: runs one phase of a node on thread ith of nth; a barrier follows every phase. */
 int hl_op_phases(const hl_node *node);
 void hl_op_run(hl_context *ctx, const hl_node *node, int phase, int ith, int nth);
-size_t hl_mul_mat_work_size(const hl_tensor *w, int64_t n_tokens);
-/* Work bytes a node needs with nth threads (mat-mul with terms, lora-a, get-rows with terms). */
+/* Work bytes a node needs with nth threads. */
 size_t hl_node_work_size(const hl_node *node, int nth);
 /* Fills ctx->rope_cs for positions pos0 .. pos0 + n_tokens - 1. */
 void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens);

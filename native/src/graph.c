@@ -4,10 +4,13 @@
  * nodes on the thread pool with a barrier after every node phase, checking
  * the abort flag between nodes.
  *
- * LoRA: a projection with active adapter terms becomes mul_mat_lora, i.e. an
- * OP_LORA_A node computing every term's t = A.x (q, k and v share one such
- * node, as do gate and up), then the mat-mul adding s * B.t row by row. A
- * projection without terms is the plain mat-mul, so no adapter, or only
+ * A block is seven nodes: attn_norm, attn_qkv (q, k and v from one conversion of their input, then RoPE
+ * and the KV store), attention, attn_output (+ the residual), ffn_norm, ffn_gate_up (+ SwiGLU) and
+ * ffn_down (+ the residual); see mul_mat.c for the phases of a mat-mul node.
+ *
+ * LoRA: a projection with active adapter terms becomes mul_mat_lora: its node gains a lora_a phase
+ * computing every term's t = A.x (one for all projections of the node), and each thread adds s * B.t to
+ * the rows of W.x it writes. A projection without terms is the plain mat-mul, so no adapter, or only
  * adapters at scale 0, gives exactly the base graph.
  */
 #include <stdio.h>
@@ -59,22 +62,23 @@ static term_span collect_terms(hl_context *ctx, int32_t il, int32_t target, int3
     return span;
 }
 
-/* Terms of several projections sharing input x; one OP_LORA_A node computes all their t. */
-static void add_lora_a(hl_context *ctx, int32_t il, const char *name, hl_tensor x, term_span *spans, int n) {
-    term_span all = {spans[0].first, 0};
-    for (int i = 0; i < n; i++) all.n += spans[i].n;
-    if (all.n == 0) return;
-    hl_node *nd = add_node(ctx, OP_LORA_A, il, name, (hl_tensor){0}, (hl_tensor){0}, x);
-    nd->terms = all.first;
-    nd->n_terms = all.n;
+/* A mat-mul node over input x; its projections are added with add_proj. */
+static hl_node *add_mul_mat(hl_context *ctx, int32_t il, const char *name, hl_tensor x, hl_epilogue epi) {
+    hl_node *nd = add_node(ctx, OP_MUL_MAT, il, name, (hl_tensor){0}, (hl_tensor){0}, x);
+    nd->epi = epi;
+    nd->terms = ctx->terms + ctx->n_terms;
+    return nd;
 }
 
-static void add_mul_mat(hl_context *ctx, int32_t il, const char *name, hl_tensor dst, hl_tensor w,
-                        hl_tensor x, hl_tensor bias, term_span terms) {
-    hl_node *nd = add_node(ctx, OP_MUL_MAT, il, name, dst, w, x);
-    nd->src2 = bias;
-    nd->terms = terms.n ? terms.first : NULL;
-    nd->n_terms = terms.n;
+/* dst = w . x (+ the active adapters' terms at target) (+ bias), a projection of node nd. */
+static void add_proj(hl_context *ctx, hl_node *nd, const char *name, hl_tensor dst, hl_tensor w, hl_tensor bias,
+                     int32_t target) {
+    const int32_t n_tokens = (int32_t)nd->src1.ne[1];
+    hl_proj *p = &nd->proj[nd->n_proj++];
+    const term_span terms = collect_terms(ctx, nd->il, target, n_tokens);
+    *p = (hl_proj){.w = w, .bias = bias, .dst = dst, .terms = terms.first, .n_terms = terms.n};
+    snprintf(p->name, sizeof p->name, "%s", name);
+    nd->n_terms += terms.n;
 }
 
 int32_t hl_graph_max_nodes(const hl_model *model) { return 20 * model->hp.n_layer + 6; }
@@ -84,29 +88,21 @@ static void build_attention(hl_context *ctx, int32_t il, int32_t T, int32_t pos0
     const hl_model *m = ctx->model;
     const hl_layer *L = &m->layers[il];
     hl_tensor x = act(ctx->x, m->hp.n_embd, T), xn = act(ctx->xn, m->hp.n_embd, T);
-    hl_tensor q = act(ctx->q, m->n_q, T);       /* [head_dim*n_head, T] */
-    hl_tensor k = act(ctx->k, m->n_embd_kv, T); /* [head_dim*n_head_kv, T] */
-    hl_tensor v = act(ctx->v, m->n_embd_kv, T);
 
     add_node(ctx, OP_RMS_NORM, il, "attn_norm", xn, x, L->attn_norm);
-    term_span qkv[3] = {collect_terms(ctx, il, HL_LORA_ATTN_Q, T), collect_terms(ctx, il, HL_LORA_ATTN_K, T),
-                        collect_terms(ctx, il, HL_LORA_ATTN_V, T)};
-    add_lora_a(ctx, il, "lora_a.qkv", xn, qkv, 3);
-    add_mul_mat(ctx, il, "attn_q", q, L->wq, xn, L->bq, qkv[0]);
-    add_mul_mat(ctx, il, "attn_k", k, L->wk, xn, L->bk, qkv[1]);
-    add_mul_mat(ctx, il, "attn_v", v, L->wv, xn, L->bv, qkv[2]);
-    add_node(ctx, OP_ROPE, il, "rope_q", q, q, (hl_tensor){0})->pos0 = pos0;
-    add_node(ctx, OP_ROPE, il, "rope_k", k, k, (hl_tensor){0})->pos0 = pos0;
-    add_node(ctx, OP_STORE_KV, il, "kv_store", (hl_tensor){0}, k, v)->pos0 = pos0;
+    hl_node *qkv = add_mul_mat(ctx, il, "attn_qkv", xn, EPI_ROPE_STORE_KV); /* + rope, KV store */
+    qkv->pos0 = pos0;
+    add_proj(ctx, qkv, "attn_q", act(ctx->q, m->n_q, T), L->wq, L->bq, HL_LORA_ATTN_Q);       /* [n_q, T] */
+    add_proj(ctx, qkv, "attn_k", act(ctx->k, m->n_embd_kv, T), L->wk, L->bk, HL_LORA_ATTN_K); /* [n_embd_kv, T] */
+    add_proj(ctx, qkv, "attn_v", act(ctx->v, m->n_embd_kv, T), L->wv, L->bv, HL_LORA_ATTN_V);
 
     const int32_t first = T - n_out;
-    hl_tensor attn = act(ctx->attn, m->n_q, n_out), proj = act(ctx->proj, m->hp.n_embd, n_out);
-    hl_tensor xo = rows(x, first, n_out);
-    add_node(ctx, OP_ATTENTION, il, "attention", attn, rows(q, first, n_out), (hl_tensor){0})->pos0 = pos0 + first;
-    term_span o = collect_terms(ctx, il, HL_LORA_ATTN_OUTPUT, n_out);
-    add_lora_a(ctx, il, "lora_a.attn_output", attn, &o, 1);
-    add_mul_mat(ctx, il, "attn_output", proj, L->wo, attn, L->bo, o);
-    add_node(ctx, OP_ADD, il, "attn_residual", xo, xo, proj);
+    hl_tensor attn = act(ctx->attn, m->n_q, n_out);
+    add_node(ctx, OP_ATTENTION, il, "attention", attn, rows(act(ctx->q, m->n_q, T), first, n_out), (hl_tensor){0})
+        ->pos0 = pos0 + first;
+    hl_node *o = add_mul_mat(ctx, il, "attn_output", attn, EPI_ADD); /* x += W_o . attn */
+    o->residual = rows(x, first, n_out);
+    add_proj(ctx, o, "attn_output", act(ctx->proj, m->hp.n_embd, n_out), L->wo, L->bo, HL_LORA_ATTN_OUTPUT);
 }
 
 /* SwiGLU feed-forward half of a block on the last n_out tokens: x += down(silu(gate) * up). */
@@ -114,19 +110,15 @@ static void build_ffn(hl_context *ctx, int32_t il, int32_t T, int32_t n_out) {
     const hl_model *m = ctx->model;
     const hl_layer *L = &m->layers[il];
     hl_tensor xo = rows(act(ctx->x, m->hp.n_embd, T), T - n_out, n_out), xno = act(ctx->xn, m->hp.n_embd, n_out);
-    hl_tensor gate = act(ctx->gate, m->hp.n_ff, n_out), up = act(ctx->up, m->hp.n_ff, n_out);
-    hl_tensor proj = act(ctx->proj, m->hp.n_embd, n_out);
+    hl_tensor gate = act(ctx->gate, m->hp.n_ff, n_out); /* [n_ff, n_out] */
 
     add_node(ctx, OP_RMS_NORM, il, "ffn_norm", xno, xo, L->ffn_norm);
-    term_span gu[2] = {collect_terms(ctx, il, HL_LORA_FFN_GATE, n_out), collect_terms(ctx, il, HL_LORA_FFN_UP, n_out)};
-    add_lora_a(ctx, il, "lora_a.gate_up", xno, gu, 2);
-    add_mul_mat(ctx, il, "ffn_gate", gate, L->w_gate, xno, L->b_gate, gu[0]);
-    add_mul_mat(ctx, il, "ffn_up", up, L->w_up, xno, L->b_up, gu[1]);
-    add_node(ctx, OP_SWIGLU, il, "swiglu", gate, gate, up);
-    term_span down = collect_terms(ctx, il, HL_LORA_FFN_DOWN, n_out);
-    add_lora_a(ctx, il, "lora_a.ffn_down", gate, &down, 1);
-    add_mul_mat(ctx, il, "ffn_down", proj, L->w_down, gate, L->b_down, down);
-    add_node(ctx, OP_ADD, il, "ffn_residual", xo, xo, proj);
+    hl_node *gu = add_mul_mat(ctx, il, "ffn_gate_up", xno, EPI_SWIGLU); /* gate = silu(gate) * up */
+    add_proj(ctx, gu, "ffn_gate", gate, L->w_gate, L->b_gate, HL_LORA_FFN_GATE);
+    add_proj(ctx, gu, "ffn_up", act(ctx->up, m->hp.n_ff, n_out), L->w_up, L->b_up, HL_LORA_FFN_UP);
+    hl_node *down = add_mul_mat(ctx, il, "ffn_down", gate, EPI_ADD); /* x += W_down . gate */
+    down->residual = xo;
+    add_proj(ctx, down, "ffn_down", act(ctx->proj, m->hp.n_embd, n_out), L->w_down, L->b_down, HL_LORA_FFN_DOWN);
 }
 
 hl_status hl_graph_build(hl_context *ctx, int32_t T, float *logits, int32_t all_logits) {
@@ -148,9 +140,8 @@ hl_status hl_graph_build(hl_context *ctx, int32_t T, float *logits, int32_t all_
     }
     hl_tensor xo = rows(act(ctx->x, n_embd, T), T - n_out, n_out), xno = act(ctx->xn, n_embd, n_out);
     add_node(ctx, OP_RMS_NORM, -1, "output_norm", xno, xo, m->output_norm);
-    term_span out = collect_terms(ctx, -1, HL_LORA_OUTPUT, n_out);
-    add_lora_a(ctx, -1, "lora_a.output", xno, &out, 1);
-    add_mul_mat(ctx, -1, "output", act(logits, m->hp.n_vocab, n_out), m->output, xno, (hl_tensor){0}, out);
+    hl_node *out = add_mul_mat(ctx, -1, "output", xno, EPI_NONE);
+    add_proj(ctx, out, "output", act(logits, m->hp.n_vocab, n_out), m->output, (hl_tensor){0}, HL_LORA_OUTPUT);
     if (ctx->n_nodes > ctx->max_nodes || ctx->n_terms > ctx->max_terms || ctx->lora_t_used > ctx->lora_t_floats)
         return hl_fail(HL_ERR_INVALID, "graph exceeds its planned size");
     return HL_OK;

@@ -1,7 +1,8 @@
 /*
  * hl_graph_dot: the graph of one decode as Graphviz DOT, built but not run.
- * mul_mat_lora nodes (a mat-mul or row lookup with adapter terms) are filled
- * and carry lora=1; the nodes computing t = A.x carry lora_a=1.
+ * A mat-mul node is drawn as one DOT node per projection; mul_mat_lora
+ * projections (and a row lookup with adapter terms) are filled and carry
+ * lora=1; a node's lora_a phase, computing t = A.x, is drawn dashed with lora_a=1.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,65 +25,102 @@ __attribute__((format(printf, 2, 3))) static void emit(dot_writer *w, const char
 }
 
 static const char *OP_NAMES[OP_COUNT] = {
-    [OP_GET_ROWS] = "get_rows", [OP_RMS_NORM] = "rms_norm", [OP_MUL_MAT] = "mul_mat", [OP_ROPE] = "rope",
-    [OP_STORE_KV] = "store_kv", [OP_ATTENTION] = "attention", [OP_SWIGLU] = "swiglu", [OP_ADD] = "add",
-    [OP_LORA_A] = "lora_a"};
+    [OP_GET_ROWS] = "get_rows", [OP_RMS_NORM] = "rms_norm", [OP_MUL_MAT] = "mul_mat", [OP_ATTENTION] = "attention"};
+static const char *EPILOGUES[] = {[EPI_NONE] = "", [EPI_ROPE_STORE_KV] = " + rope + kv store",
+                                  [EPI_SWIGLU] = " + swiglu", [EPI_ADD] = " + residual"};
 
+static void emit_terms(dot_writer *w, int32_t n_terms) {
+    if (n_terms) emit(w, "\\n%d adapter term%s", n_terms, n_terms > 1 ? "s" : "");
+}
+
+static void emit_close(dot_writer *w, int lora) {
+    emit(w, lora ? "\", lora=1, style=filled, fillcolor=\"#f4b942\"];\n" : "\"];\n");
+}
+
+/* A mat-mul node is drawn as one DOT node per projection (n<i>_<k>) plus, with adapters, its lora_a phase. */
 static void emit_node(dot_writer *w, int32_t i, const hl_node *nd) {
-    const int lora = nd->n_terms > 0 && (nd->op == OP_MUL_MAT || nd->op == OP_GET_ROWS);
-    const char *op = lora ? (nd->op == OP_MUL_MAT ? "mul_mat_lora" : "get_rows_lora") : OP_NAMES[nd->op];
-    emit(w, "  n%d [label=\"%s\\n%s", i, nd->name, op);
-    if (nd->op == OP_MUL_MAT || nd->op == OP_GET_ROWS)
-        emit(w, " %s [%lld, %lld]", hl_get_type_traits(nd->src0.type)->name, (long long)nd->src0.ne[0],
-             (long long)nd->src0.ne[1]);
-    if (nd->n_terms) emit(w, "\\n%d adapter term%s", nd->n_terms, nd->n_terms > 1 ? "s" : "");
-    if (lora) emit(w, "\", lora=1, style=filled, fillcolor=\"#f4b942\"];\n");
-    else if (nd->op == OP_LORA_A) emit(w, "\", lora_a=1, style=dashed];\n");
-    else emit(w, "\"];\n");
-}
-
-static int reads(const hl_tensor *src, const hl_node *writer) {
-    const char *p = src->data, *d = writer->dst.data;
-    return p && d && p >= d && p < d + (size_t)writer->dst.ne[1] * writer->dst.row_bytes;
-}
-
-/* The last node before i that wrote what node i reads (or that stored the KV cache it attends over). */
-static int32_t producer(const hl_context *ctx, int32_t i, const hl_tensor *src) {
-    for (int32_t j = i - 1; j >= 0; j--) {
-        const hl_node *w = &ctx->nodes[j];
-        if (ctx->nodes[i].op == OP_ATTENTION && src == NULL && w->op == OP_STORE_KV && w->il == ctx->nodes[i].il)
-            return j;
-        if (src && reads(src, w)) return j;
+    if (nd->op != OP_MUL_MAT) {
+        const int lora = nd->n_terms > 0;
+        emit(w, "  n%d [label=\"%s\\n%s", i, nd->name, lora ? "get_rows_lora" : OP_NAMES[nd->op]);
+        if (nd->op == OP_GET_ROWS)
+            emit(w, " %s [%lld, %lld]", hl_get_type_traits(nd->src0.type)->name, (long long)nd->src0.ne[0],
+                 (long long)nd->src0.ne[1]);
+        emit_terms(w, nd->n_terms);
+        emit_close(w, lora);
+        return;
     }
-    return -1;
+    if (nd->n_terms) emit(w, "  n%d_a [label=\"%s lora_a\\n%d adapter terms\", lora_a=1, style=dashed];\n", i,
+                          nd->name, nd->n_terms);
+    for (int32_t k = 0; k < nd->n_proj; k++) {
+        const hl_proj *p = &nd->proj[k];
+        emit(w, "  n%d_%d [label=\"", i, k);
+        if (nd->il >= 0) emit(w, "blk.%d.", nd->il);
+        emit(w, "%s\\n%s %s [%lld, %lld]%s", p->name, p->n_terms ? "mul_mat_lora" : "mul_mat",
+             hl_get_type_traits(p->w.type)->name, (long long)p->w.ne[0], (long long)p->w.ne[1], EPILOGUES[nd->epi]);
+        emit_terms(w, p->n_terms);
+        emit_close(w, p->n_terms > 0);
+    }
+}
+
+static int inside(const hl_tensor *src, const hl_tensor *t) {
+    const char *p = src->data, *d = t->data;
+    return p && d && p >= d && p < d + (size_t)t->ne[1] * t->row_bytes;
+}
+
+/* The DOT id of what node j wrote that src reads ("" if it wrote nothing of it). */
+static int written_by(const hl_node *w, int32_t j, const hl_tensor *src, char id[32]) {
+    if (w->op != OP_MUL_MAT) {
+        snprintf(id, 32, "n%d", j);
+        return inside(src, &w->dst);
+    }
+    for (int32_t k = 0; k < w->n_proj; k++) {
+        snprintf(id, 32, "n%d_%d", j, k);
+        if (inside(src, &w->proj[k].dst)) return 1;
+    }
+    snprintf(id, 32, "n%d_0", j);
+    return w->epi == EPI_ADD && inside(src, &w->residual);
 }
 
 static int shown(const hl_node *nd, int32_t layer) { return layer < 0 || nd->il == layer; }
 
-/* The OP_LORA_A node that computed the t's of a mat-mul's terms. */
-static int32_t lora_a_producer(const hl_context *ctx, int32_t i) {
-    const hl_lora_term *t = ctx->nodes[i].terms;
-    for (int32_t j = i - 1; j >= 0; j--) {
-        const hl_node *w = &ctx->nodes[j];
-        if (w->op == OP_LORA_A && t >= w->terms && t < w->terms + w->n_terms) return j;
+/* An edge into `to` from the last node before i that wrote what src reads. */
+static void emit_input(dot_writer *w, const hl_context *ctx, int32_t i, const hl_tensor *src, const char *to,
+                       int32_t layer) {
+    char from[32];
+    for (int32_t j = i - 1; j >= 0 && src->data; j--) {
+        if (!written_by(&ctx->nodes[j], j, src, from)) continue;
+        if (shown(&ctx->nodes[j], layer)) emit(w, "  %s -> %s;\n", from, to);
+        return;
     }
-    return -1;
+}
+
+/* Attention reads the cache that its layer's attn_qkv node stored (projections k and v). */
+static void emit_cache_edges(dot_writer *w, const hl_context *ctx, int32_t i, int32_t layer) {
+    for (int32_t j = i - 1; j >= 0; j--) {
+        const hl_node *q = &ctx->nodes[j];
+        if (q->op != OP_MUL_MAT || q->epi != EPI_ROPE_STORE_KV || q->il != ctx->nodes[i].il) continue;
+        if (shown(q, layer)) emit(w, "  n%d_1 -> n%d;\n  n%d_2 -> n%d;\n", j, i, j, i);
+        return;
+    }
 }
 
 static void emit_edges(dot_writer *w, const hl_context *ctx, int32_t i, int32_t layer) {
     const hl_node *nd = &ctx->nodes[i];
-    const hl_tensor *srcs[4] = {&nd->src0, &nd->src1, &nd->src2, NULL};
-    const int n_src = nd->op == OP_ATTENTION ? 4 : 3;
-    int32_t seen[4] = {-1, -1, -1, -1};
-    for (int k = 0; k < n_src; k++) {
-        const int32_t j = producer(ctx, i, srcs[k]);
-        if (j < 0 || !shown(&ctx->nodes[j], layer) || j == seen[0] || j == seen[1] || j == seen[2]) continue;
-        seen[k] = j;
-        emit(w, "  n%d -> n%d;\n", j, i);
+    char to[32];
+    if (nd->op != OP_MUL_MAT) {
+        snprintf(to, sizeof to, "n%d", i);
+        emit_input(w, ctx, i, &nd->src0, to, layer);
+        if (nd->op == OP_ATTENTION) emit_cache_edges(w, ctx, i, layer);
+        return;
     }
-    if (nd->op == OP_MUL_MAT && nd->n_terms) {
-        const int32_t j = lora_a_producer(ctx, i);
-        if (j >= 0 && shown(&ctx->nodes[j], layer)) emit(w, "  n%d -> n%d [style=dashed];\n", j, i);
+    if (nd->n_terms) {
+        snprintf(to, sizeof to, "n%d_a", i);
+        emit_input(w, ctx, i, &nd->src1, to, layer);
+    }
+    for (int32_t k = 0; k < nd->n_proj; k++) {
+        snprintf(to, sizeof to, "n%d_%d", i, k);
+        emit_input(w, ctx, i, &nd->src1, to, layer);
+        if (nd->proj[k].n_terms) emit(w, "  n%d_a -> %s [style=dashed];\n", i, to);
     }
 }
 

@@ -19,14 +19,21 @@ static inline float *hl_row_f32(const hl_tensor *t, int64_t i) {
 size_t hl_attention_work_size(const hl_node *nd, int nth);
 void hl_op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
 
+/* mul_mat.c */
+int hl_mul_mat_phases(const hl_node *nd);
+void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
+size_t hl_mul_mat_work_size(const hl_node *nd, int nth);
+/* The node's input x in the activation type of weight_type (converted by the node's first phase). */
+const char *hl_mul_mat_input(hl_context *ctx, const hl_node *nd, int32_t weight_type, size_t *stride);
+
+/* epilogue.c: the node's epilogue on rows [r0[i], r1[i]) of projection i, every token. */
+void hl_epilogue_rows(hl_context *ctx, const hl_node *nd, const int64_t *r0, const int64_t *r1);
+
 /* ops_lora.c */
-size_t hl_lora_a_work_size(const hl_node *nd);
-int hl_lora_a_phases(const hl_node *nd);
-void hl_op_lora_a(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
-size_t hl_lora_b_work_size(const hl_node *nd);
-int hl_lora_b_needs_conversion(const hl_node *nd);
-void hl_lora_b_convert(hl_context *ctx, const hl_node *nd, int ith, int nth);
-void hl_lora_b_rows(hl_context *ctx, const hl_node *nd, int64_t r0, int64_t r1);
+void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth);
+size_t hl_lora_b_scratch_size(const hl_node *nd);
+void hl_lora_b_convert(const hl_node *nd, char *scratch);
+void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, const char *scratch);
 size_t hl_lora_embd_work_size(const hl_node *nd, int nth);
 void hl_lora_embd_add(hl_context *ctx, const hl_node *nd, int64_t t, float *x, int ith);
 

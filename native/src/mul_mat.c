@@ -1,0 +1,145 @@
+/*
+ * The mat-mul node: up to three projections sharing one input x [n_in, T] (q/k/v, gate/up, or one alone),
+ * in at most three phases, each followed by the pool's barrier:
+ *
+ *   convert  x to every activation type that the weights and the LoRA A's dot against, once for all of them
+ *            (threads split the tokens)
+ *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters)
+ *   dot      each projection's rows split among threads: dst = W.x through the multi-token kernel, plus
+ *            the LoRA B terms, plus the bias; then the epilogue on the rows the thread just wrote: RoPE and
+ *            the KV store (threads own whole heads), SwiGLU, or the residual add
+ *
+ * A phase with nothing to do is left out, so a float model's projections take one barrier per node.
+ */
+#include <math.h>
+
+#include "core.h"
+#include "gemm.h"
+#include "ops_internal.h"
+#include "quants.h"
+
+/* Weight rows per thread are cut at multiples of this (a multiple of every kernel's row tile). */
+#define HL_ROW_ALIGN 16
+#define MAX_ACT_TYPES (2 * HL_MAX_PROJ + 2)
+
+typedef enum { PH_CONVERT, PH_LORA_A, PH_DOT } mm_phase;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* The distinct activation types other than F32 that the node's weights and A's need, in first-use order. */
+static int act_types(const hl_node *nd, int32_t types[MAX_ACT_TYPES]) {
+    int n = 0;
+    for (int32_t i = 0; i < nd->n_proj + nd->n_terms; i++) {
+        const hl_tensor *w = i < nd->n_proj ? &nd->proj[i].w : &nd->terms[i - nd->n_proj].lora->a;
+        const int32_t vdt = hl_get_type_traits(w->type)->vec_dot_type;
+        int seen = vdt == HL_TYPE_F32;
+        for (int k = 0; k < n && !seen; k++) seen = types[k] == vdt;
+        if (!seen && n < MAX_ACT_TYPES) types[n++] = vdt;
+    }
+    return n;
+}
+
+/* Bytes of x converted to every activation type (the start of the node's work buffer). */
+static size_t converted_bytes(const hl_node *nd) {
+    int32_t types[MAX_ACT_TYPES];
+    size_t size = 0;
+    for (int k = act_types(nd, types) - 1; k >= 0; k--)
+        size += align64(hl_row_size(types[k], nd->src1.ne[0]) * (size_t)nd->src1.ne[1]);
+    return size;
+}
+
+const char *hl_mul_mat_input(hl_context *ctx, const hl_node *nd, int32_t weight_type, size_t *stride) {
+    const int32_t vdt = hl_get_type_traits(weight_type)->vec_dot_type;
+    if (vdt == HL_TYPE_F32) {
+        *stride = nd->src1.row_bytes;
+        return nd->src1.data;
+    }
+    int32_t types[MAX_ACT_TYPES];
+    const int n = act_types(nd, types);
+    size_t offset = 0;
+    for (int k = 0; k < n && types[k] != vdt; k++)
+        offset += align64(hl_row_size(types[k], nd->src1.ne[0]) * (size_t)nd->src1.ne[1]);
+    *stride = hl_row_size(vdt, nd->src1.ne[0]);
+    return (const char *)ctx->work + offset;
+}
+
+size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
+    return align64(converted_bytes(nd)) + (size_t)nth * hl_lora_b_scratch_size(nd);
+}
+
+static int phase_list(const hl_node *nd, mm_phase out[3]) {
+    int32_t types[MAX_ACT_TYPES];
+    int n = 0;
+    if (act_types(nd, types) > 0) out[n++] = PH_CONVERT;
+    if (nd->n_terms) out[n++] = PH_LORA_A;
+    out[n++] = PH_DOT;
+    return n;
+}
+
+int hl_mul_mat_phases(const hl_node *nd) {
+    mm_phase list[3];
+    return phase_list(nd, list);
+}
+
+static void convert_input(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+    int32_t types[MAX_ACT_TYPES];
+    const int n = act_types(nd, types);
+    int64_t t0, t1;
+    hl_split(nd->src1.ne[1], ith, nth, &t0, &t1);
+    char *dst = ctx->work;
+    for (int k = 0; k < n; k++) {
+        const size_t stride = hl_row_size(types[k], nd->src1.ne[0]);
+        for (int64_t t = t0; t < t1; t++)
+            hl_get_type_traits(types[k])->from_float(hl_row_f32(&nd->src1, t), dst + t * stride, nd->src1.ne[0]);
+        dst += align64(stride * (size_t)nd->src1.ne[1]);
+    }
+}
+
+/* Rows [r0, r1) of n for thread ith of nth, cut at multiples of align. */
+static void split_rows(int64_t n, int64_t align, int ith, int nth, int64_t *r0, int64_t *r1) {
+    const int64_t tiles = (n + align - 1) / align;
+    int64_t t0, t1;
+    hl_split(tiles, ith, nth, &t0, &t1);
+    *r0 = t0 * align < n ? t0 * align : n;
+    *r1 = t1 * align < n ? t1 * align : n;
+}
+
+/* dst rows [r0, r1) of every token = W.x + LoRA + bias. */
+static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
+                         const char *b_scratch) {
+    const int64_t n_tok = nd->src1.ne[1];
+    size_t stride;
+    const char *x = hl_mul_mat_input(ctx, nd, p->w.type, &stride);
+    hl_gemm(hl_get_type_traits(p->w.type), 0, p->w.ne[0], r1 - r0, n_tok,
+            (const char *)p->w.data + (size_t)r0 * p->w.row_bytes, p->w.row_bytes, x, stride,
+            (float *)p->dst.data + r0, p->dst.row_bytes / sizeof(float));
+    if (p->n_terms) hl_lora_b_rows(nd, p, r0, r1, b_scratch); /* y = (W.x + LoRA) + bias */
+    const float *bias = p->bias.data;
+    for (int64_t t = 0; bias && t < n_tok; t++) {
+        float *y = hl_row_f32(&p->dst, t);
+        for (int64_t r = r0; r < r1; r++) y[r] += bias[r];
+    }
+}
+
+static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+    const int64_t align = nd->epi == EPI_ROPE_STORE_KV ? ctx->model->hp.head_dim : HL_ROW_ALIGN;
+    const char *b_scratch = (const char *)ctx->work + align64(converted_bytes(nd)) +
+                            (size_t)ith * hl_lora_b_scratch_size(nd);
+    if (nd->n_terms) hl_lora_b_convert(nd, (char *)b_scratch);
+    int64_t r0[HL_MAX_PROJ], r1[HL_MAX_PROJ];
+    for (int32_t i = 0; i < nd->n_proj; i++) {
+        split_rows(nd->proj[i].w.ne[1], align, ith, nth, &r0[i], &r1[i]);
+        if (r1[i] > r0[i]) project_rows(ctx, nd, &nd->proj[i], r0[i], r1[i], b_scratch);
+    }
+    hl_epilogue_rows(ctx, nd, r0, r1);
+}
+
+void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    mm_phase list[3];
+    phase_list(nd, list);
+    switch (list[phase]) {
+    case PH_CONVERT: convert_input(ctx, nd, ith, nth); break;
+    case PH_LORA_A: hl_lora_a_rows(ctx, nd, ith, nth); break;
+    case PH_DOT: dot_phase(ctx, nd, ith, nth); break;
+    }
+}
