@@ -180,3 +180,11 @@ def test_adapter_that_does_not_fit_the_model(tmp_path):
     proc = hotlora("bench", "-m", other, *TINY, "--hot-lora", NUMBERS)
     assert_one_line_error(proc, 1, NUMBERS.name)
     assert proc.stdout == ""
+
+
+def test_probe_does_not_count_in_peak_rss():
+    """The probe reads a buffer of its own in a child process; the record's peak RSS is the engine's."""
+    (tg,) = bench_json("-p", "0", "-n", "2", "-r", "1", "-t", "1", "--probe-mib", "256")
+    assert tg["probe_gb_per_s"] > 0 and tg["pct_of_probe"] == pytest.approx(
+        100 * tg["decode_gb_per_s"] / tg["probe_gb_per_s"])
+    assert 0 < tg["peak_rss_bytes"] < 256 * 2**20

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..bench import TestSpec
+from ..bench_result import Variant
 from ..bench_report import FORMATS, CsvPrinter, JsonlPrinter, JsonPrinter, MarkdownPrinter, RunInfo, TableLayout
 from ..bench_runner import CACHE_TYPE, BenchPlan, BenchRunner, Progress
 from ..errors import HotLoraError
@@ -96,8 +97,7 @@ def _printer(output: str, info: RunInfo, plan: BenchPlan, batches: list[int]):
         return CsvPrinter(info)
     has_tg = any(t.is_generation_only for t in plan.tests)
     layout = TableLayout(show_batch=batches != [DEFAULT_BATCH],
-                         adapter_width=max((len(p.name) + (0 if s == 1.0 else len(f" @{s:g}")) for p, s in plan.adapters),
-                                           default=0),
+                         adapter_width=max((len(Variant(p, s).label) for p, s in plan.adapters), default=0),
                          show_gbs=has_tg, show_probe=has_tg and plan.probe_bytes > 0)
     return MarkdownPrinter(info, layout)
 
