@@ -7,12 +7,14 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from factory import TinySpec, write_tiny_model
 from cli_util import assert_one_line_error, hotlora
 
-from hotlora.model import default_adapter_paths
+from hotlora.bench import first_token, random_prompt, run_once
+from hotlora.model import Model, default_adapter_paths
 
 NUMBERS, CONCURRENCY = sorted(default_adapter_paths(), key=lambda p: "numbers" not in p.name)
 TINY = ("-p", "4", "-n", "2", "-r", "2", "-t", "1", "--probe-mib", "0")
@@ -39,6 +41,20 @@ def table(stdout: str) -> tuple[list[str], list[dict[str, str]]]:
     lines = [line for line in stdout.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     return cells[0], [dict(zip(cells[0], row)) for row in cells[2:]]
+
+
+@pytest.mark.parametrize("n_prompt", [0, 6])
+def test_a_run_decodes_as_llama_bench(n_prompt):
+    """The prompt in one batch, then n_gen single-token decodes (BOS, then sampled tokens), whatever is sampled."""
+    with Model(n_ctx=n_prompt + 5, n_threads=1) as m:
+        rng = np.random.default_rng(0)
+        prompt, start = random_prompt(m, n_prompt, rng), first_token(m, rng)
+        for _ in range(3):
+            before = (m.perf.prompt_n, m.perf.eval_n)
+            run = run_once(m, prompt, start, 5)
+            assert (m.perf.prompt_n - before[0], m.perf.eval_n - before[1]) == (n_prompt, 5)
+            assert m.n_past == n_prompt + 5  # the start token and 4 of the 5 sampled (the last is not fed)
+            assert 0 < run.decode_ns < run.total_ns
 
 
 def test_markdown_has_llama_bench_columns_and_footer():

@@ -88,7 +88,7 @@ class ProgressLine:
             sys.stderr.flush()
 
 
-def _printer(output: str, info: RunInfo, plan: BenchPlan, batches: list[int]):
+def _printer(output: str, info: RunInfo, plan: BenchPlan):
     if output == "json":
         return JsonPrinter(info)
     if output == "jsonl":
@@ -96,38 +96,58 @@ def _printer(output: str, info: RunInfo, plan: BenchPlan, batches: list[int]):
     if output == "csv":
         return CsvPrinter(info)
     has_tg = any(t.is_generation_only for t in plan.tests)
-    layout = TableLayout(show_batch=batches != [DEFAULT_BATCH],
+    layout = TableLayout(show_batch=plan.batches != [DEFAULT_BATCH],
                          adapter_width=max((len(Variant(p, s).label) for p, s in plan.adapters), default=0),
                          show_gbs=has_tg, show_probe=has_tg and plan.probe_bytes > 0)
     return MarkdownPrinter(info, layout)
 
 
+def _list_option(*names: str, help: str):
+    return typer.Option(*names, help=help, metavar="N[,N...]")
+
+
+Models = Annotated[Optional[list[Path]], Opt(
+    "-m", "--model", help="GGUF model; repeatable (default: the bundled tiny model)", metavar="PATH")]
+PromptSizes = Annotated[list[str], _list_option("-p", "--n-prompt", help="prompt tokens (0 = no pp test)")]
+GenSizes = Annotated[list[str], _list_option("-n", "--n-gen", help="generated tokens (0 = no tg test)")]
+PromptGen = Annotated[Optional[list[str]], Opt(
+    "-pg", help="a prompt-then-generation test; repeatable", metavar="PP,TG")]
+Threads = Annotated[Optional[list[str]], _list_option("-t", "--threads", help="threads (default: physical cores)")]
+Batches = Annotated[list[str], _list_option("-b", "--batch-size", help="prompt tokens per decode")]
+Output = Annotated[str, Opt("-o", "--output", help="output format", metavar="md|json|jsonl|csv")]
+ProbeMiB = Annotated[int, Opt("--probe-mib", help="read-bandwidth probe size in MiB (0 = no probe)", min=0)]
+ShowProgress = Annotated[bool, Opt("--progress", help="progress lines on stderr even when it is not a terminal")]
+
+
 def bench(
-    model: Annotated[Optional[list[Path]], Opt("-m", "--model", help="GGUF model; repeatable (default: the bundled tiny model)")] = None,
-    n_prompt: Annotated[list[str], Opt("-p", "--n-prompt", help="prompt tokens, comma list (0 = no pp test)")] = ["512"],
-    n_gen: Annotated[list[str], Opt("-n", "--n-gen", help="generated tokens, comma list (0 = no tg test)")] = ["128"],
-    pg: Annotated[Optional[list[str]], Opt("-pg", help="PP,TG: a prompt then generation test; repeatable", metavar="PP,TG")] = None,
-    threads: Annotated[Optional[list[str]], Opt("-t", "--threads", help="threads, comma list (default: physical cores)")] = None,
-    batch_size: Annotated[list[str], Opt("-b", "--batch-size", help="prompt tokens per decode, comma list")] = [str(DEFAULT_BATCH)],
+    model: Models = None,
+    n_prompt: PromptSizes = ["512"],
+    n_gen: GenSizes = ["128"],
+    pg: PromptGen = None,
+    threads: Threads = None,
+    batch_size: Batches = [str(DEFAULT_BATCH)],
     repetitions: Annotated[int, Opt("-r", "--repetitions", help="timed runs per test", min=1)] = 5,
-    output: Annotated[str, Opt("-o", "--output", help="md, json, jsonl or csv")] = "md",
+    output: Output = "md",
     hot_lora: HotLora = None,
     hot_lora_scaled: HotLoraScaled = None,
-    probe_mib: Annotated[int, Opt("--probe-mib", help="read-bandwidth probe size in MiB (0 = no probe)", min=0)] = 1024,
-    progress: Annotated[bool, Opt("--progress", help="progress lines on stderr even when it is not a terminal")] = False,
+    probe_mib: ProbeMiB = 1024,
+    progress: ShowProgress = False,
 ) -> None:
     """Measure prompt processing and generation speed like llama-bench, with and without each adapter."""
     if output not in FORMATS:
         raise typer.BadParameter(f"'{output}' is not one of {', '.join(FORMATS)}", param_hint="'-o' / '--output'")
-    batches = parse_int_list(batch_size, "'-b' / '--batch-size'", 1, MAX_TOKENS)
     plan = BenchPlan(
         models=model or [None], tests=_tests(n_prompt, n_gen, pg or []),
         threads=parse_int_list(threads, "'-t' / '--threads'", 1, MAX_THREADS) if threads else [physical_cores()],
-        batches=batches, repetitions=repetitions, adapters=adapter_list(hot_lora, hot_lora_scaled),
-        probe_bytes=probe_mib * 2**20)
+        batches=parse_int_list(batch_size, "'-b' / '--batch-size'", 1, MAX_TOKENS), repetitions=repetitions,
+        adapters=adapter_list(hot_lora, hot_lora_scaled), probe_bytes=probe_mib * 2**20)
     _check_files(model or [], plan.adapters)
-    printer = _printer(output, RunInfo(build_info(), cpu_info(), CACHE_TYPE), plan, batches)
-    line = ProgressLine(progress or sys.stderr.isatty())
+    _run(plan, _printer(output, RunInfo(build_info(), cpu_info(), CACHE_TYPE), plan),
+         ProgressLine(progress or sys.stderr.isatty()))
+
+
+def _run(plan: BenchPlan, printer, line: ProgressLine) -> None:
+    """Runs the plan; the header waits for the first rows, so a file that fails to load leaves stdout empty."""
     started = False
 
     def on_rows(rows) -> None:
