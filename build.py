@@ -8,9 +8,9 @@ it is setuptools' own backend with one change, that setup() receives
 `cffi_modules`, which pyproject.toml has no key for. So `pip install .` and
 `pip install -e .` build the core with no other step.
 """
+import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -29,10 +29,11 @@ def _cdef_text(header: str) -> str:
 
 
 def _compile_args() -> list[str]:
-    args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
-    if sys.platform != "win32":
-        args.append("-pthread")
-    return args
+    """cli/build_flags.py's flags, loaded by path: the package itself needs the core this builds."""
+    spec = importlib.util.spec_from_file_location("hotlora_build_flags", ROOT / "cli" / "build_flags.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compile_args()
 
 
 ffibuilder = FFI()

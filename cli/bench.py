@@ -1,70 +1,86 @@
-"""llama-bench's method (cli-surface.md §6): prompt processing (ppN) and text generation (tgN) tests.
+"""One timed run of a llama-bench test: prompt processing (ppN), text generation (tgN) or both (ppN+tgM).
 
-Each test gets a fresh context of n_prompt + n_gen cells, one warm-up, then
-`repetitions` timed runs; t/s is the mean of per-run rates. Decode runs also
-report the weight bytes streamed per second (a decode step reads every matrix
-once), the figure to compare with the machine's memory bandwidth.
+As llama-bench: the prompt is random tokens (BOS first when the model adds one) evaluated in n_batch
+chunks; generation decodes n_gen single tokens starting from BOS. Unlike llama-bench, generation
+goes through the loop `hotlora run` uses (Session.steps and the default sampler chain), so the time
+spent in Python around the core's hl_decode calls is part of what is measured; end-of-generation
+tokens are never sampled (ignore-eos), so every run generates exactly n_gen tokens.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import HotLoraError
 from .model import Model
+from .session import Session
+
+SAMPLER_SEED = 0  # every run samples the same way; the sampler's work does not depend on the seed
 
 
-@dataclass
-class BenchResult:
-    test: str          # "pp512", "tg128"
+@dataclass(frozen=True)
+class TestSpec:
     n_prompt: int
     n_gen: int
-    samples_ns: list[int]
-    weight_bytes: int  # bytes of all tensors, read once per decoded token
 
     @property
-    def samples_ts(self) -> list[float]:
-        return [1e9 * (self.n_prompt + self.n_gen) / ns for ns in self.samples_ns]
+    def name(self) -> str:
+        """llama-bench's test name: pp512, tg128, pp512+tg128."""
+        if not self.n_gen:
+            return f"pp{self.n_prompt}"
+        return f"tg{self.n_gen}" if not self.n_prompt else f"pp{self.n_prompt}+tg{self.n_gen}"
 
     @property
-    def avg_ts(self) -> float:
-        return statistics.fmean(self.samples_ts)
+    def is_generation_only(self) -> bool:
+        return self.n_gen > 0 and self.n_prompt == 0
 
     @property
-    def stddev_ts(self) -> float:
-        return statistics.stdev(self.samples_ts) if len(self.samples_ts) > 1 else 0.0
-
-    @property
-    def decode_gb_per_s(self) -> float | None:
-        """Weight bytes streamed per second during generation (tg tests only)."""
-        return self.avg_ts * self.weight_bytes / 1e9 if self.n_gen and not self.n_prompt else None
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_gen
 
 
-def _random_prompt(model: Model, n: int, rng: np.random.Generator) -> list[int]:
+@dataclass(frozen=True)
+class RunTime:
+    total_ns: int   # the whole run
+    decode_ns: int  # inside the core's hl_decode calls
+
+
+def random_prompt(model: Model, n: int, rng: np.random.Generator) -> list[int]:
     ids = rng.integers(0, model.n_vocab, size=n).tolist()
-    if model.tokenizer.add_bos and model.tokenizer.bos_id is not None and ids:
+    if ids and model.tokenizer.add_bos and model.tokenizer.bos_id is not None:
         ids[0] = model.tokenizer.bos_id
     return ids
 
 
-def _one_run(model: Model, prompt: list[int], n_gen: int) -> int:
+def first_token(model: Model, rng: np.random.Generator) -> int:
+    """What generation starts from: BOS when the model adds one, else a random token (as llama-bench)."""
+    tok = model.tokenizer
+    return tok.bos_id if tok.add_bos and tok.bos_id is not None else int(rng.integers(0, model.n_vocab))
+
+
+def _decode_ms(model: Model) -> float:
+    return model.perf.prompt_ms + model.perf.eval_ms
+
+
+def _generate(session: Session, start_token: int, n_gen: int) -> None:
+    """n_gen decodes: start_token, then each sampled token but the last; n_gen tokens sampled."""
+    session.feed([start_token])
+    generated = sum(1 for _ in session.steps(n_gen))
+    if generated != n_gen:
+        raise HotLoraError(f"bench: generation stopped ({session.stop}) after {generated} of {n_gen} tokens")
+
+
+def run_once(model: Model, prompt: list[int], start_token: int, n_gen: int) -> RunTime:
+    """One run from an empty cache under the model's current adapter set."""
     model.reset()
+    session = Session(model, model.sampler(ignore_eos=True, seed=SAMPLER_SEED))
+    decode_before = _decode_ms(model)
     start = time.perf_counter_ns()
     if prompt:
         model.eval_last(prompt)
-    token = prompt[-1] if prompt else (model.tokenizer.bos_id or 0)
-    for _ in range(n_gen):
-        model.eval_last([token])
-    return time.perf_counter_ns() - start
-
-
-def run_test(model: Model, n_prompt: int, n_gen: int, repetitions: int, seed: int = 0) -> BenchResult:
-    """Times one test on a model whose context holds at least n_prompt + n_gen tokens."""
-    rng = np.random.default_rng(seed)
-    prompt = _random_prompt(model, n_prompt, rng)
-    _one_run(model, prompt, min(n_gen, 1))  # warm-up
-    samples = [_one_run(model, prompt, n_gen) for _ in range(repetitions)]
-    name = f"pp{n_prompt}" if not n_gen else f"tg{n_gen}" if not n_prompt else f"pp{n_prompt}+tg{n_gen}"
-    return BenchResult(name, n_prompt, n_gen, samples, model.weight_bytes)
+    if n_gen:
+        _generate(session, start_token, n_gen)
+    total_ns = time.perf_counter_ns() - start
+    return RunTime(total_ns, round((_decode_ms(model) - decode_before) * 1e6))
