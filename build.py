@@ -8,9 +8,9 @@ it is setuptools' own backend with one change, that setup() receives
 `cffi_modules`, which pyproject.toml has no key for. So `pip install .` and
 `pip install -e .` build the core with no other step.
 """
-import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -29,11 +29,19 @@ def _cdef_text(header: str) -> str:
 
 
 def _compile_args() -> list[str]:
-    """cli/build_flags.py's flags, loaded by path: the package itself needs the core this builds."""
-    spec = importlib.util.spec_from_file_location("hotlora_build_flags", ROOT / "cli" / "build_flags.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.compile_args()
+    """The C core's flags; HOTLORA_NO_SIMD=1 compiles every SIMD kernel out (the scalar references only)."""
+    args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    if sys.platform != "win32":
+        args.append("-pthread")
+    if os.environ.get("HOTLORA_NO_SIMD") == "1":
+        args.append("-DHL_NO_SIMD")
+    return args
+
+
+def _flags_macro(args: list[str]) -> tuple[str, str]:
+    """HL_BUILD_FLAGS, the string hl_build_flags() returns: the flags as this build used them."""
+    text = " ".join(args).replace("\\", "\\\\").replace('"', '\\"')
+    return ("HL_BUILD_FLAGS", f'"{text}"')
 
 
 ffibuilder = FFI()
@@ -44,6 +52,7 @@ ffibuilder.set_source(
     sources=SOURCES,
     include_dirs=[str(HEADER.parent)],
     extra_compile_args=_compile_args(),
+    define_macros=[_flags_macro(_compile_args())],
     extra_link_args=["-pthread", "-lm"],
 )
 

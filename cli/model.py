@@ -264,6 +264,17 @@ class Model:
         check(lib.hl_graph_dot(self._ctx, n_tokens, which, buf, needed[0], needed), "graph")
         return ffi.string(buf).decode("utf-8")
 
+    def graph_stats(self, n_tokens: int = 1, layer: int | None = 0) -> tuple[int, int]:
+        """(nodes, barriers) of the graph of a decode of n_tokens: one block, or all (layer=None)."""
+        if not 1 <= n_tokens <= self.n_batch:
+            raise HotLoraError(f"graph: n_tokens must be 1 to n_batch = {self.n_batch}, got {n_tokens}")
+        if layer is not None and not 0 <= layer < self.n_layer:
+            raise HotLoraError(f"graph: layer must be 0 to {self.n_layer - 1}, got {layer}")
+        nodes, barriers = ffi.new("int32_t *"), ffi.new("int32_t *")
+        check(lib.hl_graph_stats(self._live_ctx(), n_tokens, -1 if layer is None else layer, nodes, barriers),
+              "graph")
+        return nodes[0], barriers[0]
+
     # ---- generation -------------------------------------------------------------------------------
     def sampler(self, **sampling) -> Sampler:
         """A sampler for this model; keyword arguments are SamplerParams fields."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from . import __version__
 from ._native import ffi, lib
-from .build_flags import compile_args
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when running from one (editable install)
 
@@ -38,7 +37,7 @@ def build_info() -> BuildInfo:
     count = _git("rev-list", "--count", "HEAD")
     return BuildInfo(commit=_git("describe", "--always", "--dirty") or __version__,
                      number=int(count) if count and count.isdigit() else 0,
-                     flags=" ".join(compile_args()),
+                     flags=ffi.string(lib.hl_build_flags()).decode("utf-8", "replace"),
                      kernel_set=ffi.string(lib.hl_simd_name()).decode("ascii"))
 
 

@@ -416,6 +416,24 @@ def test_graph_tied_model(files):
     assert lora_projections(nodes) == expected_lora(targets, {0, 1}, whole_model=True)
 
 
+def graph_stats(files, *extra) -> list[tuple[int, int]]:
+    proc = hotlora("graph", "-m", files["model"], "--stats", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(map(int, re.search(r"(\d+) nodes, (\d+) barriers", line).groups()))
+            for line in proc.stdout.splitlines()]
+
+
+def test_graph_stats_counts_nodes_and_barriers(files):
+    """A block is 7 nodes; each mat-mul node with adapter terms gains one phase (the lora_a), not one per adapter."""
+    (block_nodes, block_barriers), (all_nodes, _) = graph_stats(files)
+    assert block_nodes == 7 and all_nodes == 7 * SPEC.n_layer + 3
+    with_one = graph_stats(files, "--hot-lora", files["adapter"])[0]
+    with_two = graph_stats(files, "--hot-lora", files["adapter"], "--hot-lora", files["other"])[0]
+    assert with_one == (7, block_barriers + 4)  # attn_qkv, attn_output, ffn_gate_up, ffn_down
+    assert with_two == with_one
+    assert graph_stats(files, "--hot-lora", files["other"], "--layer", "1")[0] == (7, block_barriers + 2)
+
+
 def test_interactive_lora_commands(files):
     """`run -i` takes /lora commands between turns and shows the adapters as a table on stderr."""
     commands = "\n".join(["/lora", f"/lora load {files['other']} 0.5", "/lora scale 0 0.25", "/lora off",

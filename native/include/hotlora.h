@@ -123,6 +123,8 @@ typedef struct hl_adapter hl_adapter;
 const char *hl_last_error(void);
 /* Name of the kernel set chosen at run time: "avx512", "avx2" or "scalar". */
 const char *hl_simd_name(void);
+/* The compiler flags this core was built with (as build.py passed them). */
+const char *hl_build_flags(void);
 
 hl_status hl_model_create(const hl_model_desc *desc, hl_model **out);
 void hl_model_free(hl_model *model);
@@ -162,6 +164,12 @@ void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
  * length + 1 (cap = 0 asks only for that). LoRA nodes carry lora=1. Nothing is computed.
  */
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
+
+/*
+ * Counts of the graph of one decode of n_tokens (layer >= 0: that block only; -1: all): its nodes and its
+ * barriers (one after every phase of every node). Nothing is computed.
+ */
+hl_status hl_graph_stats(hl_context *ctx, int32_t n_tokens, int32_t layer, int32_t *n_nodes, int32_t *n_barriers);
 
 /* Kernels, exposed for tests and tools. */
 /* Bytes of one row of n elements of type (0 if type unknown or n not a multiple of the block). */

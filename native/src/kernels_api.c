@@ -11,6 +11,11 @@
 
 const char *hl_simd_name(void) { return hl_quants_simd_name(); }
 
+#ifndef HL_BUILD_FLAGS
+#define HL_BUILD_FLAGS "unknown (not built by build.py)"
+#endif
+const char *hl_build_flags(void) { return HL_BUILD_FLAGS; }
+
 size_t hl_row_size(int32_t type, int64_t n) {
     const hl_type_traits *t = hl_get_type_traits(type);
     if (!t || n < 0 || n % t->block_size != 0) return 0;
