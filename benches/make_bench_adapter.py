@@ -24,6 +24,10 @@ def projections() -> dict[str, tuple[int, int]]:
 
 
 def encode(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None]:
+    """values in qtype; a block type whose block does not divide the rows (lora_b of rank < 32) falls back
+    to F16, as llama.cpp's convert_lora_to_gguf does."""
+    if qtype not in (Q.F32, Q.F16) and values.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        qtype = Q.F16
     if qtype == Q.F32:
         return values.astype(np.float32), None
     if qtype == Q.F16:
