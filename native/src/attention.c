@@ -25,23 +25,6 @@ size_t hl_attention_work_size(const hl_node *nd, int nth) {
     return (size_t)nth * ATTN_BLOCK * (size_t)(nd->pos0 + nd->src0.ne[1]) * sizeof(float);
 }
 
-/* p[0..n_seen) = softmax(s * scale) in place, the sum in double; p[n_seen..n_kv) = 0. */
-static void softmax_causal(float *p, int64_t n_seen, int64_t n_kv, float scale) {
-    float max = -INFINITY;
-    for (int64_t j = 0; j < n_seen; j++) {
-        p[j] *= scale;
-        if (p[j] > max) max = p[j];
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_seen; j++) {
-        p[j] = expf(p[j] - max);
-        sum += p[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < n_seen; j++) p[j] *= inv;
-    memset(p + n_seen, 0, (size_t)(n_kv - n_seen) * sizeof(float));
-}
-
 /* One query head over tokens t0 .. t0+nt-1 of the node; scores: scratch of nt * n_kv floats. */
 static void attend_block(hl_context *ctx, const hl_node *nd, int h, int64_t t0, int64_t nt, float *scores) {
     const hl_model *m = ctx->model;
@@ -56,7 +39,7 @@ static void attend_block(hl_context *ctx, const hl_node *nd, int h, int64_t t0, 
 
     hl_gemm(ct, 0, hd, n_kv, nt, k, hl_row_size(type, m->n_embd_kv), q, nd->src0.row_bytes, scores, (size_t)n_kv);
     for (int64_t t = 0; t < nt; t++)
-        softmax_causal(scores + t * n_kv, nd->pos0 + t0 + t + 1, n_kv, 1.0f / sqrtf((float)hd));
+        hl_softmax_causal(scores + t * n_kv, nd->pos0 + t0 + t + 1, n_kv, 1.0f / sqrtf((float)hd));
     hl_gemm(ct, 0, n_kv, hd, nt, vt, hl_row_size(type, n_ctx), scores, (size_t)n_kv * sizeof(float), out,
             nd->dst.row_bytes / sizeof(float));
 }

@@ -30,4 +30,5 @@ void hl_gemm_install(const hl_cpu_features *cpu) {
     hl_gemm_install_kquants(cpu);
     hl_gemm_install_float(cpu);
     hl_axpy_rows_install(cpu);
+    hl_softmax_install(cpu);
 }

@@ -22,11 +22,16 @@ void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t n
 void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
                   const float *alpha, size_t alpha_stride, float *y, size_t y_stride);
 
+/* p[0..n_seen) = softmax(p * scale) (sum in double), p[n_seen..n_kv) = 0: attention's causal row (softmax.c). */
+typedef void (*hl_softmax_fn)(float *p, int64_t n_seen, int64_t n_kv, float scale);
+void hl_softmax_causal(float *p, int64_t n_seen, int64_t n_kv, float scale);
+
 /* Installs every family's tiled kernels that the CPU can run (called once by hl_quants_init). */
 void hl_gemm_install(const hl_cpu_features *cpu);
 void hl_gemm_install_q32(const hl_cpu_features *cpu);     /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
 void hl_gemm_install_kquants(const hl_cpu_features *cpu); /* Q2_K .. Q6_K */
 void hl_gemm_install_float(const hl_cpu_features *cpu);   /* F32, F16, BF16 */
 void hl_axpy_rows_install(const hl_cpu_features *cpu);    /* F32, F16, BF16 (axpy_rows.c) */
+void hl_softmax_install(const hl_cpu_features *cpu);      /* attention's softmax (softmax.c) */
 
 #endif
