@@ -106,7 +106,7 @@ static void split_rows(int64_t n, int64_t align, int ith, int nth, int64_t *r0, 
 
 /* dst rows [r0, r1) of every token = W.x + LoRA + bias. */
 static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
-                         const char *b_scratch) {
+                         char *b_scratch) {
     const int64_t n_tok = nd->src1.ne[1];
     size_t stride;
     const char *x = hl_mul_mat_input(ctx, nd, p->w.type, &stride);
@@ -123,9 +123,8 @@ static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, i
 
 static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     const int64_t align = nd->epi == EPI_ROPE_STORE_KV ? ctx->model->hp.head_dim : HL_ROW_ALIGN;
-    const char *b_scratch = (const char *)ctx->work + align64(converted_bytes(nd)) +
-                            (size_t)ith * hl_lora_b_scratch_size(nd);
-    if (nd->n_terms) hl_lora_b_convert(nd, (char *)b_scratch);
+    char *b_scratch = (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)ith * hl_lora_b_scratch_size(nd);
+    if (nd->n_terms) hl_lora_b_convert(nd, b_scratch);
     int64_t r0[HL_MAX_PROJ], r1[HL_MAX_PROJ];
     for (int32_t i = 0; i < nd->n_proj; i++) {
         split_rows(nd->proj[i].w.ne[1], align, ith, nth, &r0[i], &r1[i]);

@@ -33,7 +33,7 @@ void hl_epilogue_rows(hl_context *ctx, const hl_node *nd, const int64_t *r0, con
 void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth);
 size_t hl_lora_b_scratch_size(const hl_node *nd);
 void hl_lora_b_convert(const hl_node *nd, char *scratch);
-void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, const char *scratch);
+void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, char *scratch);
 size_t hl_lora_embd_work_size(const hl_node *nd, int nth);
 void hl_lora_embd_add(hl_context *ctx, const hl_node *nd, int64_t t, float *x, int ith);
 

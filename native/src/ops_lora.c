@@ -49,15 +49,47 @@ static size_t b_conv_bytes(const hl_lora_term *term, int64_t n_tokens) {
     return align64(converted_size(&term->lora->b, term->lora->rank, n_tokens));
 }
 
+/* Quantized B goes through the multi-token kernel in tiles of this many tokens x rows, into a scratch tile. */
+#define B_TILE_TOKENS 16
+#define B_TILE_ROWS 1024
+
+static size_t b_tile_bytes(const hl_node *nd) {
+    for (int32_t i = 0; i < nd->n_terms; i++)
+        if (needs_conversion(&nd->terms[i].lora->b)) return align64(B_TILE_TOKENS * B_TILE_ROWS * sizeof(float));
+    return 0;
+}
+
+/* Per thread: each quantized-B term's converted t, then the tile that B . t is computed into. */
 size_t hl_lora_b_scratch_size(const hl_node *nd) {
-    size_t size = 0;
+    size_t size = b_tile_bytes(nd);
     for (int32_t i = 0; i < nd->n_terms; i++) size += b_conv_bytes(&nd->terms[i], nd->src1.ne[1]);
     return size;
+}
+
+/* y[t][r0..r1) += s * B[r0..r1) . t_conv[t] for every token, quantized B, through the multi-token kernel. */
+static void add_quantized_b(const hl_lora_term *term, const char *t_conv, int64_t n_tok, int64_t r0, int64_t r1,
+                            const hl_tensor *dst, float *tile) {
+    const hl_lora *lora = term->lora;
+    const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
+    const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += B_TILE_TOKENS) {
+        const int64_t nt = n_tok - t0 < B_TILE_TOKENS ? n_tok - t0 : B_TILE_TOKENS;
+        for (int64_t j0 = r0; j0 < r1; j0 += B_TILE_ROWS) {
+            const int64_t nr = r1 - j0 < B_TILE_ROWS ? r1 - j0 : B_TILE_ROWS;
+            hl_gemm(bt, 0, lora->rank, nr, nt, (const char *)lora->b.data + j0 * lora->b.row_bytes, lora->b.row_bytes,
+                    t_conv + t0 * stride, stride, tile, (size_t)nr);
+            for (int64_t t = 0; t < nt; t++) {
+                float *y = hl_row_f32(dst, t0 + t) + j0;
+                for (int64_t r = 0; r < nr; r++) y[r] += term->scale * tile[t * nr + r];
+            }
+        }
+    }
 }
 
 /* Each thread converts every quantized-B term's t (all tokens) into its own scratch, in term order. */
 void hl_lora_b_convert(const hl_node *nd, char *scratch) {
     const int64_t n_tok = nd->src1.ne[1];
+    scratch += b_tile_bytes(nd);
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
         if (!needs_conversion(&lora->b)) continue;
@@ -71,11 +103,13 @@ void hl_lora_b_convert(const hl_node *nd, char *scratch) {
 
 /* y[t][r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[t] for every token t and every term of projection p.
  * Float B: axpys over the rows of B transposed, all tokens at once (t_i already holds s_i * A_i.x);
- * quantized B: one dot per row against t converted to B's vec_dot_type (in scratch). */
-void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, const char *scratch) {
+ * quantized B: the multi-token kernel against t converted to B's vec_dot_type (in scratch). */
+void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, char *scratch) {
     const int64_t n_tok = nd->src1.ne[1];
     const size_t y_stride = p->dst.row_bytes / sizeof(float);
-    for (const hl_lora_term *term = nd->terms; term < p->terms; term++) scratch += b_conv_bytes(term, n_tok);
+    float *tile = (float *)scratch;
+    const char *t_conv = scratch + b_tile_bytes(nd);
+    for (const hl_lora_term *term = nd->terms; term < p->terms; term++) t_conv += b_conv_bytes(term, n_tok);
     for (int32_t i = 0; i < p->n_terms; i++) {
         const hl_lora *lora = p->terms[i].lora;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
@@ -85,16 +119,8 @@ void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
                          bt_stride, p->terms[i].t, (size_t)lora->rank, (float *)p->dst.data + r0, y_stride);
             continue;
         }
-        const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
-        for (int64_t t = 0; t < n_tok; t++) {
-            float *y = hl_row_f32(&p->dst, t);
-            for (int64_t r = r0; r < r1; r++) {
-                float d;
-                bt->vec_dot(lora->rank, &d, (const char *)lora->b.data + r * lora->b.row_bytes, scratch + t * stride);
-                y[r] += p->terms[i].scale * d;
-            }
-        }
-        scratch += b_conv_bytes(&p->terms[i], n_tok);
+        add_quantized_b(&p->terms[i], t_conv, n_tok, r0, r1, &p->dst, tile);
+        t_conv += b_conv_bytes(&p->terms[i], n_tok);
     }
 }
 
