@@ -1,4 +1,181 @@
-/* Tiled multi-token mat-mul kernels (hl_gemm_fn) for F32, F16 and BF16 weights against F32 activations. */
+/*
+ * Tiled multi-token mat-mul kernels (hl_gemm_fn) for F32, F16 and BF16 weights against F32 activations.
+ *
+ * Technique (register tiling, as in llamafile's tinyBLAS): a micro-kernel computes a tile of R weight
+ * rows x T tokens at once, holding one f32 vector accumulator per (row, token) pair in registers
+ * (AVX-512: 4 x 6 zmm, AVX2: 3 x 4 ymm). Each step along the row loads and widens one vector of
+ * every weight row once (F16 by vcvtph2ps, BF16 by a 16-bit shift: both exact) and uses it for every
+ * token of the tile; each activation vector is loaded once and used for every row of the tile.
+ *
+ * Bit-identical results whatever the tile: every (row, token) pair has its own accumulator, which
+ * runs over the row in the same vector steps (a zero-filled tail step for n not a multiple of the
+ * vector width) and is reduced by the same fixed tree. Nothing depends on which tile, which slot of
+ * it, or which call the pair sits in. Ragged edges: a short row tile repeats the last row (the extra
+ * results are not stored), a short token tile runs a narrower instantiation of the same kernel.
+ *
+ * Caches: rows are taken in blocks whose weights fit in about half of L2; for each block, token tiles
+ * run in order and each sweeps the block's row tiles, so the block's weights are read from memory
+ * once and each token tile's activations stay in L2 while the block's rows pass over them.
+ */
+#include "common.h"
 #include "gemm.h"
 
-void hl_gemm_install_float(const hl_cpu_features *cpu) { (void)cpu; }
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+
+#include <immintrin.h>
+#include <string.h>
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#define MAX_TILE_ROWS 4
+#define MAX_TILE_TOKENS 6
+#define ROW_BLOCK_BYTES (256 * 1024) /* weights of one row block: about a quarter of Zen 4's L2 */
+
+/* One register tile: dst[t * dst_stride + i] = w[i] . a[t] for i < n_rows, t < n_tokens (w has the
+ * kernel's tile rows, repeats allowed; a has n_tokens <= the kernel's tile tokens). */
+typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int n_rows,
+                        float *dst, size_t dst_stride);
+
+typedef struct {
+    tile_fn tile;
+    int rows, tokens;  /* tile shape */
+    size_t weight_size; /* bytes per weight element */
+} tiled_kernel;
+
+static int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+/* Rows per cache block: a multiple of the tile rows whose weights fill ROW_BLOCK_BYTES. */
+static int64_t rows_per_block(const tiled_kernel *k, int64_t n) {
+    const int64_t row_bytes = n * (int64_t)k->weight_size;
+    const int64_t tiles = row_bytes > 0 ? ROW_BLOCK_BYTES / (row_bytes * k->rows) : 1;
+    return (tiles > 0 ? tiles : 1) * k->rows;
+}
+
+/* Rows [r0, r1) of W (a multiple of tile rows except at the end) against every token, tile by tile. */
+static void gemm_row_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, int64_t nt, const char *w,
+                           size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+    for (int64_t t0 = 0; t0 < nt; t0 += k->tokens) {
+        const int n_tokens = (int)min64(k->tokens, nt - t0);
+        const float *a_rows[MAX_TILE_TOKENS];
+        for (int t = 0; t < n_tokens; t++) a_rows[t] = (const float *)(a + (size_t)(t0 + t) * a_stride);
+        for (int64_t r = r0; r < r1; r += k->rows) {
+            const char *w_rows[MAX_TILE_ROWS];
+            for (int i = 0; i < k->rows; i++) w_rows[i] = w + (size_t)min64(r + i, r1 - 1) * w_stride;
+            k->tile(n_tokens, n, w_rows, a_rows, (int)min64(k->rows, r1 - r), dst + (size_t)t0 * dst_stride + r,
+                    dst_stride);
+        }
+    }
+}
+
+/* The hl_gemm_fn body shared by every kernel: row blocks sized for L2, then gemm_row_block. */
+static void gemm_tiled(const tiled_kernel *k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                       const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    const int64_t block = rows_per_block(k, n);
+    for (int64_t r0 = 0; r0 < nr; r0 += block)
+        gemm_row_block(k, n, r0, min64(nr, r0 + block), nt, w, w_stride,
+                       a, a_stride, dst, dst_stride);
+}
+
+/* ------------------------------------------------------------------------------------------ AVX-512 */
+
+#define TARGET_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define ROWS_512 4
+#define TOKENS_512 6
+
+/* 16 weights from element k of a row, widened to f32; only lanes in m are read (the others are 0). */
+typedef __m512 (*widen16_fn)(const void *row, int64_t k, __mmask16 m);
+
+TARGET_512 ALWAYS_INLINE __m512 widen16_f32(const void *row, int64_t k, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, (const float *)row + k);
+}
+
+TARGET_512 ALWAYS_INLINE __m512 widen16_f16(const void *row, int64_t k, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k));
+}
+
+TARGET_512 ALWAYS_INLINE __m512 widen16_bf16(const void *row, int64_t k, __mmask16 m) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+/* acc[i][t] += w[i][k..k+16) * a[t][k..k+16) on the lanes of m, for i < R, t < T. */
+TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, const char *const w[], const float *const a[],
+                                       int64_t k, __mmask16 m, __m512 acc[ROWS_512][TOKENS_512]) {
+    __m512 wv[ROWS_512];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, m);
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++) {
+        const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], av, acc[i][t]);
+    }
+}
+
+/* The R x T micro-kernel: whole 16-lane steps, one masked step for the tail, then each pair reduced. */
+TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n, const char *const w[],
+                                       const float *const a[], int n_rows, float *dst, size_t dst_stride) {
+    __m512 acc[ROWS_512][TOKENS_512];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) step_512(R, T, widen, w, a, k, (__mmask16)0xFFFF, acc);
+    if (k < n) step_512(R, T, widen, w, a, k, (__mmask16)((1u << (n - k)) - 1), acc);
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+            if (i < n_rows) dst[(size_t)t * dst_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* tile_fn for one weight type: the 4-row micro-kernel instantiated for 1..6 tokens. */
+#define DEFINE_TILE_512(type)                                                                                   \
+    TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
+                                             int n_rows, float *dst, size_t dst_stride) {                        \
+        switch (n_tokens) {                                                                                     \
+        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
+        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
+        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
+        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
+        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
+        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                \
+        }                                                                                                       \
+    }
+
+DEFINE_TILE_512(f32)
+DEFINE_TILE_512(f16)
+DEFINE_TILE_512(bf16)
+
+static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, 4};
+static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, 2};
+static const tiled_kernel bf16_512 = {tile_bf16_512, ROWS_512, TOKENS_512, 2};
+
+static void gemm_f32_512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                         size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&f32_512, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+static void gemm_f16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                         size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&f16_512, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                          size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&bf16_512, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+#endif /* x86-64 SIMD */
+
+void hl_gemm_install_float(const hl_cpu_features *cpu) {
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+    if (cpu->avx512) {
+        hl_traits_for_install(HL_TYPE_F32)->gemm = gemm_f32_512;
+        hl_traits_for_install(HL_TYPE_F16)->gemm = gemm_f16_512;
+        hl_traits_for_install(HL_TYPE_BF16)->gemm = gemm_bf16_512;
+    }
+#else
+    (void)cpu;
+#endif
+}
