@@ -166,6 +166,134 @@ static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size
     gemm_tiled(&bf16_512, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
 }
 
+/* --------------------------------------------------------------------------------------------- AVX2 */
+
+#define TARGET_256 __attribute__((target("avx2,fma,f16c")))
+#define ROWS_256 3
+#define TOKENS_256 4
+
+/* 8 weights (or 8 activations) from element k of a row as f32; the tail forms read only len < 8 of
+ * them and zero the rest, the whole forms ignore len. */
+typedef __m256 (*load8_fn)(const void *row, int64_t k, int len);
+
+TARGET_256 ALWAYS_INLINE __m256i first_lanes_256(int len) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* 8 halves (F16 or BF16 bits) from element k, zero-filled past len. */
+TARGET_256 ALWAYS_INLINE __m128i halves8_tail(const void *row, int64_t k, int len) {
+    uint16_t buf[8] = {0};
+    memcpy(buf, (const uint16_t *)row + k, (size_t)len * sizeof(uint16_t));
+    return _mm_loadu_si128((const __m128i *)buf);
+}
+
+TARGET_256 ALWAYS_INLINE __m256 bf16x8_to_f32(__m128i h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_f32(const void *row, int64_t k, int len) {
+    (void)len;
+    return _mm256_loadu_ps((const float *)row + k);
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_f32_tail(const void *row, int64_t k, int len) {
+    return _mm256_maskload_ps((const float *)row + k, first_lanes_256(len));
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_f16(const void *row, int64_t k, int len) {
+    (void)len;
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_f16_tail(const void *row, int64_t k, int len) {
+    return _mm256_cvtph_ps(halves8_tail(row, k, len));
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_bf16(const void *row, int64_t k, int len) {
+    (void)len;
+    return bf16x8_to_f32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
+}
+
+TARGET_256 ALWAYS_INLINE __m256 load8_bf16_tail(const void *row, int64_t k, int len) {
+    return bf16x8_to_f32(halves8_tail(row, k, len));
+}
+
+/* acc[i][t] += w[i][k..k+8) * a[t][k..k+8) for i < R, t < T (len: elements left, for the tail loaders). */
+TARGET_256 ALWAYS_INLINE void step_256(int R, int T, load8_fn widen, load8_fn load_act, const char *const w[],
+                                       const float *const a[], int64_t k, int len, __m256 acc[ROWS_256][TOKENS_256]) {
+    __m256 wv[ROWS_256];
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, len);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        const __m256 av = load_act(a[t], k, len);
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++) acc[i][t] = _mm256_fmadd_ps(wv[i], av, acc[i][t]);
+    }
+}
+
+/* The 8 lanes of v summed by a fixed tree (halves, then quarters, then pairs). */
+TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* The R x T micro-kernel: whole 8-lane steps, one zero-filled step for the tail, then each pair reduced. */
+TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
+                                       const char *const w[], const float *const a[], int n_rows, float *dst,
+                                       size_t dst_stride) {
+    __m256 acc[ROWS_256][TOKENS_256];
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) step_256(R, T, widen, load8_f32, w, a, k, 8, acc);
+    if (k < n) step_256(R, T, widen_tail, load8_f32_tail, w, a, k, (int)(n - k), acc);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++)
+            if (i < n_rows) dst[(size_t)t * dst_stride + i] = reduce_256(acc[i][t]);
+}
+
+/* tile_fn for one weight type: the 3-row micro-kernel instantiated for 1..4 tokens. */
+#define DEFINE_TILE_256(type)                                                                                   \
+    TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
+                                             int n_rows, float *dst, size_t dst_stride) {                        \
+        switch (n_tokens) {                                                                                     \
+        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
+        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
+        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
+        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
+        }                                                                                                       \
+    }
+
+DEFINE_TILE_256(f32)
+DEFINE_TILE_256(f16)
+DEFINE_TILE_256(bf16)
+
+static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, 4};
+static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, 2};
+static const tiled_kernel bf16_256 = {tile_bf16_256, ROWS_256, TOKENS_256, 2};
+
+static void gemm_f32_256(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                         size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&f32_256, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+static void gemm_f16_256(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                         size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&f16_256, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+static void gemm_bf16_256(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                          size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&bf16_256, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
 #endif /* x86-64 SIMD */
 
 void hl_gemm_install_float(const hl_cpu_features *cpu) {
@@ -174,6 +302,10 @@ void hl_gemm_install_float(const hl_cpu_features *cpu) {
         hl_traits_for_install(HL_TYPE_F32)->gemm = gemm_f32_512;
         hl_traits_for_install(HL_TYPE_F16)->gemm = gemm_f16_512;
         hl_traits_for_install(HL_TYPE_BF16)->gemm = gemm_bf16_512;
+    } else if (cpu->avx2) {
+        hl_traits_for_install(HL_TYPE_F32)->gemm = gemm_f32_256;
+        hl_traits_for_install(HL_TYPE_F16)->gemm = gemm_f16_256;
+        hl_traits_for_install(HL_TYPE_BF16)->gemm = gemm_bf16_256;
     }
 #else
     (void)cpu;
