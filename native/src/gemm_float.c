@@ -30,10 +30,10 @@
 #define MAX_TILE_TOKENS 6
 #define ROW_BLOCK_BYTES (256 * 1024) /* weights of one row block: about a quarter of Zen 4's L2 */
 
-/* One register tile: dst[t * dst_stride + i] = w[i] . a[t] for i < n_rows, t < n_tokens (w has the
- * kernel's tile rows, repeats allowed; a has n_tokens <= the kernel's tile tokens). */
-typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int n_rows,
-                        float *dst, size_t dst_stride);
+/* One register tile: d[i][t * dst_stride] = w[i] . a[t] for i < the kernel's tile rows, t < n_tokens
+ * (<= its tile tokens). A row may repeat (then it is stored twice, with the same value). */
+typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], float *const d[],
+                        size_t dst_stride);
 
 typedef struct {
     tile_fn tile;
@@ -50,18 +50,28 @@ static int64_t rows_per_block(const tiled_kernel *k, int64_t n) {
     return (tiles > 0 ? tiles : 1) * k->rows;
 }
 
-/* Rows [r0, r1) of W (a multiple of tile rows except at the end) against every token, tile by tile. */
+/*
+ * Rows [r0, r1) of W against every token, tile by tile. The block is cut into k->rows stripes and
+ * tile j takes row j of each stripe (the last row where a stripe is short), so the tile's rows are
+ * far apart in memory and each of its weight streams runs on sequentially from tile to tile (rows a
+ * page or so long read side by side stall the memory streams).
+ */
 static void gemm_row_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, int64_t nt, const char *w,
                            size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+    const int64_t stripe = (r1 - r0 + k->rows - 1) / k->rows;
     for (int64_t t0 = 0; t0 < nt; t0 += k->tokens) {
         const int n_tokens = (int)min64(k->tokens, nt - t0);
         const float *a_rows[MAX_TILE_TOKENS];
         for (int t = 0; t < n_tokens; t++) a_rows[t] = (const float *)(a + (size_t)(t0 + t) * a_stride);
-        for (int64_t r = r0; r < r1; r += k->rows) {
+        for (int64_t j = 0; j < stripe; j++) {
             const char *w_rows[MAX_TILE_ROWS];
-            for (int i = 0; i < k->rows; i++) w_rows[i] = w + (size_t)min64(r + i, r1 - 1) * w_stride;
-            k->tile(n_tokens, n, w_rows, a_rows, (int)min64(k->rows, r1 - r), dst + (size_t)t0 * dst_stride + r,
-                    dst_stride);
+            float *d_rows[MAX_TILE_ROWS];
+            for (int i = 0; i < k->rows; i++) {
+                const int64_t r = min64(r0 + i * stripe + j, r1 - 1);
+                w_rows[i] = w + (size_t)r * w_stride;
+                d_rows[i] = dst + (size_t)t0 * dst_stride + r;
+            }
+            k->tile(n_tokens, n, w_rows, a_rows, d_rows, dst_stride);
         }
     }
 }
@@ -113,7 +123,7 @@ TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, const cha
 
 /* The R x T micro-kernel: whole 16-lane steps, one masked step for the tail, then each pair reduced. */
 TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n, const char *const w[],
-                                       const float *const a[], int n_rows, float *dst, size_t dst_stride) {
+                                       const float *const a[], float *const d[], size_t dst_stride) {
     __m512 acc[ROWS_512][TOKENS_512];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
@@ -125,21 +135,20 @@ TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
-        for (int i = 0; i < R; i++)
-            if (i < n_rows) dst[(size_t)t * dst_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
 /* tile_fn for one weight type: the 4-row micro-kernel instantiated for 1..6 tokens. */
 #define DEFINE_TILE_512(type)                                                                                   \
     TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             int n_rows, float *dst, size_t dst_stride) {                        \
+                                             float *const d[], size_t dst_stride) {                        \
         switch (n_tokens) {                                                                                     \
-        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
-        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
-        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
-        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
-        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                 \
-        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, n_rows, dst, dst_stride); break;                \
+        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, d, dst_stride); break;                 \
+        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, d, dst_stride); break;                 \
+        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, d, dst_stride); break;                 \
+        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, d, dst_stride); break;                 \
+        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, d, dst_stride); break;                 \
+        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, d, dst_stride); break;                \
         }                                                                                                       \
     }
 
@@ -242,8 +251,7 @@ TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
 
 /* The R x T micro-kernel: whole 8-lane steps, one zero-filled step for the tail, then each pair reduced. */
 TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
-                                       const char *const w[], const float *const a[], int n_rows, float *dst,
-                                       size_t dst_stride) {
+                                       const char *const w[], const float *const a[], float *const d[], size_t dst_stride) {
     __m256 acc[ROWS_256][TOKENS_256];
 #pragma GCC unroll 3
     for (int i = 0; i < R; i++)
@@ -255,19 +263,18 @@ TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn wi
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 3
-        for (int i = 0; i < R; i++)
-            if (i < n_rows) dst[(size_t)t * dst_stride + i] = reduce_256(acc[i][t]);
+        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = reduce_256(acc[i][t]);
 }
 
 /* tile_fn for one weight type: the 3-row micro-kernel instantiated for 1..4 tokens. */
 #define DEFINE_TILE_256(type)                                                                                   \
     TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             int n_rows, float *dst, size_t dst_stride) {                        \
+                                             float *const d[], size_t dst_stride) {                        \
         switch (n_tokens) {                                                                                     \
-        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
-        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
-        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
-        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, n_rows, dst, dst_stride); break; \
+        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
+        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
+        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
+        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
         }                                                                                                       \
     }
 
