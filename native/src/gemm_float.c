@@ -28,7 +28,8 @@
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 #define MAX_TILE_ROWS 4
 #define MAX_TILE_TOKENS 6
-#define ROW_BLOCK_BYTES (256 * 1024) /* weights of one row block: about a quarter of Zen 4's L2 */
+#define ROW_BLOCK_BYTES (256 * 1024)         /* a row block's weights: a quarter of Zen 4's L2 */
+#define TOKEN_GROUP_BYTES (4 * 1024 * 1024) /* a token group's activations: a share of L3 */
 
 /* One register tile: d[i][t * dst_stride] = w[i] . a[t] for i < the kernel's tile rows, t < n_tokens
  * (<= its tile tokens). A row may repeat (then it is stored twice, with the same value). */
@@ -43,46 +44,51 @@ typedef struct {
 
 static int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
 
-/* Rows per cache block: a multiple of the tile rows whose weights fill ROW_BLOCK_BYTES. */
-static int64_t rows_per_block(const tiled_kernel *k, int64_t n) {
-    const int64_t row_bytes = n * (int64_t)k->weight_size;
-    const int64_t tiles = row_bytes > 0 ? ROW_BLOCK_BYTES / (row_bytes * k->rows) : 1;
-    return (tiles > 0 ? tiles : 1) * k->rows;
+/* Items of item_bytes each that fill budget bytes, rounded down to a multiple of tile (at least one tile). */
+static int64_t items_per_block(int64_t budget, int64_t item_bytes, int tile) {
+    const int64_t tiles = item_bytes > 0 ? budget / (item_bytes * tile) : 1;
+    return (tiles > 0 ? tiles : 1) * tile;
 }
 
 /*
- * Rows [r0, r1) of W against every token, tile by tile. The block is cut into k->rows stripes and
+ * Rows [r0, r1) of W against tokens [t0, t1), tile by tile. The rows are cut into k->rows stripes and
  * tile j takes row j of each stripe (the last row where a stripe is short), so the tile's rows are
  * far apart in memory and each of its weight streams runs on sequentially from tile to tile (rows a
  * page or so long read side by side stall the memory streams).
  */
-static void gemm_row_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, int64_t nt, const char *w,
-                           size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
+                       const char *w, size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
     const int64_t stripe = (r1 - r0 + k->rows - 1) / k->rows;
-    for (int64_t t0 = 0; t0 < nt; t0 += k->tokens) {
-        const int n_tokens = (int)min64(k->tokens, nt - t0);
+    for (int64_t tt = t0; tt < t1; tt += k->tokens) {
+        const int n_tokens = (int)min64(k->tokens, t1 - tt);
         const float *a_rows[MAX_TILE_TOKENS];
-        for (int t = 0; t < n_tokens; t++) a_rows[t] = (const float *)(a + (size_t)(t0 + t) * a_stride);
+        for (int t = 0; t < n_tokens; t++) a_rows[t] = (const float *)(a + (size_t)(tt + t) * a_stride);
         for (int64_t j = 0; j < stripe; j++) {
             const char *w_rows[MAX_TILE_ROWS];
             float *d_rows[MAX_TILE_ROWS];
             for (int i = 0; i < k->rows; i++) {
                 const int64_t r = min64(r0 + i * stripe + j, r1 - 1);
                 w_rows[i] = w + (size_t)r * w_stride;
-                d_rows[i] = dst + (size_t)t0 * dst_stride + r;
+                d_rows[i] = dst + (size_t)tt * dst_stride + r;
             }
             k->tile(n_tokens, n, w_rows, a_rows, d_rows, dst_stride);
         }
     }
 }
 
-/* The hl_gemm_fn body shared by every kernel: row blocks sized for L2, then gemm_row_block. */
+/*
+ * The hl_gemm_fn body shared by every kernel. Tokens go in groups whose activations stay in L3 while
+ * every row block passes over them (so weights come from memory once a group); a row block's weights
+ * stay in L2 while the group's token tiles pass over them. A single token tile reuses nothing, so then all rows are one block (long stripes).
+ */
 static void gemm_tiled(const tiled_kernel *k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                        const void *a, size_t a_stride, float *dst, size_t dst_stride) {
-    const int64_t block = rows_per_block(k, n);
-    for (int64_t r0 = 0; r0 < nr; r0 += block)
-        gemm_row_block(k, n, r0, min64(nr, r0 + block), nt, w, w_stride,
-                       a, a_stride, dst, dst_stride);
+    const int64_t group = items_per_block(TOKEN_GROUP_BYTES, n * (int64_t)sizeof(float), k->tokens);
+    const int64_t block = nt <= k->tokens ? nr : items_per_block(ROW_BLOCK_BYTES, n * (int64_t)k->weight_size, k->rows);
+    for (int64_t t0 = 0; t0 < nt; t0 += group)
+        for (int64_t r0 = 0; r0 < nr; r0 += block)
+            gemm_block(k, n, r0, min64(nr, r0 + block), t0, min64(nt, t0 + group), w, w_stride, a, a_stride, dst,
+                       dst_stride);
 }
 
 /* ------------------------------------------------------------------------------------------ AVX-512 */
