@@ -23,6 +23,7 @@
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -32,13 +33,15 @@
 #define TOKEN_GROUP_BYTES (4 * 1024 * 1024) /* a token group's activations: a share of L3 */
 
 /* One register tile: d[i][t * dst_stride] = w[i] . a[t] for i < the kernel's tile rows, t < n_tokens
- * (<= its tile tokens). A row may repeat (then it is stored twice, with the same value). */
-typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], float *const d[],
-                        size_t dst_stride);
+ * (<= its tile tokens), where the vector of a[t] at element k (a multiple of the vector width) starts
+ * at a[t] + k * a_step. A row may repeat (then it is stored twice, with the same value). */
+typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int64_t a_step,
+                        float *const d[], size_t dst_stride);
 
 typedef struct {
     tile_fn tile;
-    int rows, tokens;  /* tile shape */
+    int rows, tokens;   /* tile shape */
+    int width;          /* f32 lanes of a vector */
     size_t weight_size; /* bytes per weight element */
 } tiled_kernel;
 
@@ -51,18 +54,61 @@ static int64_t items_per_block(int64_t budget, int64_t item_bytes, int tile) {
 }
 
 /*
- * Rows [r0, r1) of W against tokens [t0, t1), tile by tile. The rows are cut into k->rows stripes and
- * tile j takes row j of each stripe (the last row where a stripe is short), so the tile's rows are
- * far apart in memory and each of its weight streams runs on sequentially from tile to tile (rows a
- * page or so long read side by side stall the memory streams).
+ * Packs the T activation rows at a (a_stride bytes apart, n floats each) of a token tile: vector c
+ * (width floats) of token t goes to pack[(c * T + t) * width], zero-filled past n, so token t's vector
+ * at element k starts at pack + t * width + k * T and the tile reads one stream (rows a multiple of
+ * 4 KiB apart, read side by side, fight over the same L1 sets).
  */
-static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
-                       const char *w, size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+static void pack_tile(const char *a, size_t a_stride, int T, int64_t n, int width, float *pack) {
+    for (int t = 0; t < T; t++) {
+        const float *row = (const float *)(a + (size_t)t * a_stride);
+        float *v = pack + (int64_t)t * width;
+        int64_t k = 0;
+        for (; k + width <= n; k += width)
+            for (int j = 0; j < width; j++) v[k * T + j] = row[k + j];
+        for (int j = 0; k < n && j < width; j++) v[k * T + j] = k + j < n ? row[k + j] : 0.0f;
+    }
+}
+
+/* Asks for the bytes [next, next + len) to be brought towards L2, a cache line at a time. */
+static void prefetch_bytes(const char *next, int64_t len) {
+    for (int64_t i = 0; i < len; i += 64) __builtin_prefetch(next + i, 0, 2);
+}
+
+/* A token group's activations: nt rows at a, a_stride bytes apart, or (packed != NULL) the same
+ * packed tile by tile, token tile tt (its first token) at packed + tt * padded_n. */
+typedef struct {
+    int64_t nt, padded_n;
+    const char *a;
+    size_t a_stride;
+    const float *packed;
+} token_group;
+
+/* The activation pointers and step of token tile tt (n_tokens tokens) for the tile kernel. */
+static int64_t tile_tokens(const tiled_kernel *k, const token_group *g, int64_t tt, int n_tokens,
+                           const float *a_rows[]) {
+    for (int t = 0; t < n_tokens; t++)
+        a_rows[t] = g->packed ? g->packed + tt * g->padded_n + (int64_t)t * k->width
+                              : (const float *)(g->a + (size_t)(tt + t) * g->a_stride);
+    return g->packed ? n_tokens : 1;
+}
+
+/*
+ * Rows [r0, r1) of W against the group's tokens, tile by tile (dst at the group's first token). The
+ * rows are cut into k->rows stripes and tile j takes row j of each stripe (the last row where a stripe
+ * is short), so the tile's rows are far apart in memory and each of its weight streams runs on
+ * sequentially from tile to tile (rows a page or so long read side by side stall the memory streams).
+ * Each tile also prefetches its share of the next block's weights [next, next + next_len), so the
+ * first token tile of that block does not wait on memory alone.
+ */
+static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, const token_group *g, const char *w,
+                       size_t w_stride, float *dst, size_t dst_stride, const char *next, int64_t next_len) {
     const int64_t stripe = (r1 - r0 + k->rows - 1) / k->rows;
-    for (int64_t tt = t0; tt < t1; tt += k->tokens) {
-        const int n_tokens = (int)min64(k->tokens, t1 - tt);
+    const int64_t share = (next_len / (stripe * ((g->nt + k->tokens - 1) / k->tokens)) + 63) & ~(int64_t)63;
+    for (int64_t tt = 0; tt < g->nt; tt += k->tokens) {
+        const int n_tokens = (int)min64(k->tokens, g->nt - tt);
         const float *a_rows[MAX_TILE_TOKENS];
-        for (int t = 0; t < n_tokens; t++) a_rows[t] = (const float *)(a + (size_t)(tt + t) * a_stride);
+        const int64_t a_step = tile_tokens(k, g, tt, n_tokens, a_rows);
         for (int64_t j = 0; j < stripe; j++) {
             const char *w_rows[MAX_TILE_ROWS];
             float *d_rows[MAX_TILE_ROWS];
@@ -71,24 +117,48 @@ static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1,
                 w_rows[i] = w + (size_t)r * w_stride;
                 d_rows[i] = dst + (size_t)tt * dst_stride + r;
             }
-            k->tile(n_tokens, n, w_rows, a_rows, d_rows, dst_stride);
+            k->tile(n_tokens, n, w_rows, a_rows, a_step, d_rows, dst_stride);
+            const int64_t len = min64(share, next_len);
+            prefetch_bytes(next, len);
+            next += len;
+            next_len -= len;
         }
+    }
+}
+
+/* Rows [0, nr) of W against the group, in row blocks (a single block when the group is one tile). */
+static void gemm_group(const tiled_kernel *k, int64_t n, int64_t nr, const token_group *g, const char *w,
+                       size_t w_stride, float *dst, size_t dst_stride) {
+    const int64_t block = g->nt <= k->tokens ? nr : items_per_block(ROW_BLOCK_BYTES, n * (int64_t)k->weight_size, k->rows);
+    for (int64_t r0 = 0; r0 < nr; r0 += block) {
+        const int64_t r1 = min64(nr, r0 + block), r2 = g->nt <= k->tokens ? r1 : min64(nr, r1 + block);
+        gemm_block(k, n, r0, r1, g, w, w_stride, dst, dst_stride, w + (size_t)r1 * w_stride,
+                   (r2 - r1) * (int64_t)w_stride);
     }
 }
 
 /*
  * The hl_gemm_fn body shared by every kernel. Tokens go in groups whose activations stay in L3 while
  * every row block passes over them (so weights come from memory once a group); a row block's weights
- * stay in L2 while the group's token tiles pass over them. A single token tile reuses nothing, so then all rows are one block (long stripes).
+ * stay in L2 while the group's token tiles pass over them. A single token tile reuses nothing, so then
+ * all rows are one block (long stripes) and nothing is prefetched. When several row tiles will read
+ * them, a group's activations are packed first; without memory for that the tiles read the rows in
+ * place (same arithmetic, same results).
  */
 static void gemm_tiled(const tiled_kernel *k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                        const void *a, size_t a_stride, float *dst, size_t dst_stride) {
     const int64_t group = items_per_block(TOKEN_GROUP_BYTES, n * (int64_t)sizeof(float), k->tokens);
-    const int64_t block = nt <= k->tokens ? nr : items_per_block(ROW_BLOCK_BYTES, n * (int64_t)k->weight_size, k->rows);
-    for (int64_t t0 = 0; t0 < nt; t0 += group)
-        for (int64_t r0 = 0; r0 < nr; r0 += block)
-            gemm_block(k, n, r0, min64(nr, r0 + block), t0, min64(nt, t0 + group), w, w_stride, a, a_stride, dst,
-                       dst_stride);
+    const int64_t padded_n = (n + k->width - 1) / k->width * k->width;
+    const int64_t pack_tokens = min64(group, (nt + k->tokens - 1) / k->tokens * k->tokens);
+    float *pack = nt > 1 && nr > k->rows ? malloc((size_t)(pack_tokens * padded_n) * sizeof(float) + 1) : NULL;
+    for (int64_t t0 = 0; t0 < nt; t0 += group) {
+        token_group g = {min64(group, nt - t0), padded_n, (const char *)a + (size_t)t0 * a_stride, a_stride, pack};
+        for (int64_t tt = 0; pack && tt < g.nt; tt += k->tokens)
+            pack_tile(g.a + (size_t)tt * a_stride, a_stride, (int)min64(k->tokens, g.nt - tt), n, k->width,
+                      pack + tt * padded_n);
+        gemm_group(k, n, nr, &g, w, w_stride, dst + (size_t)t0 * dst_stride, dst_stride);
+    }
+    free(pack);
 }
 
 /* ------------------------------------------------------------------------------------------ AVX-512 */
@@ -115,13 +185,13 @@ TARGET_512 ALWAYS_INLINE __m512 widen16_bf16(const void *row, int64_t k, __mmask
 
 /* acc[i][t] += w[i][k..k+16) * a[t][k..k+16) on the lanes of m, for i < R, t < T. */
 TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, const char *const w[], const float *const a[],
-                                       int64_t k, __mmask16 m, __m512 acc[ROWS_512][TOKENS_512]) {
+                                       int64_t a_step, int64_t k, __mmask16 m, __m512 acc[ROWS_512][TOKENS_512]) {
     __m512 wv[ROWS_512];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, m);
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++) {
-        const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + k);
+        const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + k * a_step);
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], av, acc[i][t]);
     }
@@ -129,15 +199,15 @@ TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, const cha
 
 /* The R x T micro-kernel: whole 16-lane steps, one masked step for the tail, then each pair reduced. */
 TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n, const char *const w[],
-                                       const float *const a[], float *const d[], size_t dst_stride) {
+                                       const float *const a[], int64_t a_step, float *const d[], size_t dst_stride) {
     __m512 acc[ROWS_512][TOKENS_512];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) step_512(R, T, widen, w, a, k, (__mmask16)0xFFFF, acc);
-    if (k < n) step_512(R, T, widen, w, a, k, (__mmask16)((1u << (n - k)) - 1), acc);
+    for (; k + 16 <= n; k += 16) step_512(R, T, widen, w, a, a_step, k, (__mmask16)0xFFFF, acc);
+    if (k < n) step_512(R, T, widen, w, a, a_step, k, (__mmask16)((1u << (n - k)) - 1), acc);
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
@@ -147,14 +217,14 @@ TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n
 /* tile_fn for one weight type: the 4-row micro-kernel instantiated for 1..6 tokens. */
 #define DEFINE_TILE_512(type)                                                                                   \
     TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             float *const d[], size_t dst_stride) {                        \
+                                             int64_t a_step, float *const d[], size_t dst_stride) {                        \
         switch (n_tokens) {                                                                                     \
-        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, d, dst_stride); break;                 \
-        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, d, dst_stride); break;                 \
-        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, d, dst_stride); break;                 \
-        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, d, dst_stride); break;                 \
-        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, d, dst_stride); break;                 \
-        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, d, dst_stride); break;                \
+        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
+        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
+        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
+        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
+        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
+        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, a_step, d, dst_stride); break;                \
         }                                                                                                       \
     }
 
@@ -162,9 +232,9 @@ DEFINE_TILE_512(f32)
 DEFINE_TILE_512(f16)
 DEFINE_TILE_512(bf16)
 
-static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, 4};
-static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, 2};
-static const tiled_kernel bf16_512 = {tile_bf16_512, ROWS_512, TOKENS_512, 2};
+static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, 16, 4};
+static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, 16, 2};
+static const tiled_kernel bf16_512 = {tile_bf16_512, ROWS_512, TOKENS_512, 16, 2};
 
 static void gemm_f32_512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                          size_t a_stride, float *dst, size_t dst_stride) {
@@ -235,13 +305,14 @@ TARGET_256 ALWAYS_INLINE __m256 load8_bf16_tail(const void *row, int64_t k, int 
 
 /* acc[i][t] += w[i][k..k+8) * a[t][k..k+8) for i < R, t < T (len: elements left, for the tail loaders). */
 TARGET_256 ALWAYS_INLINE void step_256(int R, int T, load8_fn widen, load8_fn load_act, const char *const w[],
-                                       const float *const a[], int64_t k, int len, __m256 acc[ROWS_256][TOKENS_256]) {
+                                       const float *const a[], int64_t a_step, int64_t k, int len,
+                                       __m256 acc[ROWS_256][TOKENS_256]) {
     __m256 wv[ROWS_256];
 #pragma GCC unroll 3
     for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, len);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
-        const __m256 av = load_act(a[t], k, len);
+        const __m256 av = load_act(a[t] + k * a_step, 0, len);
 #pragma GCC unroll 3
         for (int i = 0; i < R; i++) acc[i][t] = _mm256_fmadd_ps(wv[i], av, acc[i][t]);
     }
@@ -257,15 +328,16 @@ TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
 
 /* The R x T micro-kernel: whole 8-lane steps, one zero-filled step for the tail, then each pair reduced. */
 TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
-                                       const char *const w[], const float *const a[], float *const d[], size_t dst_stride) {
+                                       const char *const w[], const float *const a[], int64_t a_step, float *const d[],
+                                       size_t dst_stride) {
     __m256 acc[ROWS_256][TOKENS_256];
 #pragma GCC unroll 3
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + 8 <= n; k += 8) step_256(R, T, widen, load8_f32, w, a, k, 8, acc);
-    if (k < n) step_256(R, T, widen_tail, load8_f32_tail, w, a, k, (int)(n - k), acc);
+    for (; k + 8 <= n; k += 8) step_256(R, T, widen, load8_f32, w, a, a_step, k, 8, acc);
+    if (k < n) step_256(R, T, widen_tail, load8_f32_tail, w, a, a_step, k, (int)(n - k), acc);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 3
@@ -275,12 +347,12 @@ TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn wi
 /* tile_fn for one weight type: the 3-row micro-kernel instantiated for 1..4 tokens. */
 #define DEFINE_TILE_256(type)                                                                                   \
     TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             float *const d[], size_t dst_stride) {                        \
+                                             int64_t a_step, float *const d[], size_t dst_stride) {                        \
         switch (n_tokens) {                                                                                     \
-        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
-        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
-        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
-        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, d, dst_stride); break; \
+        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
+        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
+        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
+        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
         }                                                                                                       \
     }
 
@@ -288,9 +360,9 @@ DEFINE_TILE_256(f32)
 DEFINE_TILE_256(f16)
 DEFINE_TILE_256(bf16)
 
-static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, 4};
-static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, 2};
-static const tiled_kernel bf16_256 = {tile_bf16_256, ROWS_256, TOKENS_256, 2};
+static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, 8, 4};
+static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, 8, 2};
+static const tiled_kernel bf16_256 = {tile_bf16_256, ROWS_256, TOKENS_256, 8, 2};
 
 static void gemm_f32_256(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                          size_t a_stride, float *dst, size_t dst_stride) {
