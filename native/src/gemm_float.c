@@ -10,12 +10,16 @@
  * Bit-identical results whatever the tile: every (row, token) pair has its own accumulator, which
  * runs over the row in the same vector steps (a zero-filled tail step for n not a multiple of the
  * vector width) and is reduced by the same fixed tree. Nothing depends on which tile, which slot of
- * it, or which call the pair sits in. Ragged edges: a short row tile repeats the last row (the extra
- * results are not stored), a short token tile runs a narrower instantiation of the same kernel.
+ * it, or which call the pair sits in, nor on whether the activations were packed (a copy). Ragged
+ * edges: a short row tile repeats a row (computing and storing the same value twice), a short token
+ * tile runs a narrower instantiation of the same kernel.
  *
- * Caches: rows are taken in blocks whose weights fit in about half of L2; for each block, token tiles
- * run in order and each sweeps the block's row tiles, so the block's weights are read from memory
- * once and each token tile's activations stay in L2 while the block's rows pass over them.
+ * Caches and memory (gemm_tiled and below): tokens go in groups that fit a share of L3, rows in
+ * blocks that fit a quarter of L2; each block's weights come from memory once a group and serve
+ * every token tile of it. A tile's rows are one from each of R equal stripes of the block, so each
+ * weight stream runs on sequentially from tile to tile, and the next block's weights are prefetched meanwhile. A
+ * token tile's activations are packed into one interleaved stream (rows 4 KiB apart fight over L1
+ * sets). Decode (one token tile) reads every weight once, in R long streams at memory speed.
  */
 #include "common.h"
 #include "gemm.h"
