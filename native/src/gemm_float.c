@@ -31,13 +31,13 @@
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-#define MAX_TILE_ROWS 4
+#define MAX_TILE_ROWS 6
 #define MAX_TILE_TOKENS 6
 #define ROW_BLOCK_BYTES (256 * 1024)         /* a row block's weights: a quarter of Zen 4's L2 */
 #define TOKEN_GROUP_BYTES (4 * 1024 * 1024) /* a token group's activations: a share of L3 */
 
-/* One register tile: d[i][t * dst_stride] = w[i] . a[t] for i < the kernel's tile rows, t < n_tokens
- * (<= its tile tokens), where the vector of a[t] at element k (a multiple of the vector width) starts
+/* One register tile: d[i][t * dst_stride] = w[i] . a[t] for t < n_tokens (<= the kernel's tokens) and
+ * i < the kernel's rows (single_rows when n_tokens = 1), where the vector of a[t] at element k (a multiple of the vector width) starts
  * at a[t] + k * a_step. A row may repeat (then it is stored twice, with the same value). */
 typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int64_t a_step,
                         float *const d[], size_t dst_stride);
@@ -45,6 +45,7 @@ typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const fl
 typedef struct {
     tile_fn tile;
     int rows, tokens;   /* tile shape */
+    int single_rows;    /* tile rows when a tile has a single token (enough accumulator chains to stream) */
     int width;          /* f32 lanes of a vector */
     size_t weight_size; /* bytes per weight element */
 } tiled_kernel;
@@ -99,24 +100,25 @@ static int64_t tile_tokens(const tiled_kernel *k, const token_group *g, int64_t 
 
 /*
  * Rows [r0, r1) of W against the group's tokens, tile by tile (dst at the group's first token). The
- * rows are cut into k->rows stripes and tile j takes row j of each stripe (the last row where a stripe
- * is short), so the tile's rows are far apart in memory and each of its weight streams runs on
+ * rows are cut into as many stripes as the tile has rows and tile j takes row j of each stripe (the last
+ * row where a stripe is short), so the tile's rows are far apart in memory and each of its weight streams runs on
  * sequentially from tile to tile (rows a page or so long read side by side stall the memory streams).
  * Each tile also prefetches its share of the next block's weights [next, next + next_len), so the
  * first token tile of that block does not wait on memory alone.
  */
 static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, const token_group *g, const char *w,
                        size_t w_stride, float *dst, size_t dst_stride, const char *next, int64_t next_len) {
-    const int64_t stripe = (r1 - r0 + k->rows - 1) / k->rows;
-    const int64_t share = (next_len / (stripe * ((g->nt + k->tokens - 1) / k->tokens)) + 63) & ~(int64_t)63;
+    const int64_t tiles = (r1 - r0 + k->rows - 1) / k->rows * ((g->nt + k->tokens - 1) / k->tokens);
+    const int64_t share = (next_len / tiles + 63) & ~(int64_t)63;
     for (int64_t tt = 0; tt < g->nt; tt += k->tokens) {
-        const int n_tokens = (int)min64(k->tokens, g->nt - tt);
+        const int n_tokens = (int)min64(k->tokens, g->nt - tt), rows = n_tokens > 1 ? k->rows : k->single_rows;
+        const int64_t stripe = (r1 - r0 + rows - 1) / rows;
         const float *a_rows[MAX_TILE_TOKENS];
         const int64_t a_step = tile_tokens(k, g, tt, n_tokens, a_rows);
         for (int64_t j = 0; j < stripe; j++) {
             const char *w_rows[MAX_TILE_ROWS];
             float *d_rows[MAX_TILE_ROWS];
-            for (int i = 0; i < k->rows; i++) {
+            for (int i = 0; i < rows; i++) {
                 const int64_t r = min64(r0 + i * stripe + j, r1 - 1);
                 w_rows[i] = w + (size_t)r * w_stride;
                 d_rows[i] = dst + (size_t)tt * dst_stride + r;
@@ -236,9 +238,9 @@ DEFINE_TILE_512(f32)
 DEFINE_TILE_512(f16)
 DEFINE_TILE_512(bf16)
 
-static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, 16, 4};
-static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, 16, 2};
-static const tiled_kernel bf16_512 = {tile_bf16_512, ROWS_512, TOKENS_512, 16, 2};
+static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, ROWS_512, 16, 4};
+static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, ROWS_512, 16, 2};
+static const tiled_kernel bf16_512 = {tile_bf16_512, ROWS_512, TOKENS_512, ROWS_512, 16, 2};
 
 static void gemm_f32_512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                          size_t a_stride, float *dst, size_t dst_stride) {
@@ -260,6 +262,7 @@ static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size
 #define TARGET_256 __attribute__((target("avx2,fma,f16c")))
 #define ROWS_256 3
 #define TOKENS_256 4
+#define SINGLE_ROWS_256 6 /* two FMA pipes of 4 cycles' latency want about 8 chains; 3 rows alone stall */
 
 /* 8 weights (or 8 activations) from element k of a row as f32; the tail forms read only len < 8 of
  * them and zero the rest, the whole forms ignore len. */
@@ -310,14 +313,14 @@ TARGET_256 ALWAYS_INLINE __m256 load8_bf16_tail(const void *row, int64_t k, int 
 /* acc[i][t] += w[i][k..k+8) * a[t][k..k+8) for i < R, t < T (len: elements left, for the tail loaders). */
 TARGET_256 ALWAYS_INLINE void step_256(int R, int T, load8_fn widen, load8_fn load_act, const char *const w[],
                                        const float *const a[], int64_t a_step, int64_t k, int len,
-                                       __m256 acc[ROWS_256][TOKENS_256]) {
-    __m256 wv[ROWS_256];
-#pragma GCC unroll 3
+                                       __m256 acc[SINGLE_ROWS_256][TOKENS_256]) {
+    __m256 wv[SINGLE_ROWS_256];
+#pragma GCC unroll 6
     for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, len);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         const __m256 av = load_act(a[t] + k * a_step, 0, len);
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int i = 0; i < R; i++) acc[i][t] = _mm256_fmadd_ps(wv[i], av, acc[i][t]);
     }
 }
@@ -334,8 +337,8 @@ TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
 TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
                                        const char *const w[], const float *const a[], int64_t a_step, float *const d[],
                                        size_t dst_stride) {
-    __m256 acc[ROWS_256][TOKENS_256];
-#pragma GCC unroll 3
+    __m256 acc[SINGLE_ROWS_256][TOKENS_256];
+#pragma GCC unroll 6
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();
@@ -344,16 +347,16 @@ TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn wi
     if (k < n) step_256(R, T, widen_tail, load8_f32_tail, w, a, a_step, k, (int)(n - k), acc);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = reduce_256(acc[i][t]);
 }
 
-/* tile_fn for one weight type: the 3-row micro-kernel instantiated for 1..4 tokens. */
+/* tile_fn for one weight type: the 3-row micro-kernel instantiated for 2..4 tokens, 6 rows for 1. */
 #define DEFINE_TILE_256(type)                                                                                   \
     TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
                                              int64_t a_step, float *const d[], size_t dst_stride) {                        \
         switch (n_tokens) {                                                                                     \
-        case 1: tile_256(ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
+        case 1: tile_256(SINGLE_ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
         case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
         case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
         default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
@@ -364,9 +367,9 @@ DEFINE_TILE_256(f32)
 DEFINE_TILE_256(f16)
 DEFINE_TILE_256(bf16)
 
-static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, 8, 4};
-static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, 8, 2};
-static const tiled_kernel bf16_256 = {tile_bf16_256, ROWS_256, TOKENS_256, 8, 2};
+static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, SINGLE_ROWS_256, 8, 4};
+static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, SINGLE_ROWS_256, 8, 2};
+static const tiled_kernel bf16_256 = {tile_bf16_256, ROWS_256, TOKENS_256, SINGLE_ROWS_256, 8, 2};
 
 static void gemm_f32_256(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                          size_t a_stride, float *dst, size_t dst_stride) {
