@@ -35,6 +35,7 @@
 #define MAX_TILE_TOKENS 6
 #define ROW_BLOCK_BYTES (256 * 1024)         /* a row block's weights: a quarter of Zen 4's L2 */
 #define TOKEN_GROUP_BYTES (4 * 1024 * 1024) /* a token group's activations: a share of L3 */
+#define PACK_MIN_ROWS 512                   /* fewer rows reuse a packed tile too little to repay the copy */
 
 /* One register tile: d[i][t * dst_stride] = w[i] . a[t] for t < n_tokens (<= the kernel's tokens) and
  * i < the kernel's rows (single_rows when n_tokens = 1), where the vector of a[t] at element k (a multiple of the vector width) starts
@@ -147,16 +148,18 @@ static void gemm_group(const tiled_kernel *k, int64_t n, int64_t nr, const token
  * The hl_gemm_fn body shared by every kernel. Tokens go in groups whose activations stay in L3 while
  * every row block passes over them (so weights come from memory once a group); a row block's weights
  * stay in L2 while the group's token tiles pass over them. A single token tile reuses nothing, so then
- * all rows are one block (long stripes) and nothing is prefetched. When several row tiles will read
- * them, a group's activations are packed first; without memory for that the tiles read the rows in
- * place (same arithmetic, same results).
+ * all rows are one block (long stripes) and nothing is prefetched. F32 weights against many rows
+ * read packed activations (a weight line per row and step, plus one per token, overflow the L1 set
+ * that rows a multiple of 4 KiB apart share; packing gains about 10% there, and nothing for F16/BF16
+ * or a few rows). Without memory for the pack the tiles read the rows in place (same results).
  */
 static void gemm_tiled(const tiled_kernel *k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                        const void *a, size_t a_stride, float *dst, size_t dst_stride) {
     const int64_t group = items_per_block(TOKEN_GROUP_BYTES, n * (int64_t)sizeof(float), k->tokens);
     const int64_t padded_n = (n + k->width - 1) / k->width * k->width;
     const int64_t pack_tokens = min64(group, (nt + k->tokens - 1) / k->tokens * k->tokens);
-    float *pack = nt > 1 && nr > k->rows ? malloc((size_t)(pack_tokens * padded_n) * sizeof(float) + 1) : NULL;
+    const int packs = nt > 1 && nr >= PACK_MIN_ROWS && k->weight_size == sizeof(float);
+    float *pack = packs ? malloc((size_t)(pack_tokens * padded_n) * sizeof(float) + 1) : NULL;
     for (int64_t t0 = 0; t0 < nt; t0 += group) {
         token_group g = {min64(group, nt - t0), padded_n, (const char *)a + (size_t)t0 * a_stride, a_stride, pack};
         for (int64_t tt = 0; pack && tt < g.nt; tt += k->tokens)
