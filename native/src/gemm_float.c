@@ -3,9 +3,10 @@
  *
  * Technique (register tiling, as in llamafile's tinyBLAS): a micro-kernel computes a tile of R weight
  * rows x T tokens at once, holding one f32 vector accumulator per (row, token) pair in registers
- * (AVX-512: 4 x 6 zmm, AVX2: 3 x 4 ymm). Each step along the row loads and widens one vector of
- * every weight row once (F16 by vcvtph2ps, BF16 by a 16-bit shift: both exact) and uses it for every
- * token of the tile; each activation vector is loaded once and used for every row of the tile.
+ * (AVX-512: 4 x 6 zmm; AVX2: 3 x 4 ymm, 6 x 1 for a single token). Each step along the row loads and
+ * widens one vector of every weight row once (F16 by vcvtph2ps, BF16 by a 16-bit shift: both exact)
+ * and uses it for every token of the tile; each activation vector is loaded once and used for every
+ * row of the tile.
  *
  * Bit-identical results whatever the tile: every (row, token) pair has its own accumulator, which
  * runs over the row in the same vector steps (a zero-filled tail step for n not a multiple of the
@@ -16,10 +17,10 @@
  *
  * Caches and memory (gemm_tiled and below): tokens go in groups that fit a share of L3, rows in
  * blocks that fit a quarter of L2; each block's weights come from memory once a group and serve
- * every token tile of it. A tile's rows are one from each of R equal stripes of the block, so each
- * weight stream runs on sequentially from tile to tile, and the next block's weights are prefetched meanwhile. A
- * token tile's activations are packed into one interleaved stream (rows 4 KiB apart fight over L1
- * sets). Decode (one token tile) reads every weight once, in R long streams at memory speed.
+ * every token tile of it, and the next block's weights are prefetched meanwhile. A tile's rows are
+ * one from each of R equal stripes of the block, so each weight stream runs on sequentially from
+ * tile to tile. Decode (a single token tile) reads every weight once, in R long streams at memory
+ * speed. F32 weights against many rows read the activations packed into one stream per token tile.
  */
 #include "common.h"
 #include "gemm.h"
@@ -38,8 +39,9 @@
 #define PACK_MIN_ROWS 512                   /* fewer rows reuse a packed tile too little to repay the copy */
 
 /* One register tile: d[i][t * dst_stride] = w[i] . a[t] for t < n_tokens (<= the kernel's tokens) and
- * i < the kernel's rows (single_rows when n_tokens = 1), where the vector of a[t] at element k (a multiple of the vector width) starts
- * at a[t] + k * a_step. A row may repeat (then it is stored twice, with the same value). */
+ * i < the kernel's rows (single_rows when n_tokens = 1), where the vector of a[t] at element k (a
+ * multiple of the vector width) starts at a[t] + k * a_step. A row may repeat (then it is stored
+ * twice, with the same value). */
 typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int64_t a_step,
                         float *const d[], size_t dst_stride);
 
@@ -101,11 +103,11 @@ static int64_t tile_tokens(const tiled_kernel *k, const token_group *g, int64_t 
 
 /*
  * Rows [r0, r1) of W against the group's tokens, tile by tile (dst at the group's first token). The
- * rows are cut into as many stripes as the tile has rows and tile j takes row j of each stripe (the last
- * row where a stripe is short), so the tile's rows are far apart in memory and each of its weight streams runs on
- * sequentially from tile to tile (rows a page or so long read side by side stall the memory streams).
- * Each tile also prefetches its share of the next block's weights [next, next + next_len), so the
- * first token tile of that block does not wait on memory alone.
+ * rows are cut into as many stripes as the tile has rows and tile j takes row j of each stripe (the
+ * last row where a stripe is short), so the tile's rows are far apart in memory and each of its weight
+ * streams runs on sequentially from tile to tile (rows a page or so long, read side by side, stall the
+ * memory streams). Each tile also prefetches its share of the next block's weights [next, next +
+ * next_len), so the first token tile of that block does not wait on memory alone.
  */
 static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1, const token_group *g, const char *w,
                        size_t w_stride, float *dst, size_t dst_stride, const char *next, int64_t next_len) {
@@ -136,7 +138,8 @@ static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1,
 /* Rows [0, nr) of W against the group, in row blocks (a single block when the group is one tile). */
 static void gemm_group(const tiled_kernel *k, int64_t n, int64_t nr, const token_group *g, const char *w,
                        size_t w_stride, float *dst, size_t dst_stride) {
-    const int64_t block = g->nt <= k->tokens ? nr : items_per_block(ROW_BLOCK_BYTES, n * (int64_t)k->weight_size, k->rows);
+    const int64_t block =
+        g->nt <= k->tokens ? nr : items_per_block(ROW_BLOCK_BYTES, n * (int64_t)k->weight_size, k->rows);
     for (int64_t r0 = 0; r0 < nr; r0 += block) {
         const int64_t r1 = min64(nr, r0 + block), r2 = g->nt <= k->tokens ? r1 : min64(nr, r1 + block);
         gemm_block(k, n, r0, r1, g, w, w_stride, dst, dst_stride, w + (size_t)r1 * w_stride,
@@ -224,17 +227,19 @@ TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n
 }
 
 /* tile_fn for one weight type: the 4-row micro-kernel instantiated for 1..6 tokens. */
-#define DEFINE_TILE_512(type)                                                                                   \
-    TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             int64_t a_step, float *const d[], size_t dst_stride) {                        \
-        switch (n_tokens) {                                                                                     \
-        case 1: tile_512(ROWS_512, 1, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
-        case 2: tile_512(ROWS_512, 2, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
-        case 3: tile_512(ROWS_512, 3, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
-        case 4: tile_512(ROWS_512, 4, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
-        case 5: tile_512(ROWS_512, 5, widen16_##type, n, w, a, a_step, d, dst_stride); break;                 \
-        default: tile_512(ROWS_512, 6, widen16_##type, n, w, a, a_step, d, dst_stride); break;                \
-        }                                                                                                       \
+#define TILE_512(type, T) tile_512(ROWS_512, T, widen16_##type, n, w, a, a_step, d, dst_stride)
+#define DEFINE_TILE_512(type)                                                                          \
+    TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[],          \
+                                             const float *const a[], int64_t a_step, float *const d[], \
+                                             size_t dst_stride) {                                     \
+        switch (n_tokens) {                                                                            \
+        case 1: TILE_512(type, 1); break;                                                              \
+        case 2: TILE_512(type, 2); break;                                                              \
+        case 3: TILE_512(type, 3); break;                                                              \
+        case 4: TILE_512(type, 4); break;                                                              \
+        case 5: TILE_512(type, 5); break;                                                              \
+        default: TILE_512(type, 6); break;                                                             \
+        }                                                                                              \
     }
 
 DEFINE_TILE_512(f32)
@@ -338,8 +343,8 @@ TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
 
 /* The R x T micro-kernel: whole 8-lane steps, one zero-filled step for the tail, then each pair reduced. */
 TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
-                                       const char *const w[], const float *const a[], int64_t a_step, float *const d[],
-                                       size_t dst_stride) {
+                                       const char *const w[], const float *const a[], int64_t a_step,
+                                       float *const d[], size_t dst_stride) {
     __m256 acc[SINGLE_ROWS_256][TOKENS_256];
 #pragma GCC unroll 6
     for (int i = 0; i < R; i++)
@@ -355,15 +360,17 @@ TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn wi
 }
 
 /* tile_fn for one weight type: the 3-row micro-kernel instantiated for 2..4 tokens, 6 rows for 1. */
-#define DEFINE_TILE_256(type)                                                                                   \
-    TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[], const float *const a[], \
-                                             int64_t a_step, float *const d[], size_t dst_stride) {                        \
-        switch (n_tokens) {                                                                                     \
-        case 1: tile_256(SINGLE_ROWS_256, 1, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
-        case 2: tile_256(ROWS_256, 2, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
-        case 3: tile_256(ROWS_256, 3, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
-        default: tile_256(ROWS_256, 4, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride); break; \
-        }                                                                                                       \
+#define TILE_256(type, R, T) tile_256(R, T, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride)
+#define DEFINE_TILE_256(type)                                                                          \
+    TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[],          \
+                                             const float *const a[], int64_t a_step, float *const d[], \
+                                             size_t dst_stride) {                                     \
+        switch (n_tokens) {                                                                            \
+        case 1: TILE_256(type, SINGLE_ROWS_256, 1); break;                                             \
+        case 2: TILE_256(type, ROWS_256, 2); break;                                                    \
+        case 3: TILE_256(type, ROWS_256, 3); break;                                                    \
+        default: TILE_256(type, ROWS_256, 4); break;                                                   \
+        }                                                                                              \
     }
 
 DEFINE_TILE_256(f32)
