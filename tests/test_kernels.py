@@ -240,6 +240,22 @@ def test_multi_token_result_independent_of_batch(qtype):
     assert np.array_equal(c_mat_mul(qtype, part, n_cols, 9, x[4:11], AUTO), batch[4:11, 3:12]), qtype.name
 
 
+@pytest.mark.parametrize("qtype", [QT.F32, QT.Q4_0, QT.Q4_K], ids=["F32", "Q4_0", "Q4_K"])
+def test_multi_token_many_rows(qtype):
+    """Hundreds of rows (the kernels' packed and row-blocked paths): batch = single tokens bitwise, = reference."""
+    rng = np.random.default_rng(3900 + int(qtype))
+    n_cols, n_rows, n_tokens = 512, 600, 9
+    raw, w64 = make_weights(qtype, n_rows, n_cols, rng)
+    x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
+    if WEIGHT_TYPES[qtype][2] in ("q8_0", "q8_1"):
+        x = without_ties(x)
+    batch = c_mat_mul(qtype, raw, n_cols, n_rows, x, AUTO)
+    for t in (0, 8):
+        assert np.array_equal(c_mat_mul(qtype, raw, n_cols, n_rows, x[t], AUTO)[0], batch[t])
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w64).T
+    assert np.all(np.abs(batch - c_mat_mul(qtype, raw, n_cols, n_rows, x, REFERENCE)) <= 1e-5 * scale)
+
+
 def test_simd_name():
     assert ffi.string(lib.hl_simd_name()).decode() in ("avx512", "avx2", "scalar")
 
