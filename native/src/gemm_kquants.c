@@ -1,4 +1,90 @@
-/* Tiled multi-token mat-mul kernels (hl_gemm_fn) for Q2_K .. Q6_K weights against Q8_K activations. */
+/*
+ * Tiled multi-token mat-mul kernels (hl_gemm_fn) for Q2_K .. Q6_K weights against Q8_K activations:
+ * the driver shared by the AVX-512 VNNI and AVX2 kernel sets, and their installer.
+ *
+ * Blocking (gemm_kquants.h has the unpacked form and the tile contract): tokens are taken
+ * KQ_TOKEN_BLOCK at a time, so their activations stay in L2 while every row passes over them; rows
+ * KQ_ROWS at a time; along n, a panel of KQ_BLOCKS super-blocks of those rows is unpacked once into
+ * L1 (quants, scales in the kernel set's layout) and reused by register tiles over all the block's
+ * tokens. Each tile sums its panel per (row, token) and adds it to dst, so a (row, token) value is
+ * the panels' sums added in order along n: it depends on n alone, never on nr, nt or the tiling.
+ * Rows past nr in the last row tile are zero blocks whose results are not stored.
+ */
+#include "common.h"
 #include "gemm.h"
 
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+
+#include <string.h>
+
+#include "gemm_kquants.h"
+
+/* panel[i * KQ_ROWS + r] = super-block i of row r (zeros for r >= rows), unpacked for the kernel set. */
+static void unpack_panel(const kq_type *ty, const kq_isa *isa, const char *w, size_t w_stride, int rows, int kc,
+                         kq_block *panel) {
+    for (int i = 0; i < kc; i++)
+        for (int r = 0; r < KQ_ROWS; r++) {
+            kq_block *b = &panel[i * KQ_ROWS + r];
+            if (r < rows) {
+                ty->unpack(w + (size_t)r * w_stride + (size_t)i * ty->block_bytes, b);
+                isa->layout(b);
+            } else {
+                memset(b, 0, sizeof *b);
+            }
+        }
+}
+
+static inline int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+/* dst[t][r] = W[r] . A[t] for the rows and tokens of one token block (see the file header). */
+static void token_block(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr, int64_t nt, const char *w,
+                        size_t w_stride, const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+    _Alignas(64) kq_block panel[KQ_BLOCKS * KQ_ROWS];
+    const kq_tile_fn tile = ty->offset_mins ? isa->tile_offset_mins : isa->tile_float_mins;
+    const int64_t nb = n / QK_K;
+    for (int64_t r0 = 0; r0 < nr; r0 += KQ_ROWS) {
+        const int rows = (int)min64(KQ_ROWS, nr - r0);
+        for (int64_t b0 = 0; b0 < nb; b0 += KQ_BLOCKS) {
+            const int kc = (int)min64(KQ_BLOCKS, nb - b0);
+            unpack_panel(ty, isa, w + (size_t)r0 * w_stride + (size_t)b0 * ty->block_bytes, w_stride, rows, kc, panel);
+            for (int64_t t0 = 0; t0 < nt; t0 += KQ_TOKENS) {
+                const block_q8_K *act = (const block_q8_K *)(a + (size_t)t0 * a_stride) + b0;
+                tile(panel, kc, act, a_stride, (int)min64(KQ_TOKENS, nt - t0), dst + (size_t)t0 * dst_stride + r0,
+                     dst_stride, rows, b0 > 0);
+            }
+        }
+    }
+}
+
+static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr, int64_t nt, const void *w,
+                    size_t w_stride, const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    for (int64_t t0 = 0; t0 < nt; t0 += KQ_TOKEN_BLOCK)
+        token_block(ty, isa, n, nr, min64(KQ_TOKEN_BLOCK, nt - t0), w, w_stride, (const char *)a + (size_t)t0 * a_stride,
+                    a_stride, dst + (size_t)t0 * dst_stride, dst_stride);
+}
+
+#define KQ_GEMM(name, type, isa)                                                                              \
+    static void name(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,         \
+                     size_t a_stride, float *dst, size_t dst_stride) {                                         \
+        kq_gemm(&type, &isa, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);                           \
+    }
+
+KQ_GEMM(gemm_q2_K_avx512, hl_kq_q2_K, hl_kq_avx512)
+KQ_GEMM(gemm_q3_K_avx512, hl_kq_q3_K, hl_kq_avx512)
+KQ_GEMM(gemm_q4_K_avx512, hl_kq_q4_K, hl_kq_avx512)
+KQ_GEMM(gemm_q5_K_avx512, hl_kq_q5_K, hl_kq_avx512)
+KQ_GEMM(gemm_q6_K_avx512, hl_kq_q6_K, hl_kq_avx512)
+
+void hl_gemm_install_kquants(const hl_cpu_features *cpu) {
+    if (cpu->avx512) {
+        hl_traits_for_install(HL_TYPE_Q2_K)->gemm = gemm_q2_K_avx512;
+        hl_traits_for_install(HL_TYPE_Q3_K)->gemm = gemm_q3_K_avx512;
+        hl_traits_for_install(HL_TYPE_Q4_K)->gemm = gemm_q4_K_avx512;
+        hl_traits_for_install(HL_TYPE_Q5_K)->gemm = gemm_q5_K_avx512;
+        hl_traits_for_install(HL_TYPE_Q6_K)->gemm = gemm_q6_K_avx512;
+    }
+}
+
+#else
 void hl_gemm_install_kquants(const hl_cpu_features *cpu) { (void)cpu; }
+#endif /* __x86_64__ && !HL_NO_SIMD */
