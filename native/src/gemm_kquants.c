@@ -6,9 +6,10 @@
  * KQ_TOKEN_BLOCK at a time, so their activations stay in L2 while every row passes over them; rows
  * KQ_ROWS at a time; along n, a panel of KQ_BLOCKS super-blocks of those rows is unpacked once into
  * L1 (quants, scales in the kernel set's layout) and reused by register tiles over all the block's
- * tokens. Each tile sums its panel per (row, token) and adds it to dst, so a (row, token) value is
- * the panels' sums added in order along n: it depends on n alone, never on nr, nt or the tiling.
- * Rows past nr in the last row tile are zero blocks whose results are not stored.
+ * tokens. Each tile carries its (row, token) float sums on from dst, so a value is the super-blocks'
+ * terms added in order along n, the same float operations as the decode kernel's (one token, no
+ * panel): it depends on W[row] and A[token] alone, never on nr, nt or the tiling. Rows past nr in
+ * the last row tile are zero blocks whose results are not stored.
  */
 #include "common.h"
 #include "gemm.h"
@@ -19,14 +20,21 @@
 
 #include "gemm_kquants.h"
 
+static const kq_type q2_K = {KQ_Q2_K, sizeof(block_q2_K), 0};
+static const kq_type q3_K = {KQ_Q3_K, sizeof(block_q3_K), 1};
+static const kq_type q4_K = {KQ_Q4_K, sizeof(block_q4_K), 0};
+static const kq_type q5_K = {KQ_Q5_K, sizeof(block_q5_K), 0};
+static const kq_type q6_K = {KQ_Q6_K, sizeof(block_q6_K), 1};
+
 /* panel[i * KQ_ROWS + r] = super-block i of row r (zeros for r >= rows), unpacked for the kernel set. */
-static void unpack_panel(const kq_type *ty, const kq_isa *isa, const char *w, size_t w_stride, int rows, int kc,
+__attribute__((target("avx2,fma,f16c"))) static void unpack_panel(const kq_type *ty, const kq_isa *isa, const char *w, size_t w_stride, int rows, int kc,
                          kq_block *panel) {
     for (int i = 0; i < kc; i++)
         for (int r = 0; r < KQ_ROWS; r++) {
             kq_block *b = &panel[i * KQ_ROWS + r];
             if (r < rows) {
-                ty->unpack(w + (size_t)r * w_stride + (size_t)i * ty->block_bytes, b);
+                const kq_regs k = kq_unpack(ty->id, w + (size_t)r * w_stride + (size_t)i * ty->block_bytes);
+                kq_store(&k, b);
                 isa->layout(b);
             } else {
                 memset(b, 0, sizeof *b);
@@ -58,6 +66,10 @@ static void token_block(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t
 
 static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr, int64_t nt, const void *w,
                     size_t w_stride, const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    if (nt == 1) {
+        isa->decode[ty->id](n, nr, w, w_stride, a, dst);
+        return;
+    }
     for (int64_t t0 = 0; t0 < nt; t0 += KQ_TOKEN_BLOCK)
         token_block(ty, isa, n, nr, min64(KQ_TOKEN_BLOCK, nt - t0), w, w_stride, (const char *)a + (size_t)t0 * a_stride,
                     a_stride, dst + (size_t)t0 * dst_stride, dst_stride);
@@ -69,11 +81,11 @@ static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr,
         kq_gemm(&type, &isa, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);                           \
     }
 
-KQ_GEMM(gemm_q2_K_avx512, hl_kq_q2_K, hl_kq_avx512)
-KQ_GEMM(gemm_q3_K_avx512, hl_kq_q3_K, hl_kq_avx512)
-KQ_GEMM(gemm_q4_K_avx512, hl_kq_q4_K, hl_kq_avx512)
-KQ_GEMM(gemm_q5_K_avx512, hl_kq_q5_K, hl_kq_avx512)
-KQ_GEMM(gemm_q6_K_avx512, hl_kq_q6_K, hl_kq_avx512)
+KQ_GEMM(gemm_q2_K_avx512, q2_K, hl_kq_avx512)
+KQ_GEMM(gemm_q3_K_avx512, q3_K, hl_kq_avx512)
+KQ_GEMM(gemm_q4_K_avx512, q4_K, hl_kq_avx512)
+KQ_GEMM(gemm_q5_K_avx512, q5_K, hl_kq_avx512)
+KQ_GEMM(gemm_q6_K_avx512, q6_K, hl_kq_avx512)
 
 void hl_gemm_install_kquants(const hl_cpu_features *cpu) {
     if (cpu->avx512) {

@@ -1,98 +1,184 @@
 /*
- * The AVX-512 VNNI K-quant kernel set: register tiles of KQ_ROWS rows x up to KQ_TOKENS tokens over a
- * panel of unpacked super-blocks (gemm_kquants.h).
+ * The AVX-512 VNNI K-quant kernel set (gemm_kquants.h): sixteen (row, token) pairs at a time, as a
+ * tile of 4 rows x 4 tokens for prompts and 16 rows x 1 token for decoding.
  *
- * Per (row, token) and super-block, four vpdpbusd (unsigned weight bytes x signed activation bytes)
- * give 4-element sums for the four 64-element chunks; each fits int16 (at most 4 * 63 * 127), so two
+ * Per pair and super-block, four vpdpbusd (unsigned weight bytes x signed activation bytes) give
+ * 4-element sums for the four 64-element chunks; each fits int16 (at most 4 * 63 * 127), so two
  * vpackssdw pack them losslessly and two vpdpwssd multiply them by the 16-element scales (laid out to
- * match the pack's interleave) into sixteen int32 lanes. The min term is one vpmaddwd of the min
- * coefficients with the activation's bsums. The offset types (Q3_K, Q6_K) add it to the lanes and sum
- * them to one exact integer, which lane 0 accumulates as d * yd * total (the offset cancels most of
- * the lane sums, so converting them separately would lose the result's low bits); the others
- * convert the lanes, accumulate them with d * yd and the mins with dmin * yd. The float lanes are
- * summed horizontally once per panel: every (row, token) runs the same instructions in the same order
- * wherever it sits in the tile.
+ * match the pack's interleave) into sixteen int32 lanes. A transposing reduction (fold_*) then turns
+ * the sixteen pairs' lane vectors into one vector of their exact integer totals, lane 4r + u for row
+ * r of quad u (u = the token in a prompt tile, the group of 4 rows when decoding). The min term, the
+ * min coefficients times the activation's bsums (vpmaddwd), joins the integer total for the offset
+ * types and goes through the same reduction for the others. Only then does float arithmetic start,
+ * lane-wise and identical for every pair: F = fma(d * yd, main, F), F = fnmadd(dmin * yd, mins, F),
+ * one super-block after the other, F kept in dst between panels. So a (row, token) value depends on
+ * W[row] and A[token] alone, and a token decoded alone equals the same token in a prompt.
  */
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
-
-#include <immintrin.h>
 
 #include "gemm_kquants.h"
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
+_Static_assert(KQ_ROWS == 4 && KQ_TOKENS == 4, "the tiles are 4 rows x 4 tokens");
+
 /*
  * vpackssdw(p_c, p_c+1) puts, in 128-bit lane k, the sums of 16-element sub-block 4c + k (4 int16)
  * then of 4(c+1) + k; vpdpwssd pairs neighbours. So scale vector v (0, 1) holds at int16 8k + i
  * the scale of sub-block 8v + k (i < 4) or 8v + 4 + k (i >= 4).
  */
-TARGET static void layout_avx512(kq_block *b) {
-    static const int16_t idx[64] = {
-        0, 0, 0, 0, 4, 4, 4, 4, 1, 1, 1, 1, 5, 5, 5, 5, 2, 2, 2, 2, 6, 6, 6, 6, 3, 3, 3, 3, 7, 7, 7, 7,
-        8, 8, 8, 8, 12, 12, 12, 12, 9, 9, 9, 9, 13, 13, 13, 13, 10, 10, 10, 10, 14, 14, 14, 14, 11, 11, 11, 11, 15, 15, 15, 15};
-    const __m512i s = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b->sc));
-    const __m512i v0 = _mm512_permutexvar_epi16(_mm512_loadu_si512(idx), s);
-    const __m512i v1 = _mm512_permutexvar_epi16(_mm512_loadu_si512(idx + 32), s);
-    _mm512_store_si512(b->sc, v0);
-    _mm512_store_si512(b->sc + 32, v1);
+TARGET INLINE void scale_vectors(__m256i sc16, __m512i out[2]) {
+    const __m512i s = _mm512_zextsi256_si512(sc16);
+    const __m512i idx0 = _mm512_set_epi16(7, 7, 7, 7, 3, 3, 3, 3, 6, 6, 6, 6, 2, 2, 2, 2,
+                                          5, 5, 5, 5, 1, 1, 1, 1, 4, 4, 4, 4, 0, 0, 0, 0);
+    out[0] = _mm512_permutexvar_epi16(idx0, s);
+    out[1] = _mm512_permutexvar_epi16(_mm512_add_epi16(idx0, _mm512_set1_epi16(8)), s);
 }
 
-/* The activation block a super-block is dotted with: 4 x 64 quants, bsums (16 int16, zero-extended). */
+TARGET static void layout_avx512(kq_block *b) {
+    __m512i v[2];
+    scale_vectors(_mm256_load_si256((const __m256i *)b->sc), v);
+    _mm512_store_si512(b->sc, v[0]);
+    _mm512_store_si512(b->sc + 32, v[1]);
+}
+
+/* One row's super-block as the kernel multiplies it: 4 x 64 quants, scale vectors, min coefficients. */
+typedef struct {
+    __m512i q[4], sc[2];
+    __m256i mn;
+} w512;
+
+TARGET INLINE w512 panel_weights(const kq_block *b) {
+    w512 w;
+    for (int c = 0; c < 4; c++) w.q[c] = _mm512_load_si512(b->q + 64 * c);
+    w.sc[0] = _mm512_load_si512(b->sc);
+    w.sc[1] = _mm512_load_si512(b->sc + 32);
+    w.mn = _mm256_load_si256((const __m256i *)b->mn);
+    return w;
+}
+
+TARGET INLINE w512 register_weights(const kq_regs *k) {
+    w512 w;
+    for (int c = 0; c < 4; c++) w.q[c] = _mm512_inserti64x4(_mm512_castsi256_si512(k->q[2 * c]), k->q[2 * c + 1], 1);
+    scale_vectors(k->sc, w.sc);
+    w.mn = k->mn;
+    return w;
+}
+
+/* An activation block: 4 x 64 quants and the 16 bsums. */
 typedef struct {
     __m512i q[4];
-    __m512i bsums;
+    __m256i bsums;
 } act512;
 
 TARGET INLINE act512 load_act(const block_q8_K *y) {
     act512 a;
     for (int c = 0; c < 4; c++) a.q[c] = _mm512_loadu_si512(y->qs + 64 * c);
-    a.bsums = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)y->bsums));
+    a.bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
     return a;
 }
 
-/* Sixteen int32 lanes summing to sum_s scale_s * sum_{e in s} u_e * a_e. */
-TARGET INLINE __m512i scaled_dot(const kq_block *b, const act512 *a) {
+/* Sixteen int32 lanes summing to sum_s scale_s * sum_{e in s} u_e * a_e (+ the offset types' mins). */
+TARGET INLINE __m512i pair_lanes(const w512 *w, const act512 *a, int offset_mins) {
     const __m512i z = _mm512_setzero_si512();
     __m512i p[4];
-    for (int c = 0; c < 4; c++) p[c] = _mm512_dpbusd_epi32(z, _mm512_load_si512(b->q + 64 * c), a->q[c]);
-    const __m512i s = _mm512_dpwssd_epi32(z, _mm512_load_si512(b->sc), _mm512_packs_epi32(p[0], p[1]));
-    return _mm512_dpwssd_epi32(s, _mm512_load_si512(b->sc + 32), _mm512_packs_epi32(p[2], p[3]));
+    for (int c = 0; c < 4; c++) p[c] = _mm512_dpbusd_epi32(z, w->q[c], a->q[c]);
+    __m512i s = _mm512_dpwssd_epi32(z, w->sc[0], _mm512_packs_epi32(p[0], p[1]));
+    s = _mm512_dpwssd_epi32(s, w->sc[1], _mm512_packs_epi32(p[2], p[3]));
+    if (offset_mins) s = _mm512_add_epi32(s, _mm512_zextsi256_si512(_mm256_madd_epi16(w->mn, a->bsums)));
+    return s;
 }
 
-/* acc += this super-block's (row, token) dot, as the file header describes. */
-TARGET INLINE __m512 accumulate_block(__m512 acc, const kq_block *b, const act512 *a, float yd, int offset_mins) {
-    __m512i s = scaled_dot(b, a);
-    const __m512i mn = _mm512_load_si512(b->mn);
-    if (offset_mins) { /* the offset cancels most of the lanes: the exact integer total first */
-        const int total = _mm512_reduce_add_epi32(_mm512_dpwssd_epi32(s, mn, a->bsums));
-        return _mm512_mask_add_ps(acc, 1, acc, _mm512_set1_ps(b->d * yd * (float)total));
-    }
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(b->d * yd), acc);
-    const __m512 mins = _mm512_cvtepi32_ps(_mm512_madd_epi16(mn, a->bsums));
-    return _mm512_fnmadd_ps(mins, _mm512_set1_ps(b->dmin * yd), acc);
+/* The min term's 8 lanes of two rows side by side. */
+TARGET INLINE __m512i mins_pair(const w512 *w0, const w512 *w1, __m256i bsums) {
+    const __m256i m0 = _mm256_madd_epi16(w0->mn, bsums), m1 = _mm256_madd_epi16(w1->mn, bsums);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(m0), m1, 1);
 }
 
-/* A tile of KQ_ROWS rows x T tokens (kq_tile_fn). */
+/* The transposing reduction. fold_a(x, y) = [x folded to 8 lanes | y folded to 8]. */
+TARGET INLINE __m512i fold_a(__m512i x, __m512i y) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(x, y, 0x44), _mm512_shuffle_i64x2(x, y, 0xEE));
+}
+/* x = [x0 | x1], y = [y0 | y1] (8 lanes each) -> 128-bit lanes x0, x1, y0, y1 folded to 4 lanes. */
+TARGET INLINE __m512i fold_b(__m512i x, __m512i y) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(x, y, 0x88), _mm512_shuffle_i64x2(x, y, 0xDD));
+}
+/* In each 128-bit lane k: [x_k folded to 2 lanes, y_k folded to 2]. */
+TARGET INLINE __m512i fold_c(__m512i x, __m512i y) {
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+}
+/* In each 128-bit lane k: [x_k's two totals, y_k's two totals]. */
+TARGET INLINE __m512i fold_d(__m512i x, __m512i y) {
+    const __m512 xf = _mm512_castsi512_ps(x), yf = _mm512_castsi512_ps(y);
+    return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(xf, yf, 0x88)),
+                            _mm512_castps_si512(_mm512_shuffle_ps(xf, yf, 0xDD)));
+}
+
+/* Quad: 4 rows' weights with one activation -> 128-bit lane r = row r's lanes folded to 4. */
+TARGET INLINE __m512i quad_main(const w512 w[4], const act512 *a, int offset_mins) {
+    return fold_b(fold_a(pair_lanes(&w[0], a, offset_mins), pair_lanes(&w[1], a, offset_mins)),
+                  fold_a(pair_lanes(&w[2], a, offset_mins), pair_lanes(&w[3], a, offset_mins)));
+}
+
+/* As quad_main for sum_s mn_s * bsums_s. */
+TARGET INLINE __m512i quad_mins(const w512 w[4], const act512 *a) {
+    return fold_b(mins_pair(&w[0], &w[1], a->bsums), mins_pair(&w[2], &w[3], a->bsums));
+}
+
+/* Four quads' fold_b outputs -> lane 4r + u = the total of row r of quad u. */
+TARGET INLINE __m512i totals(const __m512i y[4]) { return fold_d(fold_c(y[0], y[1]), fold_c(y[2], y[3])); }
+
+/* F += one super-block's terms of sixteen pairs, from their main and min totals' quads (lane 4r + u). */
+TARGET INLINE __m512 add_terms(__m512 F, const __m512i ym[4], const __m512i yn[4], __m512 d, __m512 dmin, __m512 yd,
+                               const int offset_mins) {
+    F = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(totals(ym)), F);
+    if (!offset_mins) F = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(totals(yn)), F);
+    return F;
+}
+
+/* Lane 4r + u = x[r] (4 floats: a prompt tile's rows). */
+TARGET INLINE __m512 lanes_by_row(const float *x) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(x)));
+}
+
+/* Lane 4r + u = x[4u + r] (16 floats: the decoded rows). */
+TARGET INLINE __m512 lanes_by_quad(const float *x) {
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(x));
+}
+
+/* A prompt tile (kq_tile_fn): quad u = token u, all quads the same 4 panel rows. */
 TARGET INLINE void tile(const kq_block *panel, int kc, const block_q8_K *act, size_t a_stride, const int T,
                         float *dst, size_t dst_stride, int rows, int accumulate, const int offset_mins) {
-    __m512 acc[KQ_ROWS][KQ_TOKENS];
-    for (int r = 0; r < KQ_ROWS; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    float out[16] = {0};
+    if (accumulate)
+        for (int r = 0; r < rows; r++)
+            for (int t = 0; t < T; t++) out[4 * r + t] = dst[(size_t)t * dst_stride + r];
+    __m512 F = _mm512_loadu_ps(out);
+    const block_q8_K *tok[4];
+    for (int t = 0; t < 4; t++) tok[t] = (const block_q8_K *)((const char *)act + (size_t)(t < T ? t : 0) * a_stride);
     for (int i = 0; i < kc; i++) {
-        const kq_block *blocks = panel + i * KQ_ROWS;
-        for (int t = 0; t < T; t++) {
-            const block_q8_K *y = (const block_q8_K *)((const char *)act + (size_t)t * a_stride) + i;
-            const act512 a = load_act(y);
-            for (int r = 0; r < KQ_ROWS; r++) acc[r][t] = accumulate_block(acc[r][t], &blocks[r], &a, y->d, offset_mins);
+        const kq_block *rows4 = panel + i * KQ_ROWS;
+        w512 w[4];
+        for (int r = 0; r < 4; r++) w[r] = panel_weights(&rows4[r]);
+        __m512i ym[4], yn[4];
+        float d[4], dmin[4], yd[4];
+        for (int t = 0; t < 4; t++) {
+            ym[t] = yn[t] = _mm512_setzero_si512();
+            yd[t] = tok[t][i].d;
+            if (t >= T) continue;
+            const act512 a = load_act(&tok[t][i]);
+            ym[t] = quad_main(w, &a, offset_mins);
+            if (!offset_mins) yn[t] = quad_mins(w, &a);
         }
+        for (int r = 0; r < 4; r++) d[r] = rows4[r].d, dmin[r] = rows4[r].dmin;
+        F = add_terms(F, ym, yn, lanes_by_row(d), lanes_by_row(dmin), _mm512_broadcast_f32x4(_mm_loadu_ps(yd)), offset_mins);
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < rows; r++) {
-            const float v = _mm512_reduce_add_ps(acc[r][t]);
-            float *out = dst + (size_t)t * dst_stride + r;
-            *out = accumulate ? *out + v : v;
-        }
+    _mm512_storeu_ps(out, F);
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < T; t++) dst[(size_t)t * dst_stride + r] = out[4 * r + t];
 }
 
 #define TILE_FOR_TOKENS(offset_mins)                                                                    \
@@ -102,8 +188,6 @@ TARGET INLINE void tile(const kq_block *panel, int kc, const block_q8_K *act, si
     case 3: tile(panel, kc, act, a_stride, 3, dst, dst_stride, rows, accumulate, offset_mins); break;   \
     default: tile(panel, kc, act, a_stride, 4, dst, dst_stride, rows, accumulate, offset_mins); break;  \
     }
-
-_Static_assert(KQ_TOKENS == 4, "the tile switches cover 1..4 tokens");
 
 TARGET static void tile_float_mins(const kq_block *panel, int kc, const block_q8_K *act, size_t a_stride,
                                    int tokens, float *dst, size_t dst_stride, int rows, int accumulate) {
@@ -115,7 +199,50 @@ TARGET static void tile_offset_mins(const kq_block *panel, int kc, const block_q
     TILE_FOR_TOKENS(1)
 }
 
-const kq_isa hl_kq_avx512 = {layout_avx512, tile_float_mins, tile_offset_mins};
+/* One token (kq_decode_fn) for type id: 16 rows at a time, quad u = rows 4u..4u+3, unpacked in registers. */
+TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t nr, const char *w, size_t w_stride,
+                          const block_q8_K *act, float *dst, const int offset_mins) {
+    for (int64_t r0 = 0; r0 < nr; r0 += 16) {
+        const int rows = nr - r0 < 16 ? (int)(nr - r0) : 16;
+        __m512 F = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n / QK_K; i++) {
+            const act512 a = load_act(&act[i]);
+            __m512i ym[4], yn[4];
+            float d[16], dmin[16];
+            for (int u = 0; u < 4; u++) {
+                w512 q[4];
+                for (int r = 0; r < 4; r++) {
+                    const int row = 4 * u + r < rows ? 4 * u + r : 0; /* past nr: row 0 again, not stored */
+                    const kq_regs k = kq_unpack(id, w + (size_t)(r0 + row) * w_stride + (size_t)i * block_bytes);
+                    q[r] = register_weights(&k);
+                    d[4 * u + r] = k.d;
+                    dmin[4 * u + r] = k.dmin;
+                }
+                ym[u] = quad_main(q, &a, offset_mins);
+                if (!offset_mins) yn[u] = quad_mins(q, &a);
+            }
+            F = add_terms(F, ym, yn, lanes_by_quad(d), lanes_by_quad(dmin), _mm512_set1_ps(act[i].d), offset_mins);
+        }
+        float out[16];
+        _mm512_storeu_ps(out, F);
+        for (int r = 0; r < rows; r++) dst[r0 + r] = out[4 * (r % 4) + r / 4];
+    }
+}
+
+#define DECODE(type, block, offset_mins)                                                                       \
+    TARGET static void decode_##type(int64_t n, int64_t nr, const char *w, size_t w_stride, const block_q8_K *act, \
+                                     float *dst) {                                                             \
+        decode(KQ_##type, sizeof(block), n, nr, w, w_stride, act, dst, offset_mins);                           \
+    }
+
+DECODE(Q2_K, block_q2_K, 0)
+DECODE(Q3_K, block_q3_K, 1)
+DECODE(Q4_K, block_q4_K, 0)
+DECODE(Q5_K, block_q5_K, 0)
+DECODE(Q6_K, block_q6_K, 1)
+
+const kq_isa hl_kq_avx512 = {layout_avx512, tile_float_mins, tile_offset_mins,
+                             {decode_Q2_K, decode_Q3_K, decode_Q4_K, decode_Q5_K, decode_Q6_K}};
 
 #else
 typedef int hl_gemm_kquants_avx512_unused; /* ISO C wants a non-empty unit */
