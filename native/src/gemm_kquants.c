@@ -86,6 +86,11 @@ KQ_GEMM(gemm_q3_K_avx512, q3_K, hl_kq_avx512)
 KQ_GEMM(gemm_q4_K_avx512, q4_K, hl_kq_avx512)
 KQ_GEMM(gemm_q5_K_avx512, q5_K, hl_kq_avx512)
 KQ_GEMM(gemm_q6_K_avx512, q6_K, hl_kq_avx512)
+KQ_GEMM(gemm_q2_K_avx2, q2_K, hl_kq_avx2)
+KQ_GEMM(gemm_q3_K_avx2, q3_K, hl_kq_avx2)
+KQ_GEMM(gemm_q4_K_avx2, q4_K, hl_kq_avx2)
+KQ_GEMM(gemm_q5_K_avx2, q5_K, hl_kq_avx2)
+KQ_GEMM(gemm_q6_K_avx2, q6_K, hl_kq_avx2)
 
 void hl_gemm_install_kquants(const hl_cpu_features *cpu) {
     if (cpu->avx512) {
@@ -94,6 +99,12 @@ void hl_gemm_install_kquants(const hl_cpu_features *cpu) {
         hl_traits_for_install(HL_TYPE_Q4_K)->gemm = gemm_q4_K_avx512;
         hl_traits_for_install(HL_TYPE_Q5_K)->gemm = gemm_q5_K_avx512;
         hl_traits_for_install(HL_TYPE_Q6_K)->gemm = gemm_q6_K_avx512;
+    } else if (cpu->avx2) {
+        hl_traits_for_install(HL_TYPE_Q2_K)->gemm = gemm_q2_K_avx2;
+        hl_traits_for_install(HL_TYPE_Q3_K)->gemm = gemm_q3_K_avx2;
+        hl_traits_for_install(HL_TYPE_Q4_K)->gemm = gemm_q4_K_avx2;
+        hl_traits_for_install(HL_TYPE_Q5_K)->gemm = gemm_q5_K_avx2;
+        hl_traits_for_install(HL_TYPE_Q6_K)->gemm = gemm_q6_K_avx2;
     }
 }
 
