@@ -84,10 +84,9 @@ TARGET INLINE __m512i pair_lanes(const w512 *w, const act512 *a, int offset_mins
     const __m512i z = _mm512_setzero_si512();
     __m512i p[4];
     for (int c = 0; c < 4; c++) p[c] = _mm512_dpbusd_epi32(z, w->q[c], a->q[c]);
-    __m512i s = _mm512_dpwssd_epi32(z, w->sc[0], _mm512_packs_epi32(p[0], p[1]));
-    s = _mm512_dpwssd_epi32(s, w->sc[1], _mm512_packs_epi32(p[2], p[3]));
-    if (offset_mins) s = _mm512_add_epi32(s, _mm512_zextsi256_si512(_mm256_madd_epi16(w->mn, a->bsums)));
-    return s;
+    const __m512i s = offset_mins ? _mm512_zextsi256_si512(_mm256_madd_epi16(w->mn, a->bsums)) : z;
+    return _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(s, w->sc[0], _mm512_packs_epi32(p[0], p[1])), w->sc[1],
+                               _mm512_packs_epi32(p[2], p[3]));
 }
 
 /* The min term's 8 lanes of two rows side by side. */
