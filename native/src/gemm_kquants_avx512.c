@@ -136,48 +136,53 @@ TARGET INLINE __m512 add_terms(__m512 F, const __m512i ym[4], const __m512i yn[4
     return F;
 }
 
-/* Lane 4r + u = x[r] (4 floats: a prompt tile's rows). */
-TARGET INLINE __m512 lanes_by_row(const float *x) {
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(x)));
-}
-
 /* Lane 4r + u = x[4u + r] (16 floats: the decoded rows). */
 TARGET INLINE __m512 lanes_by_quad(const float *x) {
     const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(x));
 }
 
-/* A prompt tile (kq_tile_fn): quad u = token u, all quads the same 4 panel rows. */
+/* Quad of one row's weights with 4 tokens (T of them; the others count as zero) -> 128-bit lane t. */
+TARGET INLINE __m512i row_quad(const w512 *w, const act512 a[4], const int T, __m512i *mins, const int offset_mins) {
+    __m512i s[4], m[4];
+    for (int t = 0; t < 4; t++) {
+        s[t] = t < T ? pair_lanes(w, &a[t], offset_mins) : _mm512_setzero_si512();
+        m[t] = t < T ? _mm512_zextsi256_si512(_mm256_madd_epi16(w->mn, a[t].bsums)) : _mm512_setzero_si512();
+    }
+    if (!offset_mins) *mins = fold_b(_mm512_inserti64x4(m[0], _mm512_castsi512_si256(m[1]), 1),
+                                     _mm512_inserti64x4(m[2], _mm512_castsi512_si256(m[3]), 1));
+    return fold_b(fold_a(s[0], s[1]), fold_a(s[2], s[3]));
+}
+
+/* A prompt tile (kq_tile_fn): quad u = row u, so (r, t) sits in lane 4t + r. */
 TARGET INLINE void tile(const kq_block *panel, int kc, const block_q8_K *act, size_t a_stride, const int T,
                         float *dst, size_t dst_stride, int rows, int accumulate, const int offset_mins) {
     float out[16] = {0};
     if (accumulate)
-        for (int r = 0; r < rows; r++)
-            for (int t = 0; t < T; t++) out[4 * r + t] = dst[(size_t)t * dst_stride + r];
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < rows; r++) out[4 * t + r] = dst[(size_t)t * dst_stride + r];
     __m512 F = _mm512_loadu_ps(out);
     const block_q8_K *tok[4];
     for (int t = 0; t < 4; t++) tok[t] = (const block_q8_K *)((const char *)act + (size_t)(t < T ? t : 0) * a_stride);
+    const __m512i token_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for (int i = 0; i < kc; i++) {
         const kq_block *rows4 = panel + i * KQ_ROWS;
-        w512 w[4];
-        for (int r = 0; r < 4; r++) w[r] = panel_weights(&rows4[r]);
+        act512 a[4];
+        for (int t = 0; t < T; t++) a[t] = load_act(&tok[t][i]);
         __m512i ym[4], yn[4];
-        float d[4], dmin[4], yd[4];
-        for (int t = 0; t < 4; t++) {
-            ym[t] = yn[t] = _mm512_setzero_si512();
-            yd[t] = tok[t][i].d;
-            if (t >= T) continue;
-            const act512 a = load_act(&tok[t][i]);
-            ym[t] = quad_main(w, &a, offset_mins);
-            if (!offset_mins) yn[t] = quad_mins(w, &a);
+        for (int r = 0; r < 4; r++) {
+            const w512 w = panel_weights(&rows4[r]);
+            ym[r] = row_quad(&w, a, T, &yn[r], offset_mins);
         }
-        for (int r = 0; r < 4; r++) d[r] = rows4[r].d, dmin[r] = rows4[r].dmin;
-        F = add_terms(F, ym, yn, lanes_by_row(d), lanes_by_row(dmin), _mm512_broadcast_f32x4(_mm_loadu_ps(yd)), offset_mins);
+        const __m512 d = _mm512_broadcast_f32x4(_mm_setr_ps(rows4[0].d, rows4[1].d, rows4[2].d, rows4[3].d));
+        const __m512 dmin =
+            _mm512_broadcast_f32x4(_mm_setr_ps(rows4[0].dmin, rows4[1].dmin, rows4[2].dmin, rows4[3].dmin));
+        const __m128 yd = _mm_setr_ps(tok[0][i].d, tok[1][i].d, tok[2][i].d, tok[3][i].d);
+        F = add_terms(F, ym, yn, d, dmin, _mm512_permutexvar_ps(token_of_lane, _mm512_castps128_ps512(yd)), offset_mins);
     }
     _mm512_storeu_ps(out, F);
-    for (int r = 0; r < rows; r++)
-        for (int t = 0; t < T; t++) dst[(size_t)t * dst_stride + r] = out[4 * r + t];
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < rows; r++) dst[(size_t)t * dst_stride + r] = out[4 * t + r];
 }
 
 #define TILE_FOR_TOKENS(offset_mins)                                                                    \
