@@ -1,6 +1,6 @@
 /*
- * The AVX-512 VNNI K-quant kernel set (gemm_kquants.h): sixteen (row, token) pairs at a time, as a
- * tile of 4 rows x 4 tokens for prompts and 16 rows x 1 token for decoding.
+ * The AVX-512 VNNI K-quant kernel set (gemm_kquants.h): sixteen (row, token, super-block) pairs at a
+ * time: a tile of 4 rows x 4 tokens for prompts, 4 rows x 4 super-blocks when decoding.
  *
  * Per pair and super-block, four vpdpbusd (unsigned weight bytes x signed activation bytes) give
  * 4-element sums for the four 64-element chunks; each fits int16 (at most 4 * 63 * 127), so two
@@ -203,33 +203,60 @@ TARGET static void tile_offset_mins(const kq_block *panel, int kc, const block_q
     TILE_FOR_TOKENS(1)
 }
 
-/* One token (kq_decode_fn) for type id: 16 rows at a time, quad u = rows 4u..4u+3, unpacked in registers. */
+/* Pair k of a decode quad: one super-block of the row with its activation block; prefetches next. */
+TARGET INLINE __m512i decode_pair(const int id, size_t block_bytes, const char *block, const char *next,
+                                  const block_q8_K *y, float *dy, float *dmy, __m256i *mins, const int offset_mins) {
+    for (size_t line = 0; line < block_bytes; line += 64) _mm_prefetch(next + line, _MM_HINT_T0);
+    const kq_regs k = kq_unpack(id, block);
+    const w512 w = register_weights(&k);
+    const act512 a = load_act(y);
+    *dy = k.d * y->d;
+    *dmy = k.dmin * y->d;
+    *mins = _mm256_madd_epi16(w.mn, a.bsums);
+    return pair_lanes(&w, &a, offset_mins);
+}
+
+/*
+ * One token (kq_decode_fn) for type id, 4 rows (4 streams) at a time: quad u = row u, its pairs the
+ * row's super-blocks i0..i0+3 (past the end: the last one again, unused), so the totals' 128-bit
+ * lane k holds super-block i0 + k of the 4 rows and the float terms are taken one super-block after
+ * another with the tiles' lane operations.
+ */
 TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t nr, const char *w, size_t w_stride,
                           const block_q8_K *act, float *dst, const int offset_mins) {
-    for (int64_t r0 = 0; r0 < nr; r0 += 16) {
-        const int rows = nr - r0 < 16 ? (int)(nr - r0) : 16;
-        __m512 F = _mm512_setzero_ps();
-        for (int64_t i = 0; i < n / QK_K; i++) {
-            const act512 a = load_act(&act[i]);
+    const int64_t nb = n / QK_K;
+    for (int64_t r0 = 0; r0 < nr; r0 += 4) {
+        const char *row[4];
+        for (int u = 0; u < 4; u++) row[u] = w + (size_t)(r0 + u < nr ? r0 + u : r0) * w_stride;
+        __m128 F = _mm_setzero_ps();
+        for (int64_t i0 = 0; i0 < nb; i0 += 4) {
             __m512i ym[4], yn[4];
-            float d[16], dmin[16];
+            float dy[16], dmy[16]; /* [4k + u] */
             for (int u = 0; u < 4; u++) {
-                w512 q[4];
-                for (int r = 0; r < 4; r++) {
-                    const int row = 4 * u + r < rows ? 4 * u + r : 0; /* past nr: row 0 again, not stored */
-                    const kq_regs k = kq_unpack(id, w + (size_t)(r0 + row) * w_stride + (size_t)i * block_bytes);
-                    q[r] = register_weights(&k);
-                    d[4 * u + r] = k.d;
-                    dmin[4 * u + r] = k.dmin;
+                __m512i s[4];
+                __m256i m[4];
+                for (int k = 0; k < 4; k++) {
+                    const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
+                    const char *block = row[u] + (size_t)i * block_bytes;
+                    s[k] = decode_pair(id, block_bytes, block, block + 4 * w_stride, &act[i], &dy[4 * k + u], &dmy[4 * k + u],
+                                       &m[k], offset_mins);
                 }
-                ym[u] = quad_main(q, &a, offset_mins);
-                if (!offset_mins) yn[u] = quad_mins(q, &a);
+                ym[u] = fold_b(fold_a(s[0], s[1]), fold_a(s[2], s[3]));
+                yn[u] = fold_b(_mm512_inserti64x4(_mm512_castsi256_si512(m[0]), m[1], 1),
+                               _mm512_inserti64x4(_mm512_castsi256_si512(m[2]), m[3], 1));
             }
-            F = add_terms(F, ym, yn, lanes_by_quad(d), lanes_by_quad(dmin), _mm512_set1_ps(act[i].d), offset_mins);
+            const __m512 main = _mm512_cvtepi32_ps(totals(ym)), mins = _mm512_cvtepi32_ps(totals(yn));
+            float main_k[16], mins_k[16];
+            _mm512_storeu_ps(main_k, main);
+            _mm512_storeu_ps(mins_k, mins);
+            for (int k = 0; k < 4 && i0 + k < nb; k++) {
+                F = _mm_fmadd_ps(_mm_loadu_ps(dy + 4 * k), _mm_loadu_ps(main_k + 4 * k), F);
+                if (!offset_mins) F = _mm_fnmadd_ps(_mm_loadu_ps(dmy + 4 * k), _mm_loadu_ps(mins_k + 4 * k), F);
+            }
         }
-        float out[16];
-        _mm512_storeu_ps(out, F);
-        for (int r = 0; r < rows; r++) dst[r0 + r] = out[4 * (r % 4) + r / 4];
+        float out[4];
+        _mm_storeu_ps(out, F);
+        for (int u = 0; u < 4 && r0 + u < nr; u++) dst[r0 + u] = out[u];
     }
 }
 
