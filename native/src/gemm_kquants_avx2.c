@@ -1,6 +1,7 @@
 /*
- * The AVX2 K-quant kernel set (gemm_kquants.h): eight (row, token) pairs at a time, as 2 rows x 4
- * tokens (each half of a 4-row panel tile) for prompts and 8 rows x 1 token for decoding.
+ * The AVX2 K-quant kernel set (gemm_kquants.h): eight (row, token, super-block) pairs at a time, as
+ * 2 rows x 4 tokens (each half of a 4-row panel tile) for prompts, 4 rows x 2 super-blocks when
+ * decoding.
  *
  * Per pair and super-block, eight vpmaddubsw (unsigned weight bytes x signed activation bytes, at
  * most 2 * 63 * 127: no saturation) and eight vpmaddwd with the chunk's two 16-element scales give
@@ -153,36 +154,50 @@ TARGET static void tile_offset_mins(const kq_block *panel, int kc, const block_q
     TILE_FOR_TOKENS(1)
 }
 
-/* One token (kq_decode_fn) for type id: 8 rows at a time, pair = row, unpacked in registers. */
+/*
+ * One token (kq_decode_fn) for type id, 4 rows (4 streams, the next group prefetched) at a time: pair
+ * 2u + k is super-block i0 + k of row u (past the end: the last one again, unused), so the totals'
+ * 128-bit lane k holds super-block i0 + k of the 4 rows and the float terms are taken one super-block
+ * after another with the tiles' lane operations.
+ */
 TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t nr, const char *w, size_t w_stride,
                           const block_q8_K *act, float *dst, const int offset_mins) {
-    const __m256i row_of_lane = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    for (int64_t r0 = 0; r0 < nr; r0 += 8) {
-        const int rows = nr - r0 < 8 ? (int)(nr - r0) : 8;
-        __m256 F = _mm256_setzero_ps();
-        for (int64_t i = 0; i < n / QK_K; i++) {
-            const act256 a = load_act(&act[i]);
-            __m256i xm[4], xn[4], s[2], m[2];
-            float d[8], dmin[8];
-            for (int j = 0; j < 8; j++) {
-                const int row = j < rows ? j : 0; /* past nr: row 0 again, not stored */
-                const kq_regs k = kq_unpack(id, w + (size_t)(r0 + row) * w_stride + (size_t)i * block_bytes);
-                s[j % 2] = register_pair(&k, &a, offset_mins);
-                m[j % 2] = _mm256_madd_epi16(k.mn, a.bsums);
-                d[j] = k.d;
-                dmin[j] = k.dmin;
-                if (j % 2) {
-                    xm[j / 2] = fold_a(s[0], s[1]);
-                    xn[j / 2] = fold_a(m[0], m[1]);
+    const int64_t nb = n / QK_K;
+    for (int64_t r0 = 0; r0 < nr; r0 += 4) {
+        const char *row[4];
+        for (int u = 0; u < 4; u++) row[u] = w + (size_t)(r0 + u < nr ? r0 + u : r0) * w_stride;
+        __m128 F = _mm_setzero_ps();
+        for (int64_t i0 = 0; i0 < nb; i0 += 2) {
+            __m256i xm[4], xn[4];
+            float dy[8], dmy[8]; /* [4k + u] */
+            for (int u = 0; u < 4; u++) {
+                __m256i s[2], m[2];
+                for (int k = 0; k < 2; k++) {
+                    const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
+                    const char *block = row[u] + (size_t)i * block_bytes;
+                    for (size_t line = 0; line < block_bytes; line += 64)
+                        _mm_prefetch(block + 4 * w_stride + line, _MM_HINT_T0);
+                    const kq_regs kr = kq_unpack(id, block);
+                    const act256 a = load_act(&act[i]);
+                    s[k] = register_pair(&kr, &a, offset_mins);
+                    m[k] = _mm256_madd_epi16(kr.mn, a.bsums);
+                    dy[4 * k + u] = kr.d * act[i].d;
+                    dmy[4 * k + u] = kr.dmin * act[i].d;
                 }
+                xm[u] = fold_a(s[0], s[1]);
+                xn[u] = fold_a(m[0], m[1]);
             }
-            F = add_terms(F, xm, xn, _mm256_permutevar8x32_ps(_mm256_loadu_ps(d), row_of_lane),
-                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(dmin), row_of_lane), _mm256_set1_ps(act[i].d),
-                          offset_mins);
+            float main_k[8], mins_k[8];
+            _mm256_storeu_ps(main_k, _mm256_cvtepi32_ps(totals(xm)));
+            _mm256_storeu_ps(mins_k, _mm256_cvtepi32_ps(totals(xn)));
+            for (int k = 0; k < 2 && i0 + k < nb; k++) {
+                F = _mm_fmadd_ps(_mm_loadu_ps(dy + 4 * k), _mm_loadu_ps(main_k + 4 * k), F);
+                if (!offset_mins) F = _mm_fnmadd_ps(_mm_loadu_ps(dmy + 4 * k), _mm_loadu_ps(mins_k + 4 * k), F);
+            }
         }
-        float out[8];
-        _mm256_storeu_ps(out, F);
-        for (int r = 0; r < rows; r++) dst[r0 + r] = out[4 * (r % 2) + r / 2];
+        float out[4];
+        _mm_storeu_ps(out, F);
+        for (int u = 0; u < 4 && r0 + u < nr; u++) dst[r0 + u] = out[u];
     }
 }
 
