@@ -27,8 +27,9 @@ static const kq_type q5_K = {KQ_Q5_K, sizeof(block_q5_K), 0};
 static const kq_type q6_K = {KQ_Q6_K, sizeof(block_q6_K), 1};
 
 /* panel[i * KQ_ROWS + r] = super-block i of row r (zeros for r >= rows), unpacked for the kernel set. */
-__attribute__((target("avx2,fma,f16c"))) static void unpack_panel(const kq_type *ty, const kq_isa *isa, const char *w, size_t w_stride, int rows, int kc,
-                         kq_block *panel) {
+__attribute__((target("avx2,fma,f16c"))) static void unpack_panel(const kq_type *ty, const kq_isa *isa,
+                                                                  const char *w, size_t w_stride, int rows, int kc,
+                                                                  kq_block *panel) {
     for (int i = 0; i < kc; i++)
         for (int r = 0; r < KQ_ROWS; r++) {
             kq_block *b = &panel[i * KQ_ROWS + r];
@@ -71,8 +72,8 @@ static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr,
         return;
     }
     for (int64_t t0 = 0; t0 < nt; t0 += KQ_TOKEN_BLOCK)
-        token_block(ty, isa, n, nr, min64(KQ_TOKEN_BLOCK, nt - t0), w, w_stride, (const char *)a + (size_t)t0 * a_stride,
-                    a_stride, dst + (size_t)t0 * dst_stride, dst_stride);
+        token_block(ty, isa, n, nr, min64(KQ_TOKEN_BLOCK, nt - t0), w, w_stride,
+                    (const char *)a + (size_t)t0 * a_stride, a_stride, dst + (size_t)t0 * dst_stride, dst_stride);
 }
 
 #define KQ_GEMM(name, type, isa)                                                                              \

@@ -12,7 +12,8 @@
  *     offset types (Q3_K, Q6_K):       d*yd * (main + mins)  (min_s = -offset * scale_s)
  * the same integers as the reference vec_dot. Each kernel set lays the sixteen scales out as the
  * vectors its micro-kernel multiplies with (kq_isa.layout) and runs register tiles of KQ_ROWS rows x
- * up to KQ_TOKENS tokens over a panel of KQ_BLOCKS unpacked super-blocks per row (kq_isa.tile).
+ * up to KQ_TOKENS tokens over a panel of KQ_BLOCKS unpacked super-blocks per row (kq_isa.tile); a
+ * single token goes to kq_isa.decode, which unpacks each super-block in registers as it streams W.
  */
 #ifndef HL_GEMM_KQUANTS_H
 #define HL_GEMM_KQUANTS_H
@@ -29,16 +30,17 @@
 
 #define KQ_ROWS 4     /* rows of a register tile (and of a panel) */
 #define KQ_TOKENS 4   /* most tokens of a register tile */
-#define KQ_BLOCKS 8   /* super-blocks per panel row: the float partial sums are cut every KQ_BLOCKS */
+#define KQ_BLOCKS 8   /* super-blocks per panel row (a 4-row panel: 18 KB, in L1) */
 #define KQ_TOKEN_BLOCK 64 /* tokens whose activations one pass over the rows keeps in L2 */
 
 typedef struct {
     uint8_t q[QK_K];   /* unsigned quants (Q2_K 0..3, Q3_K 0..7, Q4_K 0..15, Q5_K 0..31, Q6_K 0..63) */
     int16_t sc[128];   /* sc[0..16): scale per 16 elements; then rewritten into the kernel set's layout */
-    int16_t mn[32];    /* min coefficient per 16 elements; mn[16..32) = 0 */
+    int16_t mn[16];    /* min coefficient per 16 elements */
     float d, dmin;     /* super-block scales (dmin unused by the offset types) */
-    uint8_t pad[56];
-} kq_block;            /* 640 B, 64-byte aligned in a panel */
+    uint8_t pad[24];
+} kq_block;            /* 576 B, 64-byte aligned in a panel */
+_Static_assert(sizeof(kq_block) == 576, "panel blocks stay 64-byte aligned");
 
 /* The canonical form in AVX2 registers: q[c] = quants of elements 32c..32c+31, sc and mn = the 16
  * per-16-element scales and min coefficients as int16. */
@@ -214,7 +216,6 @@ KQ_UNPACK void kq_store(const kq_regs *k, kq_block *o) {
     for (int c = 0; c < 8; c++) _mm256_store_si256((__m256i *)(o->q + 32 * c), k->q[c]);
     _mm256_store_si256((__m256i *)o->sc, k->sc);
     _mm256_store_si256((__m256i *)o->mn, k->mn);
-    _mm256_store_si256((__m256i *)(o->mn + 16), _mm256_setzero_si256());
     o->d = k->d;
     o->dmin = k->dmin;
 }

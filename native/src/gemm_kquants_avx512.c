@@ -6,13 +6,15 @@
  * 4-element sums for the four 64-element chunks; each fits int16 (at most 4 * 63 * 127), so two
  * vpackssdw pack them losslessly and two vpdpwssd multiply them by the 16-element scales (laid out to
  * match the pack's interleave) into sixteen int32 lanes. A transposing reduction (fold_*) then turns
- * the sixteen pairs' lane vectors into one vector of their exact integer totals, lane 4r + u for row
- * r of quad u (u = the token in a prompt tile, the group of 4 rows when decoding). The min term, the
+ * the sixteen pairs' lane vectors into one vector of their exact integer totals: lane 4k + u for pair
+ * k of quad u (a prompt tile's quad is a row and its pairs 4 tokens, a decode quad a row and its
+ * pairs 4 super-blocks). The min term, the
  * min coefficients times the activation's bsums (vpmaddwd), joins the integer total for the offset
  * types and goes through the same reduction for the others. Only then does float arithmetic start,
  * lane-wise and identical for every pair: F = fma(d * yd, main, F), F = fnmadd(dmin * yd, mins, F),
- * one super-block after the other, F kept in dst between panels. So a (row, token) value depends on
- * W[row] and A[token] alone, and a token decoded alone equals the same token in a prompt.
+ * one super-block after the other, F kept in dst between panels (decoding does the same operations
+ * on 4 rows). So a (row, token) value depends on W[row] and A[token] alone, and a token decoded alone
+ * equals the same token in a prompt.
  */
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
@@ -89,12 +91,6 @@ TARGET INLINE __m512i pair_lanes(const w512 *w, const act512 *a, int offset_mins
                                _mm512_packs_epi32(p[2], p[3]));
 }
 
-/* The min term's 8 lanes of two rows side by side. */
-TARGET INLINE __m512i mins_pair(const w512 *w0, const w512 *w1, __m256i bsums) {
-    const __m256i m0 = _mm256_madd_epi16(w0->mn, bsums), m1 = _mm256_madd_epi16(w1->mn, bsums);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(m0), m1, 1);
-}
-
 /* The transposing reduction. fold_a(x, y) = [x folded to 8 lanes | y folded to 8]. */
 TARGET INLINE __m512i fold_a(__m512i x, __m512i y) {
     return _mm512_add_epi32(_mm512_shuffle_i64x2(x, y, 0x44), _mm512_shuffle_i64x2(x, y, 0xEE));
@@ -114,32 +110,15 @@ TARGET INLINE __m512i fold_d(__m512i x, __m512i y) {
                             _mm512_castps_si512(_mm512_shuffle_ps(xf, yf, 0xDD)));
 }
 
-/* Quad: 4 rows' weights with one activation -> 128-bit lane r = row r's lanes folded to 4. */
-TARGET INLINE __m512i quad_main(const w512 w[4], const act512 *a, int offset_mins) {
-    return fold_b(fold_a(pair_lanes(&w[0], a, offset_mins), pair_lanes(&w[1], a, offset_mins)),
-                  fold_a(pair_lanes(&w[2], a, offset_mins), pair_lanes(&w[3], a, offset_mins)));
-}
-
-/* As quad_main for sum_s mn_s * bsums_s. */
-TARGET INLINE __m512i quad_mins(const w512 w[4], const act512 *a) {
-    return fold_b(mins_pair(&w[0], &w[1], a->bsums), mins_pair(&w[2], &w[3], a->bsums));
-}
-
-/* Four quads' fold_b outputs -> lane 4r + u = the total of row r of quad u. */
+/* Four quads' fold_b outputs -> lane 4k + u = the total of pair k (128-bit lane k) of quad u. */
 TARGET INLINE __m512i totals(const __m512i y[4]) { return fold_d(fold_c(y[0], y[1]), fold_c(y[2], y[3])); }
 
-/* F += one super-block's terms of sixteen pairs, from their main and min totals' quads (lane 4r + u). */
+/* F += one super-block's terms of sixteen pairs, from their quads' main and min lanes (lane 4k + u). */
 TARGET INLINE __m512 add_terms(__m512 F, const __m512i ym[4], const __m512i yn[4], __m512 d, __m512 dmin, __m512 yd,
                                const int offset_mins) {
     F = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(totals(ym)), F);
     if (!offset_mins) F = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(totals(yn)), F);
     return F;
-}
-
-/* Lane 4r + u = x[4u + r] (16 floats: the decoded rows). */
-TARGET INLINE __m512 lanes_by_quad(const float *x) {
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(x));
 }
 
 /* Quad of one row's weights with 4 tokens (T of them; the others count as zero) -> 128-bit lane t. */
@@ -178,7 +157,8 @@ TARGET INLINE void tile(const kq_block *panel, int kc, const block_q8_K *act, si
         const __m512 dmin =
             _mm512_broadcast_f32x4(_mm_setr_ps(rows4[0].dmin, rows4[1].dmin, rows4[2].dmin, rows4[3].dmin));
         const __m128 yd = _mm_setr_ps(tok[0][i].d, tok[1][i].d, tok[2][i].d, tok[3][i].d);
-        F = add_terms(F, ym, yn, d, dmin, _mm512_permutexvar_ps(token_of_lane, _mm512_castps128_ps512(yd)), offset_mins);
+        const __m512 y = _mm512_permutexvar_ps(token_of_lane, _mm512_castps128_ps512(yd));
+        F = add_terms(F, ym, yn, d, dmin, y, offset_mins);
     }
     _mm512_storeu_ps(out, F);
     for (int t = 0; t < T; t++)
@@ -238,8 +218,8 @@ TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t n
                 for (int k = 0; k < 4; k++) {
                     const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
                     const char *block = row[u] + (size_t)i * block_bytes;
-                    s[k] = decode_pair(id, block_bytes, block, block + 4 * w_stride, &act[i], &dy[4 * k + u], &dmy[4 * k + u],
-                                       &m[k], offset_mins);
+                    s[k] = decode_pair(id, block_bytes, block, block + 4 * w_stride, &act[i], &dy[4 * k + u],
+                                       &dmy[4 * k + u], &m[k], offset_mins);
                 }
                 ym[u] = fold_b(fold_a(s[0], s[1]), fold_a(s[2], s[3]));
                 yn[u] = fold_b(_mm512_inserti64x4(_mm512_castsi256_si512(m[0]), m[1], 1),
