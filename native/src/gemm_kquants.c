@@ -2,8 +2,8 @@
  * Tiled multi-token mat-mul kernels (hl_gemm_fn) for Q2_K .. Q6_K weights against Q8_K activations:
  * the driver shared by the AVX-512 VNNI and AVX2 kernel sets, and their installer.
  *
- * Blocking (gemm_kquants.h has the unpacked form and the tile contract): tokens are taken
- * KQ_TOKEN_BLOCK at a time, so their activations stay in L2 while every row passes over them; rows
+ * Blocking (gemm_kquants.h has the unpacked form and the tile contract): tokens are taken a block at
+ * a time (tokens_per_block), so their activations stay in L2 while every row passes over them; rows
  * KQ_ROWS at a time; along n, a panel of KQ_BLOCKS super-blocks of those rows is unpacked once into
  * L1 (quants, scales in the kernel set's layout) and reused by register tiles over all the block's
  * tokens. Each tile carries its (row, token) float sums on from dst, so a value is the super-blocks'
@@ -65,14 +65,22 @@ static void token_block(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t
     }
 }
 
+/* Tokens per block: their activation rows fill KQ_ACT_BYTES, 16 to 256 of them, a whole number of tiles. */
+static int64_t tokens_per_block(int64_t n) {
+    int64_t t = KQ_ACT_BYTES / ((n / QK_K) * (int64_t)sizeof(block_q8_K));
+    t = t < 16 ? 16 : t > 256 ? 256 : t;
+    return t - t % KQ_TOKENS;
+}
+
 static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr, int64_t nt, const void *w,
                     size_t w_stride, const void *a, size_t a_stride, float *dst, size_t dst_stride) {
     if (nt == 1) {
         isa->decode[ty->id](n, nr, w, w_stride, a, dst);
         return;
     }
-    for (int64_t t0 = 0; t0 < nt; t0 += KQ_TOKEN_BLOCK)
-        token_block(ty, isa, n, nr, min64(KQ_TOKEN_BLOCK, nt - t0), w, w_stride,
+    const int64_t tb = tokens_per_block(n);
+    for (int64_t t0 = 0; t0 < nt; t0 += tb)
+        token_block(ty, isa, n, nr, min64(tb, nt - t0), w, w_stride,
                     (const char *)a + (size_t)t0 * a_stride, a_stride, dst + (size_t)t0 * dst_stride, dst_stride);
 }
 

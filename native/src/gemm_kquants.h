@@ -31,7 +31,7 @@
 #define KQ_ROWS 4     /* rows of a register tile (and of a panel) */
 #define KQ_TOKENS 4   /* most tokens of a register tile */
 #define KQ_BLOCKS 8   /* super-blocks per panel row (a 4-row panel: 18 KB, in L1) */
-#define KQ_TOKEN_BLOCK 64 /* tokens whose activations one pass over the rows keeps in L2 */
+#define KQ_ACT_BYTES (512 * 1024) /* activations one pass over the rows keeps in L2 (16..256 tokens) */
 
 typedef struct {
     uint8_t q[QK_K];   /* unsigned quants (Q2_K 0..3, Q3_K 0..7, Q4_K 0..15, Q5_K 0..31, Q6_K 0..63) */
