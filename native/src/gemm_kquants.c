@@ -74,6 +74,10 @@ static int64_t tokens_per_block(int64_t n) {
 
 static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr, int64_t nt, const void *w,
                     size_t w_stride, const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    if (n < QK_K) { /* empty dots: no panel would store them */
+        for (int64_t t = 0; t < nt; t++) memset(dst + (size_t)t * dst_stride, 0, (size_t)nr * sizeof *dst);
+        return;
+    }
     if (nt == 1) {
         isa->decode[ty->id](n, nr, w, w_stride, a, dst);
         return;
