@@ -170,8 +170,10 @@ TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t n
         for (int64_t i0 = 0; i0 < nb; i0 += 2) {
             __m256i xm[4], xn[4];
             float dy[8], dmy[8]; /* [4k + u] */
+#pragma GCC unroll 4
             for (int u = 0; u < 4; u++) {
                 __m256i s[2], m[2];
+#pragma GCC unroll 2
                 for (int k = 0; k < 2; k++) {
                     const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
                     const char *block = row[u] + (size_t)i * block_bytes;

@@ -212,9 +212,11 @@ TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t n
         for (int64_t i0 = 0; i0 < nb; i0 += 4) {
             __m512i ym[4], yn[4];
             float dy[16], dmy[16]; /* [4k + u] */
+#pragma GCC unroll 4
             for (int u = 0; u < 4; u++) {
                 __m512i s[4];
                 __m256i m[4];
+#pragma GCC unroll 4
                 for (int k = 0; k < 4; k++) {
                     const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
                     const char *block = row[u] + (size_t)i * block_bytes;
