@@ -1,6 +1,6 @@
 /*
  * The AVX-512 VNNI K-quant kernel set (gemm_kquants.h): sixteen (row, token, super-block) pairs at a
- * time: a tile of 4 rows x 4 tokens for prompts, 4 rows x 4 super-blocks when decoding.
+ * time: a tile of 4 rows x 4 tokens for prompts, 16 super-blocks in memory order when decoding.
  *
  * Per pair and super-block, four vpdpbusd (unsigned weight bytes x signed activation bytes) give
  * 4-element sums for the four 64-element chunks; each fits int16 (at most 4 * 63 * 127), so two
@@ -13,10 +13,12 @@
  * types and goes through the same reduction for the others. Only then does float arithmetic start,
  * lane-wise and identical for every pair: F = fma(d * yd, main, F), F = fnmadd(dmin * yd, mins, F),
  * one super-block after the other, F kept in dst between panels (decoding does the same operations
- * on 4 rows). So a (row, token) value depends on W[row] and A[token] alone, and a token decoded alone
+ * in scalar form). So a (row, token) value depends on W[row] and A[token] alone, and a token decoded alone
  * equals the same token in a prompt.
  */
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
+
+#include <math.h>
 
 #include "gemm_kquants.h"
 
@@ -196,50 +198,79 @@ TARGET INLINE __m512i decode_pair(const int id, size_t block_bytes, const char *
     return pair_lanes(&w, &a, offset_mins);
 }
 
+/* Where a decode quad's super-blocks come from: row, first super-block, how many (1..4) count. */
+typedef struct {
+    int64_t row, i0;
+    int count;
+} quad_src;
+
+/* The four quads' integer totals, each quad's super-blocks past count repeating its last one. */
+TARGET INLINE void decode_totals(const int id, size_t block_bytes, const char *w, size_t w_stride,
+                                 const block_q8_K *act, const quad_src q[4], int32_t main[16], int32_t mins[16],
+                                 float dy[16], float dmy[16], const int offset_mins) {
+    __m512i ym[4], yn[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++) {
+        __m512i s[4];
+        __m256i m[4];
+        const char *row = w + (size_t)q[u].row * w_stride;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const int64_t i = q[u].i0 + (k < q[u].count ? k : q[u].count - 1);
+            const char *block = row + (size_t)i * block_bytes;
+            s[k] = decode_pair(id, block_bytes, block, block + 8 * block_bytes, &act[i], &dy[4 * k + u],
+                               &dmy[4 * k + u], &m[k], offset_mins);
+        }
+        ym[u] = fold_b(fold_a(s[0], s[1]), fold_a(s[2], s[3]));
+        yn[u] = fold_b(_mm512_inserti64x4(_mm512_castsi256_si512(m[0]), m[1], 1),
+                       _mm512_inserti64x4(_mm512_castsi256_si512(m[2]), m[3], 1));
+    }
+    _mm512_storeu_si512(main, totals(ym));
+    _mm512_storeu_si512(mins, totals(yn));
+}
+
 /*
- * One token (kq_decode_fn) for type id, 4 rows (4 streams) at a time: quad u = row u, its pairs the
- * row's super-blocks i0..i0+3 (past the end: the last one again, unused), so the totals' 128-bit
- * lane k holds super-block i0 + k of the 4 rows and the float terms are taken one super-block after
- * another with the tiles' lane operations.
+ * One token (kq_decode_fn) for type id, streaming W in memory order like a vec_dot: quads of up to 4
+ * consecutive super-blocks of a row, rows one after another, four quads per reduction (the totals'
+ * lane 4k + u is super-block k of quad u). Each row's float sum then takes its super-blocks' terms
+ * in order with the scalar forms of the tiles' lane operations: s = fmaf(d * yd, main, s) and
+ * s = fmaf(-(dmin * yd), mins, s), which round as fma / fnmadd do in the lanes.
  */
 TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t nr, const char *w, size_t w_stride,
                           const block_q8_K *act, float *dst, const int offset_mins) {
     const int64_t nb = n / QK_K;
-    for (int64_t r0 = 0; r0 < nr; r0 += 4) {
-        const char *row[4];
-        for (int u = 0; u < 4; u++) row[u] = w + (size_t)(r0 + u < nr ? r0 + u : r0) * w_stride;
-        __m128 F = _mm_setzero_ps();
-        for (int64_t i0 = 0; i0 < nb; i0 += 4) {
-            __m512i ym[4], yn[4];
-            float dy[16], dmy[16]; /* [4k + u] */
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) {
-                __m512i s[4];
-                __m256i m[4];
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++) {
-                    const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
-                    const char *block = row[u] + (size_t)i * block_bytes;
-                    s[k] = decode_pair(id, block_bytes, block, block + 4 * w_stride, &act[i], &dy[4 * k + u],
-                                       &dmy[4 * k + u], &m[k], offset_mins);
-                }
-                ym[u] = fold_b(fold_a(s[0], s[1]), fold_a(s[2], s[3]));
-                yn[u] = fold_b(_mm512_inserti64x4(_mm512_castsi256_si512(m[0]), m[1], 1),
-                               _mm512_inserti64x4(_mm512_castsi256_si512(m[2]), m[3], 1));
+    quad_src q[4];
+    int nq = 0;
+    int64_t row = 0, i0 = 0, sum_row = 0;
+    float sum = 0.0f;
+    while (nq > 0 || row < nr) {
+        if (row < nr) { /* the next quad in memory order */
+            q[nq].row = row;
+            q[nq].i0 = i0;
+            q[nq].count = nb - i0 < 4 ? (int)(nb - i0) : 4;
+            nq++;
+            i0 += 4;
+            if (i0 >= nb) row++, i0 = 0;
+        }
+        if (nq < 4 && row < nr) continue;
+        for (int u = nq; u < 4; u++) q[u] = q[0]; /* the last reduction's spare quads: unused */
+        int32_t main[16], mins[16];
+        float dy[16], dmy[16];
+        decode_totals(id, block_bytes, w, w_stride, act, q, main, mins, dy, dmy, offset_mins);
+        for (int u = 0; u < nq; u++) {
+            if (q[u].row != sum_row) {
+                dst[sum_row] = sum;
+                sum_row = q[u].row;
+                sum = 0.0f;
             }
-            const __m512 main = _mm512_cvtepi32_ps(totals(ym)), mins = _mm512_cvtepi32_ps(totals(yn));
-            float main_k[16], mins_k[16];
-            _mm512_storeu_ps(main_k, main);
-            _mm512_storeu_ps(mins_k, mins);
-            for (int k = 0; k < 4 && i0 + k < nb; k++) {
-                F = _mm_fmadd_ps(_mm_loadu_ps(dy + 4 * k), _mm_loadu_ps(main_k + 4 * k), F);
-                if (!offset_mins) F = _mm_fnmadd_ps(_mm_loadu_ps(dmy + 4 * k), _mm_loadu_ps(mins_k + 4 * k), F);
+            for (int k = 0; k < q[u].count; k++) {
+                sum = fmaf(dy[4 * k + u], (float)main[4 * k + u], sum);
+                if (!offset_mins) sum = fmaf(-dmy[4 * k + u], (float)mins[4 * k + u], sum);
             }
         }
-        float out[4];
-        _mm_storeu_ps(out, F);
-        for (int u = 0; u < 4 && r0 + u < nr; u++) dst[r0 + u] = out[u];
+        nq = 0;
     }
+    if (nr > 0) dst[sum_row] = sum;
 }
 
 #define DECODE(type, block, offset_mins)                                                                       \
