@@ -1,7 +1,7 @@
 /*
  * The AVX2 K-quant kernel set (gemm_kquants.h): eight (row, token, super-block) pairs at a time, as
- * 2 rows x 4 tokens (each half of a 4-row panel tile) for prompts, 4 rows x 2 super-blocks when
- * decoding.
+ * 2 rows x 4 tokens (each half of a 4-row panel tile) for prompts, 8 super-blocks in memory order
+ * when decoding.
  *
  * Per pair and super-block, eight vpmaddubsw (unsigned weight bytes x signed activation bytes, at
  * most 2 * 63 * 127: no saturation) and eight vpmaddwd with the chunk's two 16-element scales give
@@ -13,6 +13,8 @@
  */
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
+#include <math.h>
+
 #include "gemm_kquants.h"
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
@@ -21,12 +23,14 @@
 _Static_assert(KQ_ROWS == 4 && KQ_TOKENS == 4, "the tiles are two halves of 4 rows x 4 tokens");
 
 /* Chunk c's scale vector: int16 0..7 = scale of sub-block 2c, 8..15 = of 2c + 1 (vpmaddubsw's
- * outputs 0..7 are elements 0..15 of the chunk). */
+ * outputs 0..7 are elements 0..15 of the chunk): a byte shuffle of the half of sc16 holding both. */
 TARGET INLINE __m256i chunk_scales(__m256i sc16, int c) {
-    const __m256i pair = _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(c));
-    const __m256i lo_hi = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
-                                           2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    return _mm256_shuffle_epi8(pair, lo_hi);
+    const __m256i half = _mm256_permute2x128_si256(sc16, sc16, c < 4 ? 0x00 : 0x11);
+    const char b = (char)(4 * (c % 4)); /* byte of scale 2c in the half */
+    const __m256i pick = _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                          b + 1, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3,
+                                          b + 2, b + 3, b + 2, b + 3, b + 2, b + 3);
+    return _mm256_shuffle_epi8(half, pick);
 }
 
 TARGET static void layout_avx2(kq_block *b) {
@@ -154,53 +158,83 @@ TARGET static void tile_offset_mins(const kq_block *panel, int kc, const block_q
     TILE_FOR_TOKENS(1)
 }
 
+/* Where a decode pair of super-blocks comes from: row, first super-block, how many (1, 2) count. */
+typedef struct {
+    int64_t row, i0;
+    int count;
+} duo_src;
+
+/* The four duos' integer totals, a duo's second super-block past count repeating its first. */
+TARGET INLINE void decode_totals(const int id, size_t block_bytes, const char *w, size_t w_stride,
+                                 const block_q8_K *act, const duo_src q[4], int32_t main[8], int32_t mins[8],
+                                 float dy[8], float dmy[8], const int offset_mins) {
+    __m256i xm[4], xn[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++) {
+        __m256i s[2], m[2];
+        const char *row = w + (size_t)q[u].row * w_stride;
+#pragma GCC unroll 2
+        for (int k = 0; k < 2; k++) {
+            const int64_t i = q[u].i0 + (k < q[u].count ? k : 0);
+            const char *block = row + (size_t)i * block_bytes;
+            for (size_t line = 0; line < block_bytes; line += 64)
+                _mm_prefetch(block + 8 * block_bytes + line, _MM_HINT_T0);
+            const kq_regs kr = kq_unpack(id, block);
+            const act256 a = load_act(&act[i]);
+            s[k] = register_pair(&kr, &a, offset_mins);
+            m[k] = _mm256_madd_epi16(kr.mn, a.bsums);
+            dy[4 * k + u] = kr.d * act[i].d;
+            dmy[4 * k + u] = kr.dmin * act[i].d;
+        }
+        xm[u] = fold_a(s[0], s[1]);
+        xn[u] = fold_a(m[0], m[1]);
+    }
+    _mm256_storeu_si256((__m256i *)main, totals(xm));
+    _mm256_storeu_si256((__m256i *)mins, totals(xn));
+}
+
 /*
- * One token (kq_decode_fn) for type id, 4 rows (4 streams, the next group prefetched) at a time: pair
- * 2u + k is super-block i0 + k of row u (past the end: the last one again, unused), so the totals'
- * 128-bit lane k holds super-block i0 + k of the 4 rows and the float terms are taken one super-block
- * after another with the tiles' lane operations.
+ * One token (kq_decode_fn) for type id, streaming W in memory order like a vec_dot: duos of up to 2
+ * consecutive super-blocks of a row, rows one after another, four duos per reduction (pair 2u + k,
+ * so lane 4k + u is super-block k of duo u). Each row's float sum then takes its super-blocks' terms
+ * in order with the scalar forms of the tiles' lane operations: s = fmaf(d * yd, main, s) and
+ * s = fmaf(-(dmin * yd), mins, s), which round as fma / fnmadd do in the lanes.
  */
 TARGET INLINE void decode(const int id, size_t block_bytes, int64_t n, int64_t nr, const char *w, size_t w_stride,
                           const block_q8_K *act, float *dst, const int offset_mins) {
     const int64_t nb = n / QK_K;
-    for (int64_t r0 = 0; r0 < nr; r0 += 4) {
-        const char *row[4];
-        for (int u = 0; u < 4; u++) row[u] = w + (size_t)(r0 + u < nr ? r0 + u : r0) * w_stride;
-        __m128 F = _mm_setzero_ps();
-        for (int64_t i0 = 0; i0 < nb; i0 += 2) {
-            __m256i xm[4], xn[4];
-            float dy[8], dmy[8]; /* [4k + u] */
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) {
-                __m256i s[2], m[2];
-#pragma GCC unroll 2
-                for (int k = 0; k < 2; k++) {
-                    const int64_t i = i0 + k < nb ? i0 + k : nb - 1;
-                    const char *block = row[u] + (size_t)i * block_bytes;
-                    for (size_t line = 0; line < block_bytes; line += 64)
-                        _mm_prefetch(block + 4 * w_stride + line, _MM_HINT_T0);
-                    const kq_regs kr = kq_unpack(id, block);
-                    const act256 a = load_act(&act[i]);
-                    s[k] = register_pair(&kr, &a, offset_mins);
-                    m[k] = _mm256_madd_epi16(kr.mn, a.bsums);
-                    dy[4 * k + u] = kr.d * act[i].d;
-                    dmy[4 * k + u] = kr.dmin * act[i].d;
-                }
-                xm[u] = fold_a(s[0], s[1]);
-                xn[u] = fold_a(m[0], m[1]);
+    duo_src q[4];
+    int nq = 0;
+    int64_t row = 0, i0 = 0, sum_row = 0;
+    float sum = 0.0f;
+    while (nq > 0 || row < nr) {
+        if (row < nr) { /* the next duo in memory order */
+            q[nq].row = row;
+            q[nq].i0 = i0;
+            q[nq].count = nb - i0 < 2 ? (int)(nb - i0) : 2;
+            nq++;
+            i0 += 2;
+            if (i0 >= nb) row++, i0 = 0;
+        }
+        if (nq < 4 && row < nr) continue;
+        for (int u = nq; u < 4; u++) q[u] = q[0]; /* the last reduction's spare duos: unused */
+        int32_t main[8], mins[8];
+        float dy[8], dmy[8];
+        decode_totals(id, block_bytes, w, w_stride, act, q, main, mins, dy, dmy, offset_mins);
+        for (int u = 0; u < nq; u++) {
+            if (q[u].row != sum_row) {
+                dst[sum_row] = sum;
+                sum_row = q[u].row;
+                sum = 0.0f;
             }
-            float main_k[8], mins_k[8];
-            _mm256_storeu_ps(main_k, _mm256_cvtepi32_ps(totals(xm)));
-            _mm256_storeu_ps(mins_k, _mm256_cvtepi32_ps(totals(xn)));
-            for (int k = 0; k < 2 && i0 + k < nb; k++) {
-                F = _mm_fmadd_ps(_mm_loadu_ps(dy + 4 * k), _mm_loadu_ps(main_k + 4 * k), F);
-                if (!offset_mins) F = _mm_fnmadd_ps(_mm_loadu_ps(dmy + 4 * k), _mm_loadu_ps(mins_k + 4 * k), F);
+            for (int k = 0; k < q[u].count; k++) {
+                sum = fmaf(dy[4 * k + u], (float)main[4 * k + u], sum);
+                if (!offset_mins) sum = fmaf(-dmy[4 * k + u], (float)mins[4 * k + u], sum);
             }
         }
-        float out[4];
-        _mm_storeu_ps(out, F);
-        for (int u = 0; u < 4 && r0 + u < nr; u++) dst[r0 + u] = out[u];
+        nq = 0;
     }
+    if (nr > 0) dst[sum_row] = sum;
 }
 
 #define DECODE(type, block, offset_mins)                                                                       \
