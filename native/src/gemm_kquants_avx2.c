@@ -22,20 +22,31 @@
 
 _Static_assert(KQ_ROWS == 4 && KQ_TOKENS == 4, "the tiles are two halves of 4 rows x 4 tokens");
 
+/* Byte shuffles picking, from a half of sc16 (scales 0..7 or 8..15 in both 128-bit lanes), scale
+ * 2j for int16 0..7 and 2j + 1 for int16 8..15. */
+static const uint8_t scale_pick[4][32] = {
+    {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
+    {4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7},
+    {8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11},
+    {12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15},
+};
+
 /* Chunk c's scale vector: int16 0..7 = scale of sub-block 2c, 8..15 = of 2c + 1 (vpmaddubsw's
- * outputs 0..7 are elements 0..15 of the chunk): a byte shuffle of the half of sc16 holding both. */
-TARGET INLINE __m256i chunk_scales(__m256i sc16, int c) {
-    const __m256i half = _mm256_permute2x128_si256(sc16, sc16, c < 4 ? 0x00 : 0x11);
-    const char b = (char)(4 * (c % 4)); /* byte of scale 2c in the half */
-    const __m256i pick = _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                          b + 1, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3, b + 2, b + 3,
-                                          b + 2, b + 3, b + 2, b + 3, b + 2, b + 3);
-    return _mm256_shuffle_epi8(half, pick);
+ * outputs 0..7 are elements 0..15 of the chunk); halves[h] = sc16's half h in both lanes. */
+TARGET INLINE __m256i chunk_scales(const __m256i halves[2], int c) {
+    return _mm256_shuffle_epi8(halves[c / 4], _mm256_loadu_si256((const __m256i *)scale_pick[c % 4]));
+}
+
+/* halves[0] = scales 0..7 in both 128-bit lanes, halves[1] = scales 8..15. */
+TARGET INLINE void scale_halves(__m256i sc16, __m256i halves[2]) {
+    halves[0] = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+    halves[1] = _mm256_permute2x128_si256(sc16, sc16, 0x11);
 }
 
 TARGET static void layout_avx2(kq_block *b) {
-    const __m256i sc16 = _mm256_load_si256((const __m256i *)b->sc);
-    for (int c = 0; c < 8; c++) _mm256_store_si256((__m256i *)(b->sc + 16 * c), chunk_scales(sc16, c));
+    __m256i halves[2];
+    scale_halves(_mm256_load_si256((const __m256i *)b->sc), halves);
+    for (int c = 0; c < 8; c++) _mm256_store_si256((__m256i *)(b->sc + 16 * c), chunk_scales(halves, c));
 }
 
 /* An activation block: 8 x 32 quants and the 16 bsums. */
@@ -70,7 +81,9 @@ TARGET INLINE __m256i panel_pair(const kq_block *b, const act256 *a, int offset_
 /* As panel_pair, the weights unpacked in registers. */
 TARGET INLINE __m256i register_pair(const kq_regs *k, const act256 *a, int offset_mins) {
     __m256i s = offset_mins ? _mm256_madd_epi16(k->mn, a->bsums) : _mm256_setzero_si256();
-    for (int c = 0; c < 8; c++) s = _mm256_add_epi32(s, chunk_dot(k->q[c], a->q[c], chunk_scales(k->sc, c)));
+    __m256i halves[2];
+    scale_halves(k->sc, halves);
+    for (int c = 0; c < 8; c++) s = _mm256_add_epi32(s, chunk_dot(k->q[c], a->q[c], chunk_scales(halves, c)));
     return s;
 }
 
