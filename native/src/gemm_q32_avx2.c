@@ -38,12 +38,28 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define MT HL_Q32_AVX2_MT /* tokens per tile (a partial tile runs a narrower kernel) */
 #define KC 32             /* blocks per slice when packing into the stack buffer */
 
-/* One activation block, packed. */
+/* A token's packed activations: per block the 32 signed quants and d; for Q8_0 the correction -c * (sum
+ * of each lane's 4 quants), for Q8_1 s, zero-padded to a multiple of 8 blocks. */
 typedef struct {
-    __m256i q; /* 32 signed quants */
-    __m256i c; /* Q8_0: -c * (sum of each lane's 4 quants); Q8_1: s in float lane 0 */
-    __m256 d;  /* d in every lane */
-} apk;
+    const __m256i *q, *c;
+    const float *d, *s;
+} tok;
+
+#define MCH 8 /* Q4_1/Q5_1: blocks whose mins are added at once (KC is a multiple) */
+
+static AI int64_t pad8(int64_t n) { return (n + 7) / 8 * 8; }
+
+/* Bytes of a token's packing of nb blocks. */
+static AI size_t tok_bytes(const int k, int64_t nb) {
+    return (size_t)nb * 32 * (IS_Q1(k) ? 1 : 2) + (size_t)pad8(nb) * sizeof(float) * (IS_Q1(k) ? 2 : 1);
+}
+
+static AI tok tok_at(const int k, void *base, int64_t nb) {
+    __m256i *v = base;
+    const float *f = (const float *)(v + nb * (IS_Q1(k) ? 1 : 2));
+    tok t = {v, v + nb, f, f + pad8(nb)};
+    return t;
+}
 
 static AI size_t blk_bytes(int k) {
     return k == Q4_0 ? sizeof(block_q4_0) : k == Q4_1 ? sizeof(block_q4_1) : k == Q5_0 ? sizeof(block_q5_0)
@@ -56,8 +72,6 @@ static AI uint16_t ld16(const uint8_t *p) {
     return v;
 }
 
-TGT static AI __m256 bcast_h(uint16_t h) { return _mm256_set1_ps(_cvtsh_ss(h)); }
-
 /* 32 bits -> 32 bytes, byte e = 0xFF if bit e is set else 0. */
 TGT static AI __m256i bits_32(const uint8_t *p) {
     uint32_t x;
@@ -68,10 +82,11 @@ TGT static AI __m256i bits_32(const uint8_t *p) {
     return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
 }
 
-/* The weights of the block at b: wq unsigned quants (Q8_0: |q|), ws (Q8_0 only) the signed quants. */
-TGT static AI void unpack_w(const int k, const uint8_t *b, __m256i *wq, __m256i *ws, __m256 *wd, __m256 *wm) {
-    *wd = bcast_h(ld16(b));
-    if (IS_Q1(k)) *wm = _mm256_zextps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(ld16(b + 2)))); /* m, 0 x7 */
+/* The weights of the block at b: wq unsigned quants (Q8_0: |q|), ws (Q8_0 only) the signed quants, wd the
+ * scale in every lane; Q4_1/Q5_1 store the min (half) at mh. */
+TGT static AI void unpack_w(const int k, const uint8_t *b, __m256i *wq, __m256i *ws, __m256 *wd, uint16_t *mh) {
+    *wd = _mm256_cvtph_ps(_mm_set1_epi16((short)ld16(b)));
+    if (IS_Q1(k)) *mh = ld16(b + 2);
     if (k == Q8_0) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
         *ws = q;
@@ -86,38 +101,44 @@ TGT static AI void unpack_w(const int k, const uint8_t *b, __m256i *wq, __m256i 
     *wq = z;
 }
 
-/* Packs blocks [b0, b1) of an activation row. */
-TGT static AI void pack_act(const int k, const void *row, int64_t b0, int64_t b1, apk *out) {
-    for (int64_t i = b0; i < b1; i++, out++) {
+/* Packs blocks [b0, b1) of an activation row into t (indexed from 0). */
+TGT static AI void pack_act(const int k, const void *row, int64_t b0, int64_t b1, tok t) {
+    __m256i *q = (__m256i *)t.q, *c = (__m256i *)t.c;
+    float *d = (float *)t.d, *s = (float *)t.s;
+    for (int64_t i = b0; i < b1; i++) {
+        const int64_t j = i - b0;
         if (IS_Q1(k)) {
             const block_q8_1 *a = (const block_q8_1 *)row + i;
-            out->q = _mm256_loadu_si256((const __m256i *)a->qs);
-            out->d = bcast_h(a->d);
-            out->c = _mm256_castps_si256(_mm256_setr_ps(a->s, 0, 0, 0, 0, 0, 0, 0));
+            q[j] = _mm256_loadu_si256((const __m256i *)a->qs);
+            d[j] = _cvtsh_ss(a->d);
+            s[j] = a->s;
         } else {
             const block_q8_0 *a = (const block_q8_0 *)row + i;
-            const __m256i q = _mm256_loadu_si256((const __m256i *)a->qs);
-            const int c = k == Q4_0 ? 8 : 16;
-            out->q = q;
-            out->d = bcast_h(a->d);
-            const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)c), q),
+            const __m256i v = _mm256_loadu_si256((const __m256i *)a->qs);
+            const int cq = k == Q4_0 ? 8 : 16;
+            q[j] = v;
+            d[j] = _cvtsh_ss(a->d);
+            const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)cq), v),
                                                   _mm256_set1_epi16(1));
-            out->c = _mm256_sub_epi32(_mm256_setzero_si256(), sum); /* unused by Q8_0 */
+            c[j] = _mm256_sub_epi32(_mm256_setzero_si256(), sum); /* unused by Q8_0 */
         }
     }
+    if (IS_Q1(k)) /* zeros up to the next multiple of 8 blocks */
+        for (int64_t j = b1 - b0; j % 8; j++) s[j] = 0.0f;
 }
 
-/* One block for a tile of MR rows (weights at w[r]) and T tokens (packed at a[t]). */
-TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const apk *const *a,
-                             __m256 acc[MR][MT]) {
+/* Block i for a tile of MR rows (block 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
+TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const tok *a, int64_t i,
+                             __m256 acc[MR][MT], uint16_t mh[MR][MCH]) {
     __m256i wq[MR], ws[MR];
-    __m256 wd[MR], wm[MR];
+    __m256 wd[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) unpack_w(k, w[r], &wq[r], &ws[r], &wd[r], &wm[r]);
+    for (int r = 0; r < MR; r++) unpack_w(k, w[r] + (size_t)i * blk_bytes(k), &wq[r], &ws[r], &wd[r], &mh[r][i % MCH]);
     const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        const __m256i aq = a[t]->q;
+        const __m256i aq = a[t].q[i];
+        const __m256 ad = _mm256_broadcast_ss(&a[t].d[i]);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m256i dot;
@@ -125,33 +146,50 @@ TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, 
                 dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], _mm256_sign_epi8(aq, ws[r])), ones);
             } else {
                 dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ones);
-                if (!IS_Q1(k)) dot = _mm256_add_epi32(dot, a[t]->c);
+                if (!IS_Q1(k)) dot = _mm256_add_epi32(dot, a[t].c[i]);
             }
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wd[r], a[t]->d), acc[r][t]);
-            if (IS_Q1(k)) acc[r][t] = _mm256_fmadd_ps(wm[r], _mm256_castsi256_ps(a[t]->c), acc[r][t]);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wd[r], ad), acc[r][t]);
         }
     }
 }
 
+/* Q4_1/Q5_1: the mins times s of the MCH blocks from i0 (blocks past the row's end are zero on both sides). */
+TGT static AI void tile_mins(const int T, const tok *a, int64_t i0, __m256 acc[MR][MT], uint16_t mh[MR][MCH]) {
+    __m256 m[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) m[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh[r]));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+        const __m256 s = _mm256_loadu_ps(a[t].s + i0);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) acc[r][t] = _mm256_fmadd_ps(m[r], s, acc[r][t]);
+    }
+}
+
 /* nb blocks on accumulators io[r * MT + t]. */
-TGT static AI void tile(const int k, const int T, int64_t nb, const uint8_t *const *w, const apk *const *a,
-                        __m256 *io) {
+TGT static AI void tile(const int k, const int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
     __m256 acc[MR][MT];
+    uint16_t mh[MR][MCH];
     for (int r = 0; r < MR; r++)
         for (int t = 0; t < T; t++) acc[r][t] = io[r * MT + t];
-    const size_t bb = blk_bytes(k);
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *wp[MR];
-        const apk *ap[MT];
-        for (int r = 0; r < MR; r++) wp[r] = w[r] + (size_t)i * bb;
-        for (int t = 0; t < T; t++) ap[t] = a[t] + i;
-        tile_step(k, T, wp, ap, acc);
+    if (!IS_Q1(k)) {
+        for (int64_t i = 0; i < nb; i++) tile_step(k, T, w, a, i, acc, mh);
+    } else {
+        for (int64_t i0 = 0; i0 < nb; i0 += MCH) {
+            if (i0 + MCH <= nb) {
+                for (int64_t i = i0; i < i0 + MCH; i++) tile_step(k, T, w, a, i, acc, mh);
+            } else {
+                memset(mh, 0, sizeof(mh));
+                for (int64_t i = i0; i < nb; i++) tile_step(k, T, w, a, i, acc, mh);
+            }
+            tile_mins(T, a, i0, acc, mh);
+        }
     }
     for (int r = 0; r < MR; r++)
         for (int t = 0; t < T; t++) io[r * MT + t] = acc[r][t];
 }
 
-TGT static AI void tile_any(const int k, int T, int64_t nb, const uint8_t *const *w, const apk *const *a, __m256 *io) {
+TGT static AI void tile_any(const int k, int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
     switch (T) {
     case 1: tile(k, 1, nb, w, a, io); break;
 #if MT > 2
@@ -185,7 +223,7 @@ static AI void tile_rows(const uint8_t *w, size_t ws, int64_t r0, int64_t nr, co
 /* Without a packing buffer: each tile packs its tokens KC blocks at a time into the stack. */
 TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
                               const char *a, size_t as, float *dst, size_t ds) {
-    apk buf[MT][KC];
+    _Alignas(64) uint8_t buf[MT][KC * 72];
     for (int64_t r0 = 0; r0 < nr; r0 += MR) {
         const uint8_t *wr[MR];
         tile_rows(w, ws, r0, nr, wr);
@@ -195,10 +233,10 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
             for (int i = 0; i < MR * MT; i++) io[i] = _mm256_setzero_ps();
             for (int64_t b0 = 0; b0 < nb; b0 += KC) {
                 const int64_t b1 = b0 + KC < nb ? b0 + KC : nb;
-                const apk *ap[MT];
+                tok ap[MT];
                 for (int t = 0; t < T; t++) {
-                    pack_act(k, a + (size_t)(t0 + t) * as, b0, b1, buf[t]);
-                    ap[t] = buf[t];
+                    ap[t] = tok_at(k, buf[t], KC);
+                    pack_act(k, a + (size_t)(t0 + t) * as, b0, b1, ap[t]);
                 }
                 const uint8_t *wp[MR];
                 for (int r = 0; r < MR; r++) wp[r] = wr[r] + (size_t)b0 * blk_bytes(k);
@@ -215,24 +253,29 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     const uint8_t *w = vw;
     const char *a = va;
     const int64_t nb = n / QK;
-    int64_t tc = nb ? HL_Q32_PACK_BUDGET / (nb * (int64_t)sizeof(apk)) : nt;
+    const size_t tb = (tok_bytes(k, nb) + 63) / 64 * 64;
+    int64_t tc = (int64_t)(HL_Q32_PACK_BUDGET / tb);
     if (tc < MT) tc = MT;
     if (tc > nt) tc = nt;
-    apk *buf = aligned_alloc(64, (size_t)(tc * (nb ? nb : 1)) * sizeof(apk) + 32);
+    uint8_t *buf = aligned_alloc(64, (size_t)tc * tb);
+#ifdef HL_Q32_TEST_STACK /* build-time switch to test the fallback */
+    free(buf);
+    buf = NULL;
+#endif
     if (!buf) {
         gemm_stack(k, nb, nr, nt, w, ws, a, as, dst, ds);
         return;
     }
     for (int64_t c0 = 0; c0 < nt; c0 += tc) {
         const int64_t m = nt - c0 < tc ? nt - c0 : tc;
-        for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, 0, nb, buf + t * nb);
+        for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, 0, nb, tok_at(k, buf + t * tb, nb));
         for (int64_t r0 = 0; r0 < nr; r0 += MR) {
             const uint8_t *wr[MR];
             tile_rows(w, ws, r0, nr, wr);
             for (int64_t t0 = 0; t0 < m; t0 += MT) {
                 const int T = m - t0 < MT ? (int)(m - t0) : MT;
-                const apk *ap[MT];
-                for (int t = 0; t < T; t++) ap[t] = buf + (t0 + t) * nb;
+                tok ap[MT];
+                for (int t = 0; t < T; t++) ap[t] = tok_at(k, buf + (t0 + t) * tb, nb);
                 __m256 io[MR * MT];
                 for (int i = 0; i < MR * MT; i++) io[i] = _mm256_setzero_ps();
                 tile_any(k, T, nb, wr, ap, io);

@@ -33,12 +33,28 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define MT 4  /* tokens per tile (a partial tile runs a narrower kernel) */
 #define KC 16 /* pairs per slice when packing into the stack buffer */
 
-/* One pair of activation blocks, packed. */
+/* A token's packed activations: per pair of blocks (the odd last block a pair with zeros) the 64 signed
+ * quants, d of block 0 in lanes 0..7 and of block 1 in lanes 8..15, for Q8_0 the correction -c * (sum of
+ * each lane's 4 quants); for Q8_1 s of every block, zero-padded to a multiple of 16 blocks. */
 typedef struct {
-    __m512i q; /* 64 signed quants */
-    __m512i c; /* Q8_0: -c * (sum of each lane's 4 quants); Q8_1: s of the two blocks in float lanes 0, 8 */
-    __m512 d;  /* d of block 0 in lanes 0..7, of block 1 in lanes 8..15 */
-} apk;
+    const __m512i *q, *c;
+    const __m512 *d;
+    const float *s;
+} tok;
+
+#define MCH 8 /* Q4_1/Q5_1: pairs whose mins are added at once (KC is a multiple) */
+
+/* Bytes of a token's packing of np pairs (ns: s floats). */
+static AI size_t tok_bytes(const int k, int64_t np, int64_t *ns) {
+    *ns = IS_Q1(k) ? (2 * np + 15) / 16 * 16 : 0;
+    return (size_t)np * 64 * (IS_Q1(k) ? 2 : 3) + (size_t)*ns * sizeof(float);
+}
+
+static AI tok tok_at(const int k, void *base, int64_t np) {
+    __m512i *v = base;
+    tok t = {v, v + 2 * np, (const __m512 *)(v + np), (const float *)(v + 2 * np)};
+    return t;
+}
 
 static AI size_t blk_bytes(int k) {
     return k == Q4_0 ? sizeof(block_q4_0) : k == Q4_1 ? sizeof(block_q4_1) : k == Q5_0 ? sizeof(block_q5_0)
@@ -62,16 +78,12 @@ TGT static AI __m512 d16(uint16_t lo, uint16_t hi) {
     return _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo)));
 }
 
-/* Halves lo, hi -> [lo, 0 x7, hi, 0 x7] as floats. */
-TGT static AI __m512 m16(uint16_t lo, uint16_t hi) {
-    return _mm512_cvtph_ps(_mm256_set_m128i(_mm_cvtsi32_si128(hi), _mm_cvtsi32_si128(lo)));
-}
-
-/* The weights of the pair at b (two = 0: only the first block, the second reads as zeros). */
-TGT static AI void unpack_w(const int k, const uint8_t *b, const int two, __m512i *wq, __m512 *wd, __m512 *wm) {
+/* The weights of the pair at b (two = 0: only the first block, the second reads as zeros); Q4_1/Q5_1 store
+ * the two mins (halves) at mh. */
+TGT static AI void unpack_w(const int k, const uint8_t *b, const int two, __m512i *wq, __m512 *wd, uint16_t *mh) {
     const uint8_t *b1 = b + blk_bytes(k);
     *wd = d16(ld16(b), two ? ld16(b1) : 0);
-    if (IS_Q1(k)) *wm = m16(ld16(b + 2), two ? ld16(b1 + 2) : 0);
+    if (IS_Q1(k)) mh[0] = ld16(b + 2), mh[1] = two ? ld16(b1 + 2) : 0;
     if (k == Q8_0) {
         const __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 2));
         const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(b1 + 2)) : _mm256_setzero_si256();
@@ -93,84 +105,95 @@ TGT static AI void unpack_w(const int k, const uint8_t *b, const int two, __m512
     *wq = z;
 }
 
-/* Packs pairs [p0, p1) of an activation row of nb blocks (pair nb / 2 is the odd last block, if any). */
-TGT static AI void pack_act(const int k, const void *row, int64_t nb, int64_t p0, int64_t p1, apk *out) {
+/* Packs pairs [p0, p1) of an activation row of nb blocks into t (indexed from 0). */
+TGT static AI void pack_act(const int k, const void *row, int64_t nb, int64_t p0, int64_t p1, tok t) {
     const int64_t np = nb / 2;
-    for (int64_t p = p0; p < p1; p++, out++) {
+    __m512i *q = (__m512i *)t.q, *c = (__m512i *)t.c;
+    __m512 *d = (__m512 *)t.d;
+    float *s = (float *)t.s;
+    for (int64_t p = p0; p < p1; p++, q++, c++, d++) {
         const int two = p < np;
-        __m512i q;
-        uint16_t d0, d1;
-        float s0 = 0.0f, s1 = 0.0f;
+        const block_q8_0 *a0 = (const block_q8_0 *)row + 2 * p;
+        const block_q8_1 *a1 = (const block_q8_1 *)row + 2 * p;
+        const int8_t *qs0 = IS_Q1(k) ? a1[0].qs : a0[0].qs, *qs1 = IS_Q1(k) ? a1[1].qs : a0[1].qs;
+        const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)qs1) : _mm256_setzero_si256();
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)qs0)), hi, 1);
+        *q = v;
+        *d = IS_Q1(k) ? d16(a1[0].d, two ? a1[1].d : 0) : d16(a0[0].d, two ? a0[1].d : 0);
         if (IS_Q1(k)) {
-            const block_q8_1 *a = (const block_q8_1 *)row + 2 * p;
-            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)a[1].qs) : _mm256_setzero_si256();
-            q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)), hi, 1);
-            d0 = a[0].d, d1 = two ? a[1].d : 0;
-            s0 = a[0].s, s1 = two ? a[1].s : 0.0f;
+            s[2 * (p - p0)] = a1[0].s;
+            s[2 * (p - p0) + 1] = two ? a1[1].s : 0.0f;
         } else {
-            const block_q8_0 *a = (const block_q8_0 *)row + 2 * p;
-            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)a[1].qs) : _mm256_setzero_si256();
-            q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)), hi, 1);
-            d0 = a[0].d, d1 = two ? a[1].d : 0;
+            const int cq = k == Q4_0 ? 8 : k == Q5_0 ? 16 : 128;
+            const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)cq), v);
+            *c = _mm512_sub_epi32(_mm512_setzero_si512(), sum);
         }
-        out->q = q;
-        out->d = d16(d0, d1);
-        if (IS_Q1(k)) {
-            out->c = _mm512_castps_si512(_mm512_set_ps(0, 0, 0, 0, 0, 0, 0, s1, 0, 0, 0, 0, 0, 0, 0, s0));
-        } else {
-            const int c = k == Q4_0 ? 8 : k == Q5_0 ? 16 : 128;
-            const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)c), q);
-            out->c = _mm512_sub_epi32(_mm512_setzero_si512(), sum);
+    }
+    if (IS_Q1(k)) /* zeros up to the next multiple of 16 blocks */
+        for (int64_t i = 2 * (p1 - p0); i % 16; i++) s[i] = 0.0f;
+}
+
+/* Pair p for a tile of MR rows (pair 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
+TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const tok *a, int64_t p,
+                             const int two, __m512 acc[MR][MT], uint16_t mh[MR][2 * MCH]) {
+    __m512i wq[MR];
+    __m512 wd[MR];
+    const size_t pb = 2 * blk_bytes(k);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) unpack_w(k, w[r] + (size_t)p * pb, two, &wq[r], &wd[r], &mh[r][2 * (p % MCH)]);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+        const __m512i aq = a[t].q[p];
+        const __m512 ad = a[t].d[p];
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            const __m512i dot = _mm512_dpbusd_epi32(IS_Q1(k) ? _mm512_setzero_si512() : a[t].c[p], wq[r], aq);
+            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd[r], ad), acc[r][t]);
         }
     }
 }
 
-/* One pair for a tile of MR rows (weights at w[r]) and T tokens (packed at a[t]). */
-TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const apk *const *a, const int two,
-                             __m512 acc[MR][MT]) {
-    __m512i wq[MR];
-    __m512 wd[MR], wm[MR];
+/* Q4_1/Q5_1: the mins times s of the MCH pairs from p0 (blocks past the row's end are zero on both sides). */
+TGT static AI void tile_mins(const int T, const tok *a, int64_t p0, __m512 acc[MR][MT], uint16_t mh[MR][2 * MCH]) {
+    __m512 m[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) unpack_w(k, w[r], two, &wq[r], &wd[r], &wm[r]);
+    for (int r = 0; r < MR; r++) m[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)mh[r]));
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        const __m512i aq = a[t]->q, ac = a[t]->c;
-        const __m512 ad = a[t]->d;
+        const __m512 s = _mm512_loadu_ps(a[t].s + 2 * p0);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
-            const __m512i dot = _mm512_dpbusd_epi32(IS_Q1(k) ? _mm512_setzero_si512() : ac, wq[r], aq);
-            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd[r], ad), acc[r][t]);
-            if (IS_Q1(k)) acc[r][t] = _mm512_fmadd_ps(wm[r], _mm512_castsi512_ps(ac), acc[r][t]);
-        }
+        for (int r = 0; r < MR; r++) acc[r][t] = _mm512_fmadd_ps(m[r], s, acc[r][t]);
     }
 }
 
 /* np whole pairs, then the odd block if tail, on accumulators io[r * MT + t]. */
-TGT static AI void tile(const int k, const int T, int64_t np, int tail, const uint8_t *const *w, const apk *const *a,
+TGT static AI void tile(const int k, const int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
                         __m512 *io) {
     __m512 acc[MR][MT];
+    uint16_t mh[MR][2 * MCH];
     for (int r = 0; r < MR; r++)
         for (int t = 0; t < T; t++) acc[r][t] = io[r * MT + t];
-    const size_t pb = 2 * blk_bytes(k);
-    for (int64_t p = 0; p < np; p++) {
-        const uint8_t *wp[MR];
-        const apk *ap[MT];
-        for (int r = 0; r < MR; r++) wp[r] = w[r] + (size_t)p * pb;
-        for (int t = 0; t < T; t++) ap[t] = a[t] + p;
-        tile_step(k, T, wp, ap, 1, acc);
-    }
-    if (tail) {
-        const uint8_t *wp[MR];
-        const apk *ap[MT];
-        for (int r = 0; r < MR; r++) wp[r] = w[r] + (size_t)np * pb;
-        for (int t = 0; t < T; t++) ap[t] = a[t] + np;
-        tile_step(k, T, wp, ap, 0, acc);
+    if (!IS_Q1(k)) {
+        for (int64_t p = 0; p < np; p++) tile_step(k, T, w, a, p, 1, acc, mh);
+        if (tail) tile_step(k, T, w, a, np, 0, acc, mh);
+    } else {
+        const int64_t npk = np + tail;
+        for (int64_t p0 = 0; p0 < npk; p0 += MCH) {
+            if (p0 + MCH <= np) {
+                for (int64_t p = p0; p < p0 + MCH; p++) tile_step(k, T, w, a, p, 1, acc, mh);
+            } else {
+                memset(mh, 0, sizeof(mh));
+                for (int64_t p = p0; p < np; p++) tile_step(k, T, w, a, p, 1, acc, mh);
+                if (tail) tile_step(k, T, w, a, np, 0, acc, mh);
+            }
+            tile_mins(T, a, p0, acc, mh);
+        }
     }
     for (int r = 0; r < MR; r++)
         for (int t = 0; t < T; t++) io[r * MT + t] = acc[r][t];
 }
 
-TGT static AI void tile_any(const int k, int T, int64_t np, int tail, const uint8_t *const *w, const apk *const *a,
+TGT static AI void tile_any(const int k, int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
                             __m512 *io) {
     switch (T) {
     case 1: tile(k, 1, np, tail, w, a, io); break;
@@ -203,7 +226,7 @@ static AI void tile_rows(const uint8_t *w, size_t ws, int64_t r0, int64_t nr, co
 TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
                               const char *a, size_t as, float *dst, size_t ds) {
     const int64_t np = nb / 2, npk = np + (nb & 1);
-    apk buf[MT][KC];
+    _Alignas(64) uint8_t buf[MT][KC * 64 * 3];
     for (int64_t r0 = 0; r0 < nr; r0 += MR) {
         const uint8_t *wr[MR];
         tile_rows(w, ws, r0, nr, wr);
@@ -213,10 +236,10 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
             for (int i = 0; i < MR * MT; i++) io[i] = _mm512_setzero_ps();
             for (int64_t p0 = 0; p0 < npk; p0 += KC) {
                 const int64_t p1 = p0 + KC < npk ? p0 + KC : npk;
-                const apk *ap[MT];
+                tok ap[MT];
                 for (int t = 0; t < T; t++) {
-                    pack_act(k, a + (size_t)(t0 + t) * as, nb, p0, p1, buf[t]);
-                    ap[t] = buf[t];
+                    ap[t] = tok_at(k, buf[t], KC);
+                    pack_act(k, a + (size_t)(t0 + t) * as, nb, p0, p1, ap[t]);
                 }
                 const uint8_t *wp[MR];
                 for (int r = 0; r < MR; r++) wp[r] = wr[r] + (size_t)p0 * 2 * blk_bytes(k);
@@ -234,24 +257,30 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     const uint8_t *w = vw;
     const char *a = va;
     const int64_t nb = n / QK, np = nb / 2, npk = np + (nb & 1);
-    int64_t tc = npk ? HL_Q32_PACK_BUDGET / (npk * (int64_t)sizeof(apk)) : nt;
+    int64_t ns;
+    const size_t tb = tok_bytes(k, npk, &ns);
+    int64_t tc = tb ? (int64_t)(HL_Q32_PACK_BUDGET / tb) : nt;
     if (tc < MT) tc = MT;
     if (tc > nt) tc = nt;
-    apk *buf = aligned_alloc(64, (size_t)(tc * (npk ? npk : 1)) * sizeof(apk));
+    uint8_t *buf = aligned_alloc(64, (size_t)tc * tb + 64);
+#ifdef HL_Q32_TEST_STACK /* build-time switch to test the fallback */
+    free(buf);
+    buf = NULL;
+#endif
     if (!buf) {
         gemm_stack(k, nb, nr, nt, w, ws, a, as, dst, ds);
         return;
     }
     for (int64_t c0 = 0; c0 < nt; c0 += tc) {
         const int64_t m = nt - c0 < tc ? nt - c0 : tc;
-        for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, nb, 0, npk, buf + t * npk);
+        for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, nb, 0, npk, tok_at(k, buf + t * tb, npk));
         for (int64_t r0 = 0; r0 < nr; r0 += MR) {
             const uint8_t *wr[MR];
             tile_rows(w, ws, r0, nr, wr);
             for (int64_t t0 = 0; t0 < m; t0 += MT) {
                 const int T = m - t0 < MT ? (int)(m - t0) : MT;
-                const apk *ap[MT];
-                for (int t = 0; t < T; t++) ap[t] = buf + (t0 + t) * npk;
+                tok ap[MT];
+                for (int t = 0; t < T; t++) ap[t] = tok_at(k, buf + (t0 + t) * tb, npk);
                 __m512 io[MR * MT];
                 for (int i = 0; i < MR * MT; i++) io[i] = _mm512_setzero_ps();
                 tile_any(k, T, np, (int)(nb & 1), wr, ap, io);
