@@ -28,14 +28,19 @@
 enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define IS_Q1(k) ((k) == Q4_1 || (k) == Q5_1)
 
-#ifndef HL_Q32_AVX2_MR
-#define HL_Q32_AVX2_MR 2
+#ifndef HL_Q32_AVX2_MR /* build-time switches to measure other tile shapes */
+#define HL_Q32_AVX2_MR 3
 #endif
 #ifndef HL_Q32_AVX2_MT
 #define HL_Q32_AVX2_MT 4
 #endif
+#ifndef HL_Q32_AVX2_R1
+#define HL_Q32_AVX2_R1 4
+#endif
 #define MR HL_Q32_AVX2_MR /* weight rows per tile */
 #define MT HL_Q32_AVX2_MT /* tokens per tile (a partial tile runs a narrower kernel) */
+#define R1 HL_Q32_AVX2_R1 /* weight rows per tile when a call has one token */
+#define MRX (MR > R1 ? MR : R1)
 #define KC 32             /* blocks per slice when packing into the stack buffer */
 
 /* A token's packed activations: per block the 32 signed quants and d; for Q8_0 the correction -c * (sum
@@ -128,19 +133,19 @@ TGT static AI void pack_act(const int k, const void *row, int64_t b0, int64_t b1
 }
 
 /* Block i for a tile of MR rows (block 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
-TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const tok *a, int64_t i,
-                             __m256 acc[MR][MT], uint16_t mh[MR][MCH]) {
-    __m256i wq[MR], ws[MR];
-    __m256 wd[MR];
+TGT static AI void tile_step(const int k, const int R, const int T, const uint8_t *const *w, const tok *a, int64_t i,
+                             __m256 acc[MRX][MT], uint16_t mh[MRX][MCH]) {
+    __m256i wq[MRX], ws[MRX];
+    __m256 wd[MRX];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) unpack_w(k, w[r] + (size_t)i * blk_bytes(k), &wq[r], &ws[r], &wd[r], &mh[r][i % MCH]);
+    for (int r = 0; r < R; r++) unpack_w(k, w[r] + (size_t)i * blk_bytes(k), &wq[r], &ws[r], &wd[r], &mh[r][i % MCH]);
     const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m256i aq = a[t].q[i];
         const __m256 ad = _mm256_broadcast_ss(&a[t].d[i]);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < R; r++) {
             __m256i dot;
             if (k == Q8_0) {
                 dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], _mm256_sign_epi8(aq, ws[r])), ones);
@@ -154,51 +159,55 @@ TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, 
 }
 
 /* Q4_1/Q5_1: the mins times s of the MCH blocks from i0 (blocks past the row's end are zero on both sides). */
-TGT static AI void tile_mins(const int T, const tok *a, int64_t i0, __m256 acc[MR][MT], uint16_t mh[MR][MCH]) {
-    __m256 m[MR];
+TGT static AI void tile_mins(const int R, const int T, const tok *a, int64_t i0, __m256 acc[MRX][MT], uint16_t mh[MRX][MCH]) {
+    __m256 m[MRX];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) m[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh[r]));
+    for (int r = 0; r < R; r++) m[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh[r]));
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m256 s = _mm256_loadu_ps(a[t].s + i0);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) acc[r][t] = _mm256_fmadd_ps(m[r], s, acc[r][t]);
+        for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(m[r], s, acc[r][t]);
     }
 }
 
 /* nb blocks on accumulators io[r * MT + t]. */
-TGT static AI void tile(const int k, const int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
-    __m256 acc[MR][MT];
-    uint16_t mh[MR][MCH];
-    for (int r = 0; r < MR; r++)
+TGT static AI void tile(const int k, const int R, const int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
+    __m256 acc[MRX][MT];
+    uint16_t mh[MRX][MCH];
+    for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = io[r * MT + t];
     if (!IS_Q1(k)) {
-        for (int64_t i = 0; i < nb; i++) tile_step(k, T, w, a, i, acc, mh);
+        for (int64_t i = 0; i < nb; i++) tile_step(k, R, T, w, a, i, acc, mh);
     } else {
         for (int64_t i0 = 0; i0 < nb; i0 += MCH) {
             if (i0 + MCH <= nb) {
-                for (int64_t i = i0; i < i0 + MCH; i++) tile_step(k, T, w, a, i, acc, mh);
+                for (int64_t i = i0; i < i0 + MCH; i++) tile_step(k, R, T, w, a, i, acc, mh);
             } else {
                 memset(mh, 0, sizeof(mh));
-                for (int64_t i = i0; i < nb; i++) tile_step(k, T, w, a, i, acc, mh);
+                for (int64_t i = i0; i < nb; i++) tile_step(k, R, T, w, a, i, acc, mh);
             }
-            tile_mins(T, a, i0, acc, mh);
+            tile_mins(R, T, a, i0, acc, mh);
         }
     }
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) io[r * MT + t] = acc[r][t];
 }
 
-TGT static AI void tile_any(const int k, int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
+TGT static AI void tile_any(const int k, int R, int T, int64_t nb, const uint8_t *const *w, const tok *a, __m256 *io) {
+    if (T == 1 && R == R1) {
+        tile(k, R1, 1, nb, w, a, io);
+        return;
+    }
     switch (T) {
-    case 1: tile(k, 1, nb, w, a, io); break;
+    case 1: tile(k, MR, 1, nb, w, a, io); break;
 #if MT > 2
-    case 2: tile(k, 2, nb, w, a, io); break;
+    case 2: tile(k, MR, 2, nb, w, a, io); break;
 #endif
 #if MT > 3
-    case 3: tile(k, 3, nb, w, a, io); break;
+    case 3: tile(k, MR, 3, nb, w, a, io); break;
 #endif
-    default: tile(k, MT, nb, w, a, io); break;
+    default: tile(k, MR, MT, nb, w, a, io); break;
     }
 }
 
@@ -216,21 +225,21 @@ TGT static AI void store_tile(const __m256 *io, int nr_t, int T, float *dst, siz
 }
 
 /* Row pointers of the tile at r0, the last row repeated past nr. */
-static AI void tile_rows(const uint8_t *w, size_t ws, int64_t r0, int64_t nr, const uint8_t **wr) {
-    for (int r = 0; r < MR; r++) wr[r] = w + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * ws;
+static AI void tile_rows(int R, const uint8_t *w, size_t ws, int64_t r0, int64_t nr, const uint8_t **wr) {
+    for (int r = 0; r < R; r++) wr[r] = w + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * ws;
 }
 
 /* Without a packing buffer: each tile packs its tokens KC blocks at a time into the stack. */
-TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
+TGT static AI void gemm_stack(const int k, const int R, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
                               const char *a, size_t as, float *dst, size_t ds) {
     _Alignas(64) uint8_t buf[MT][KC * 72];
-    for (int64_t r0 = 0; r0 < nr; r0 += MR) {
-        const uint8_t *wr[MR];
-        tile_rows(w, ws, r0, nr, wr);
+    for (int64_t r0 = 0; r0 < nr; r0 += R) {
+        const uint8_t *wr[MRX];
+        tile_rows(R, w, ws, r0, nr, wr);
         for (int64_t t0 = 0; t0 < nt; t0 += MT) {
             const int T = nt - t0 < MT ? (int)(nt - t0) : MT;
-            __m256 io[MR * MT];
-            for (int i = 0; i < MR * MT; i++) io[i] = _mm256_setzero_ps();
+            __m256 io[MRX * MT];
+            for (int i = 0; i < MRX * MT; i++) io[i] = _mm256_setzero_ps();
             for (int64_t b0 = 0; b0 < nb; b0 += KC) {
                 const int64_t b1 = b0 + KC < nb ? b0 + KC : nb;
                 tok ap[MT];
@@ -238,11 +247,11 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
                     ap[t] = tok_at(k, buf[t], KC);
                     pack_act(k, a + (size_t)(t0 + t) * as, b0, b1, ap[t]);
                 }
-                const uint8_t *wp[MR];
-                for (int r = 0; r < MR; r++) wp[r] = wr[r] + (size_t)b0 * blk_bytes(k);
-                tile_any(k, T, b1 - b0, wp, ap, io);
+                const uint8_t *wp[MRX];
+                for (int r = 0; r < R; r++) wp[r] = wr[r] + (size_t)b0 * blk_bytes(k);
+                tile_any(k, R, T, b1 - b0, wp, ap, io);
             }
-            store_tile(io, nr - r0 < MR ? (int)(nr - r0) : MR, T, dst + (size_t)t0 * ds + r0, ds);
+            store_tile(io, nr - r0 < R ? (int)(nr - r0) : R, T, dst + (size_t)t0 * ds + r0, ds);
         }
     }
 }
@@ -250,6 +259,7 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
 TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const void *vw, size_t ws, const void *va,
                         size_t as, float *dst, size_t ds) {
     if (nr <= 0 || nt <= 0) return;
+    const int R = nt == 1 ? R1 : MR; /* rows per tile: a lone token shares its activations with more rows */
     const uint8_t *w = vw;
     const char *a = va;
     const int64_t nb = n / QK;
@@ -263,23 +273,23 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     buf = NULL;
 #endif
     if (!buf) {
-        gemm_stack(k, nb, nr, nt, w, ws, a, as, dst, ds);
+        gemm_stack(k, R, nb, nr, nt, w, ws, a, as, dst, ds);
         return;
     }
     for (int64_t c0 = 0; c0 < nt; c0 += tc) {
         const int64_t m = nt - c0 < tc ? nt - c0 : tc;
         for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, 0, nb, tok_at(k, buf + t * tb, nb));
-        for (int64_t r0 = 0; r0 < nr; r0 += MR) {
-            const uint8_t *wr[MR];
-            tile_rows(w, ws, r0, nr, wr);
+        for (int64_t r0 = 0; r0 < nr; r0 += R) {
+            const uint8_t *wr[MRX];
+            tile_rows(R, w, ws, r0, nr, wr);
             for (int64_t t0 = 0; t0 < m; t0 += MT) {
                 const int T = m - t0 < MT ? (int)(m - t0) : MT;
                 tok ap[MT];
                 for (int t = 0; t < T; t++) ap[t] = tok_at(k, buf + (t0 + t) * tb, nb);
-                __m256 io[MR * MT];
-                for (int i = 0; i < MR * MT; i++) io[i] = _mm256_setzero_ps();
-                tile_any(k, T, nb, wr, ap, io);
-                store_tile(io, nr - r0 < MR ? (int)(nr - r0) : MR, T, dst + (size_t)(c0 + t0) * ds + r0, ds);
+                __m256 io[MRX * MT];
+                for (int i = 0; i < MRX * MT; i++) io[i] = _mm256_setzero_ps();
+                tile_any(k, R, T, nb, wr, ap, io);
+                store_tile(io, nr - r0 < R ? (int)(nr - r0) : R, T, dst + (size_t)(c0 + t0) * ds + r0, ds);
             }
         }
     }

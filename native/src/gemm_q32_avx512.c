@@ -29,8 +29,19 @@
 enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define IS_Q1(k) ((k) == Q4_1 || (k) == Q5_1)
 
-#define MR 4  /* weight rows per tile */
-#define MT 4  /* tokens per tile (a partial tile runs a narrower kernel) */
+#ifndef HL_Q32_AVX512_MR /* build-time switches to measure other tile shapes */
+#define HL_Q32_AVX512_MR 4
+#endif
+#ifndef HL_Q32_AVX512_MT
+#define HL_Q32_AVX512_MT 4
+#endif
+#ifndef HL_Q32_AVX512_R1
+#define HL_Q32_AVX512_R1 4
+#endif
+#define MR HL_Q32_AVX512_MR /* weight rows per tile */
+#define MT HL_Q32_AVX512_MT /* tokens per tile (a partial tile runs a narrower kernel) */
+#define R1 HL_Q32_AVX512_R1 /* weight rows per tile when a call has one token */
+#define MRX (MR > R1 ? MR : R1)
 #define KC 16 /* pairs per slice when packing into the stack buffer */
 
 /* A token's packed activations: per pair of blocks (the odd last block a pair with zeros) the 64 signed
@@ -134,19 +145,19 @@ TGT static AI void pack_act(const int k, const void *row, int64_t nb, int64_t p0
 }
 
 /* Pair p for a tile of MR rows (pair 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
-TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, const tok *a, int64_t p,
-                             const int two, __m512 acc[MR][MT], uint16_t mh[MR][2 * MCH]) {
-    __m512i wq[MR];
-    __m512 wd[MR];
+TGT static AI void tile_step(const int k, const int R, const int T, const uint8_t *const *w, const tok *a, int64_t p,
+                             const int two, __m512 acc[MRX][MT], uint16_t mh[MRX][2 * MCH]) {
+    __m512i wq[MRX];
+    __m512 wd[MRX];
     const size_t pb = 2 * blk_bytes(k);
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) unpack_w(k, w[r] + (size_t)p * pb, two, &wq[r], &wd[r], &mh[r][2 * (p % MCH)]);
+    for (int r = 0; r < R; r++) unpack_w(k, w[r] + (size_t)p * pb, two, &wq[r], &wd[r], &mh[r][2 * (p % MCH)]);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m512i aq = a[t].q[p];
         const __m512 ad = a[t].d[p];
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < R; r++) {
             const __m512i dot = _mm512_dpbusd_epi32(IS_Q1(k) ? _mm512_setzero_si512() : a[t].c[p], wq[r], aq);
             acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd[r], ad), acc[r][t]);
         }
@@ -154,52 +165,56 @@ TGT static AI void tile_step(const int k, const int T, const uint8_t *const *w, 
 }
 
 /* Q4_1/Q5_1: the mins times s of the MCH pairs from p0 (blocks past the row's end are zero on both sides). */
-TGT static AI void tile_mins(const int T, const tok *a, int64_t p0, __m512 acc[MR][MT], uint16_t mh[MR][2 * MCH]) {
-    __m512 m[MR];
+TGT static AI void tile_mins(const int R, const int T, const tok *a, int64_t p0, __m512 acc[MRX][MT], uint16_t mh[MRX][2 * MCH]) {
+    __m512 m[MRX];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) m[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)mh[r]));
+    for (int r = 0; r < R; r++) m[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)mh[r]));
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m512 s = _mm512_loadu_ps(a[t].s + 2 * p0);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) acc[r][t] = _mm512_fmadd_ps(m[r], s, acc[r][t]);
+        for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(m[r], s, acc[r][t]);
     }
 }
 
 /* np whole pairs, then the odd block if tail, on accumulators io[r * MT + t]. */
-TGT static AI void tile(const int k, const int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
+TGT static AI void tile(const int k, const int R, const int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
                         __m512 *io) {
-    __m512 acc[MR][MT];
-    uint16_t mh[MR][2 * MCH];
-    for (int r = 0; r < MR; r++)
+    __m512 acc[MRX][MT];
+    uint16_t mh[MRX][2 * MCH];
+    for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = io[r * MT + t];
     if (!IS_Q1(k)) {
-        for (int64_t p = 0; p < np; p++) tile_step(k, T, w, a, p, 1, acc, mh);
-        if (tail) tile_step(k, T, w, a, np, 0, acc, mh);
+        for (int64_t p = 0; p < np; p++) tile_step(k, R, T, w, a, p, 1, acc, mh);
+        if (tail) tile_step(k, R, T, w, a, np, 0, acc, mh);
     } else {
         const int64_t npk = np + tail;
         for (int64_t p0 = 0; p0 < npk; p0 += MCH) {
             if (p0 + MCH <= np) {
-                for (int64_t p = p0; p < p0 + MCH; p++) tile_step(k, T, w, a, p, 1, acc, mh);
+                for (int64_t p = p0; p < p0 + MCH; p++) tile_step(k, R, T, w, a, p, 1, acc, mh);
             } else {
                 memset(mh, 0, sizeof(mh));
-                for (int64_t p = p0; p < np; p++) tile_step(k, T, w, a, p, 1, acc, mh);
-                if (tail) tile_step(k, T, w, a, np, 0, acc, mh);
+                for (int64_t p = p0; p < np; p++) tile_step(k, R, T, w, a, p, 1, acc, mh);
+                if (tail) tile_step(k, R, T, w, a, np, 0, acc, mh);
             }
-            tile_mins(T, a, p0, acc, mh);
+            tile_mins(R, T, a, p0, acc, mh);
         }
     }
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) io[r * MT + t] = acc[r][t];
 }
 
-TGT static AI void tile_any(const int k, int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
+TGT static AI void tile_any(const int k, int R, int T, int64_t np, int tail, const uint8_t *const *w, const tok *a,
                             __m512 *io) {
+    if (T == 1 && R == R1) {
+        tile(k, R1, 1, np, tail, w, a, io);
+        return;
+    }
     switch (T) {
-    case 1: tile(k, 1, np, tail, w, a, io); break;
-    case 2: tile(k, 2, np, tail, w, a, io); break;
-    case 3: tile(k, 3, np, tail, w, a, io); break;
-    default: tile(k, MT, np, tail, w, a, io); break;
+    case 1: tile(k, MR, 1, np, tail, w, a, io); break;
+    case 2: tile(k, MR, 2, np, tail, w, a, io); break;
+    case 3: tile(k, MR, 3, np, tail, w, a, io); break;
+    default: tile(k, MR, MT, np, tail, w, a, io); break;
     }
 }
 
@@ -218,22 +233,22 @@ TGT static AI void store_tile(const __m512 *io, int nr_t, int T, float *dst, siz
 }
 
 /* Row pointers of the tile at r0, the last row repeated past nr. */
-static AI void tile_rows(const uint8_t *w, size_t ws, int64_t r0, int64_t nr, const uint8_t **wr) {
-    for (int r = 0; r < MR; r++) wr[r] = w + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * ws;
+static AI void tile_rows(int R, const uint8_t *w, size_t ws, int64_t r0, int64_t nr, const uint8_t **wr) {
+    for (int r = 0; r < R; r++) wr[r] = w + (size_t)(r0 + r < nr ? r0 + r : nr - 1) * ws;
 }
 
 /* Without a packing buffer: each tile packs its tokens KC pairs at a time into the stack. */
-TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
+TGT static AI void gemm_stack(const int k, const int R, int64_t nb, int64_t nr, int64_t nt, const uint8_t *w, size_t ws,
                               const char *a, size_t as, float *dst, size_t ds) {
     const int64_t np = nb / 2, npk = np + (nb & 1);
     _Alignas(64) uint8_t buf[MT][KC * 64 * 3];
-    for (int64_t r0 = 0; r0 < nr; r0 += MR) {
-        const uint8_t *wr[MR];
-        tile_rows(w, ws, r0, nr, wr);
+    for (int64_t r0 = 0; r0 < nr; r0 += R) {
+        const uint8_t *wr[MRX];
+        tile_rows(R, w, ws, r0, nr, wr);
         for (int64_t t0 = 0; t0 < nt; t0 += MT) {
             const int T = nt - t0 < MT ? (int)(nt - t0) : MT;
-            __m512 io[MR * MT];
-            for (int i = 0; i < MR * MT; i++) io[i] = _mm512_setzero_ps();
+            __m512 io[MRX * MT];
+            for (int i = 0; i < MRX * MT; i++) io[i] = _mm512_setzero_ps();
             for (int64_t p0 = 0; p0 < npk; p0 += KC) {
                 const int64_t p1 = p0 + KC < npk ? p0 + KC : npk;
                 tok ap[MT];
@@ -241,12 +256,12 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
                     ap[t] = tok_at(k, buf[t], KC);
                     pack_act(k, a + (size_t)(t0 + t) * as, nb, p0, p1, ap[t]);
                 }
-                const uint8_t *wp[MR];
-                for (int r = 0; r < MR; r++) wp[r] = wr[r] + (size_t)p0 * 2 * blk_bytes(k);
+                const uint8_t *wp[MRX];
+                for (int r = 0; r < R; r++) wp[r] = wr[r] + (size_t)p0 * 2 * blk_bytes(k);
                 const int64_t whole = (p1 < np ? p1 : np) - p0;
-                tile_any(k, T, whole, p1 > np, wp, ap, io);
+                tile_any(k, R, T, whole, p1 > np, wp, ap, io);
             }
-            store_tile(io, nr - r0 < MR ? (int)(nr - r0) : MR, T, dst + (size_t)t0 * ds + r0, ds);
+            store_tile(io, nr - r0 < R ? (int)(nr - r0) : R, T, dst + (size_t)t0 * ds + r0, ds);
         }
     }
 }
@@ -254,6 +269,7 @@ TGT static AI void gemm_stack(const int k, int64_t nb, int64_t nr, int64_t nt, c
 TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const void *vw, size_t ws, const void *va,
                         size_t as, float *dst, size_t ds) {
     if (nr <= 0 || nt <= 0) return;
+    const int R = nt == 1 ? R1 : MR; /* rows per tile: a lone token shares its activations with more rows */
     const uint8_t *w = vw;
     const char *a = va;
     const int64_t nb = n / QK, np = nb / 2, npk = np + (nb & 1);
@@ -268,23 +284,23 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     buf = NULL;
 #endif
     if (!buf) {
-        gemm_stack(k, nb, nr, nt, w, ws, a, as, dst, ds);
+        gemm_stack(k, R, nb, nr, nt, w, ws, a, as, dst, ds);
         return;
     }
     for (int64_t c0 = 0; c0 < nt; c0 += tc) {
         const int64_t m = nt - c0 < tc ? nt - c0 : tc;
         for (int64_t t = 0; t < m; t++) pack_act(k, a + (size_t)(c0 + t) * as, nb, 0, npk, tok_at(k, buf + t * tb, npk));
-        for (int64_t r0 = 0; r0 < nr; r0 += MR) {
-            const uint8_t *wr[MR];
-            tile_rows(w, ws, r0, nr, wr);
+        for (int64_t r0 = 0; r0 < nr; r0 += R) {
+            const uint8_t *wr[MRX];
+            tile_rows(R, w, ws, r0, nr, wr);
             for (int64_t t0 = 0; t0 < m; t0 += MT) {
                 const int T = m - t0 < MT ? (int)(m - t0) : MT;
                 tok ap[MT];
                 for (int t = 0; t < T; t++) ap[t] = tok_at(k, buf + (t0 + t) * tb, npk);
-                __m512 io[MR * MT];
-                for (int i = 0; i < MR * MT; i++) io[i] = _mm512_setzero_ps();
-                tile_any(k, T, np, (int)(nb & 1), wr, ap, io);
-                store_tile(io, nr - r0 < MR ? (int)(nr - r0) : MR, T, dst + (size_t)(c0 + t0) * ds + r0, ds);
+                __m512 io[MRX * MT];
+                for (int i = 0; i < MRX * MT; i++) io[i] = _mm512_setzero_ps();
+                tile_any(k, R, T, np, (int)(nb & 1), wr, ap, io);
+                store_tile(io, nr - r0 < R ? (int)(nr - r0) : R, T, dst + (size_t)(c0 + t0) * ds + r0, ds);
             }
         }
     }
