@@ -22,7 +22,7 @@ void hl_gemm_q32_install_avx2(void);   /* gemm_q32_avx2.c: AVX2 + FMA + F16C */
 
 /* Bytes of packed activations a call may allocate per token chunk (the chunk is cut to fit). */
 #ifndef HL_Q32_PACK_BUDGET
-#define HL_Q32_PACK_BUDGET (512 * 1024)
+#define HL_Q32_PACK_BUDGET (128 * 1024)
 #endif
 
 #endif
