@@ -264,10 +264,10 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     const char *a = va;
     const int64_t nb = n / QK;
     const size_t tb = (tok_bytes(k, nb) + 63) / 64 * 64;
-    int64_t tc = (int64_t)(HL_Q32_PACK_BUDGET / tb);
+    int64_t tc = tb ? (int64_t)(HL_Q32_PACK_BUDGET / tb) : nt;
     if (tc < MT) tc = MT;
     if (tc > nt) tc = nt;
-    uint8_t *buf = aligned_alloc(64, (size_t)tc * tb);
+    uint8_t *buf = aligned_alloc(64, (size_t)tc * tb + 64);
 #ifdef HL_Q32_TEST_STACK /* build-time switch to test the fallback */
     free(buf);
     buf = NULL;
