@@ -5,7 +5,8 @@
  * accumulator, which sees the same operations in the same order whatever the tile, the call or the
  * chunking: per 32-element block the exact integer dot of the weight quants with the activation quants
  * (as the references in quants.c), converted to float, times the float product d_w * d_a, added by one
- * FMA per lane; for Q4_1/Q5_1 then m_w * s_a by one more FMA; one fixed horizontal sum at the end.
+ * FMA per lane; for Q4_1/Q5_1, after every 16 (AVX2: 8) blocks, m_w * s_a of those blocks by one FMA
+ * (lanes past the row's last block are zero on both sides); one fixed horizontal sum at the end.
  * Ragged edges run the same per-(row, token) arithmetic (a partial token tile is a narrower kernel; a
  * partial row tile repeats its last row and drops the copies), so the hl_gemm_fn contract holds.
  */

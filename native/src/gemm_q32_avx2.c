@@ -6,8 +6,8 @@
  * each lane the sum of four products u * a (at most 2 * 31 * 127 per pair: no saturation). Q4_0/Q5_0
  * subtract their offset c (8, 16) exactly by adding -c * (the lane's four activations), so block sums
  * are the references' integer sums. Q8_0 uses the sign trick (|w| against a with w's sign). Then per
- * block and (row, token) one convert, one multiply d_w * d_a and one FMA; for Q4_1/Q5_1 one more FMA of
- * m_w (lane 0) with the activation's s.
+ * block and (row, token) one convert, one multiply d_w * d_a and one FMA. Q4_1/Q5_1 add m_w * s_a once
+ * per 8 blocks: one FMA of the 8 mins (collected while unpacking) with the 8 s of the packed activations.
  *
  * Activations are packed once per chunk of tokens and reused by every row tile; a row tile's weights
  * are unpacked once per block in registers and reused by the tile's tokens. If the packing buffer
