@@ -41,6 +41,7 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define MT HL_Q32_AVX2_MT /* tokens per tile (a partial tile runs a narrower kernel) */
 #define R1 HL_Q32_AVX2_R1 /* weight rows per tile when a call has one token */
 #define MRX (MR > R1 ? MR : R1)
+_Static_assert(MRX <= 4, "the one-token tile spreads 4 rows' scales from one register");
 #define KC 32             /* blocks per slice when packing into the stack buffer */
 
 /* A token's packed activations: per block the 32 signed quants and d; for Q8_0 the correction -c * (sum
@@ -87,10 +88,10 @@ TGT static AI __m256i bits_32(const uint8_t *p) {
     return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
 }
 
-/* The weights of the block at b: wq unsigned quants (Q8_0: |q|), ws (Q8_0 only) the signed quants, wd the
- * scale in every lane; Q4_1/Q5_1 store the min (half) at mh. */
-TGT static AI void unpack_w(const int k, const uint8_t *b, __m256i *wq, __m256i *ws, __m256 *wd, uint16_t *mh) {
-    *wd = _mm256_cvtph_ps(_mm_set1_epi16((short)ld16(b)));
+/* The weights of the block at b: wq unsigned quants (Q8_0: |q|), ws (Q8_0 only) the signed quants, *wd the
+ * scale (half); Q4_1/Q5_1 store the min (half) at mh. */
+TGT static AI void unpack_w(const int k, const uint8_t *b, __m256i *wq, __m256i *ws, uint16_t *wd, uint16_t *mh) {
+    *wd = ld16(b);
     if (IS_Q1(k)) *mh = ld16(b + 2);
     if (k == Q8_0) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
@@ -132,18 +133,37 @@ TGT static AI void pack_act(const int k, const void *row, int64_t b0, int64_t b1
         for (int64_t j = b1 - b0; j % 8; j++) s[j] = 0.0f;
 }
 
-/* Block i for a tile of MR rows (block 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
+#ifndef HL_Q32_DD
+#define HL_Q32_DD 1 /* build-time switch: 0 or 2 to measure the other ways of forming d_w * d_a */
+#endif
+
+/* Block i for a tile of R rows (block 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins.
+ * d_w * d_a is exact in float (two halves), so how it is formed does not change a bit of the result:
+ * a one-token tile multiplies its rows' 4 scales at once and spreads each product by a permute; wider
+ * tiles multiply the broadcast d_w by the broadcast d_a per (row, token). */
 TGT static AI void tile_step(const int k, const int R, const int T, const uint8_t *const *w, const tok *a, int64_t i,
                              __m256 acc[MRX][MT], uint16_t mh[MRX][MCH]) {
     __m256i wq[MRX], ws[MRX];
-    __m256 wd[MRX];
+    uint16_t wh[4] = {0, 0, 0, 0};
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) unpack_w(k, w[r] + (size_t)i * blk_bytes(k), &wq[r], &ws[r], &wd[r], &mh[r][i % MCH]);
+    for (int r = 0; r < R; r++) unpack_w(k, w[r] + (size_t)i * blk_bytes(k), &wq[r], &ws[r], &wh[r], &mh[r][i % MCH]);
+    const int compact = HL_Q32_DD == 2 || (HL_Q32_DD == 1 && T == 1);
+    __m256 wd[MRX];
+    __m128 dw4 = _mm_setzero_ps();
+    if (compact) {
+        dw4 = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)(wh[0] | (uint64_t)wh[1] << 16 | (uint64_t)wh[2] << 32 |
+                                                         (uint64_t)wh[3] << 48)));
+    } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) wd[r] = _mm256_cvtph_ps(_mm_set1_epi16((short)wh[r]));
+    }
     const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m256i aq = a[t].q[i];
         const __m256 ad = _mm256_broadcast_ss(&a[t].d[i]);
+        __m256 dd4 = _mm256_setzero_ps();
+        if (compact) dd4 = _mm256_castps128_ps256(_mm_mul_ps(dw4, _mm256_castps256_ps128(ad)));
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m256i dot;
@@ -153,7 +173,8 @@ TGT static AI void tile_step(const int k, const int R, const int T, const uint8_
                 dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ones);
                 if (!IS_Q1(k)) dot = _mm256_add_epi32(dot, a[t].c[i]);
             }
-            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wd[r], ad), acc[r][t]);
+            const __m256 dd = compact ? _mm256_permutevar8x32_ps(dd4, _mm256_set1_epi32(r)) : _mm256_mul_ps(wd[r], ad);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dd, acc[r][t]);
         }
     }
 }

@@ -46,6 +46,7 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define MT HL_Q32_AVX512_MT /* tokens per tile (a partial tile runs a narrower kernel) */
 #define R1 HL_Q32_AVX512_R1 /* weight rows per tile when a call has one token */
 #define MRX (MR > R1 ? MR : R1)
+_Static_assert(MRX <= 4, "the one-token tile spreads 4 rows' scales from one register");
 #define KC 16 /* pairs per slice when packing into the stack buffer */
 
 /* A token's packed activations: per pair of blocks (the odd last block a pair with zeros) the 64 signed
@@ -94,10 +95,10 @@ TGT static AI __m512 d16(uint16_t lo, uint16_t hi) {
 }
 
 /* The weights of the pair at b (two = 0: only the first block, the second reads as zeros); Q4_1/Q5_1 store
- * the two mins (halves) at mh. */
-TGT static AI void unpack_w(const int k, const uint8_t *b, const int two, __m512i *wq, __m512 *wd, uint16_t *mh) {
+ * the two mins (halves) at mh; *wd = the two scales (halves, block 0's low). */
+TGT static AI void unpack_w(const int k, const uint8_t *b, const int two, __m512i *wq, uint32_t *wd, uint16_t *mh) {
     const uint8_t *b1 = b + blk_bytes(k);
-    *wd = d16(ld16(b), two ? ld16(b1) : 0);
+    *wd = (uint32_t)ld16(b) | (two ? (uint32_t)ld16(b1) << 16 : 0);
     if (IS_Q1(k)) mh[0] = ld16(b + 2), mh[1] = two ? ld16(b1 + 2) : 0;
     if (k == Q8_0) {
         const __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 2));
@@ -148,22 +149,49 @@ TGT static AI void pack_act(const int k, const void *row, int64_t nb, int64_t p0
         for (int64_t i = 2 * (p1 - p0); i % 16; i++) s[i] = 0.0f;
 }
 
-/* Pair p for a tile of MR rows (pair 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins. */
+#ifndef HL_Q32_DD
+#define HL_Q32_DD 1 /* build-time switch: 0 or 2 to measure the other ways of forming d_w * d_a */
+#endif
+
+/* Pair p for a tile of R rows (pair 0 at w[r]) and T tokens a[t]; mh[r] receives Q4_1/Q5_1's mins.
+ * d_w * d_a is exact in float (two halves), so how it is formed does not change a bit of the result:
+ * a one-token tile multiplies its rows' 8 scales at once and spreads each row's two products by a
+ * permute; wider tiles multiply [d_w0 x8, d_w1 x8] by [d_a0 x8, d_a1 x8] per (row, token). */
 TGT static AI void tile_step(const int k, const int R, const int T, const uint8_t *const *w, const tok *a, int64_t p,
                              const int two, __m512 acc[MRX][MT], uint16_t mh[MRX][2 * MCH]) {
     __m512i wq[MRX];
-    __m512 wd[MRX];
+    uint32_t wd[4] = {0, 0, 0, 0};
     const size_t pb = 2 * blk_bytes(k);
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) unpack_w(k, w[r] + (size_t)p * pb, two, &wq[r], &wd[r], &mh[r][2 * (p % MCH)]);
+    const int compact = HL_Q32_DD == 2 || (HL_Q32_DD == 1 && T == 1);
+    __m512 wdv[MRX];
+    __m256 dw8 = _mm256_setzero_ps();
+    if (compact) {
+        const __m128i h = _mm_unpacklo_epi64(_mm_cvtsi64_si128((long long)(wd[0] | (uint64_t)wd[1] << 32)),
+                                             _mm_cvtsi64_si128((long long)(wd[2] | (uint64_t)wd[3] << 32)));
+        dw8 = _mm256_cvtph_ps(h); /* d_w of row r, block b in lane 2r + b */
+    } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) wdv[r] = d16((uint16_t)wd[r], (uint16_t)(wd[r] >> 16));
+    }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         const __m512i aq = a[t].q[p];
         const __m512 ad = a[t].d[p];
+        __m512 dd8 = _mm512_setzero_ps();
+        if (compact) {
+            const __m512 da = _mm512_permutexvar_ps(_mm512_set_epi32(8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0, 8, 0), ad);
+            dd8 = _mm512_castps256_ps512(_mm256_mul_ps(dw8, _mm512_castps512_ps256(da)));
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const __m512i dot = _mm512_dpbusd_epi32(IS_Q1(k) ? _mm512_setzero_si512() : a[t].c[p], wq[r], aq);
-            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd[r], ad), acc[r][t]);
+            const __m512 dd = compact ? _mm512_permutexvar_ps(_mm512_set_epi32(2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r + 1,
+                                        2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r, 2 * r, 2 * r, 2 * r, 2 * r, 2 * r,
+                                        2 * r, 2 * r), dd8)
+                                      : _mm512_mul_ps(wdv[r], ad);
+            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dd, acc[r][t]);
         }
     }
 }
