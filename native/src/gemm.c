@@ -27,6 +27,7 @@ void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, c
 
 void hl_gemm_install(const hl_cpu_features *cpu) {
     hl_gemm_install_q32(cpu);
+    hl_gemm_install_q32_panel16(cpu);
     hl_gemm_install_kquants(cpu);
     hl_gemm_install_float(cpu);
     hl_axpy_rows_install(cpu);

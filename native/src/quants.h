@@ -32,9 +32,12 @@ typedef void (*hl_axpy_rows_fn)(int64_t n, int64_t nk, int64_t nt, const void *x
 /*
  * The multi-token mat-mul: dst[t * dst_stride + r] = W[r] . A[t] for r < nr, t < nt, with W nr weight
  * rows of n elements w_stride bytes apart and A nt activation rows (vec_dot_type) a_stride bytes apart.
- * Contract for every implementation: the float value of each (r, t) depends only on W[r] and A[t], never
- * on nr, nt or where r and t sit in the call, so a token gets the same result in any batch or split.
+ * Contract for every implementation: the float value of each (r, t) depends only on W[r], A[t] and
+ * whether nt < HL_GEMM_BATCH_MIN, never otherwise on nr, nt or where r and t sit in the call, so a token
+ * gets the same result in any batch or split of the same kind: decode-sized calls may take a streaming
+ * path whose float rounding differs from the batch path's (within the kernel tolerance).
  */
+#define HL_GEMM_BATCH_MIN 4
 typedef void (*hl_gemm_fn)(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                            const void *a, size_t a_stride, float *dst, size_t dst_stride);
 

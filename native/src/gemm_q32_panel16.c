@@ -1,0 +1,196 @@
+/*
+ * AVX-512 VNNI kernels for Q4_0 and Q8_0 weights with 16 weight rows interleaved on the fly
+ * (replacing the gemm_q32_avx512.c kernels of these two types when the CPU has AVX-512 VNNI).
+ *
+ * vpdpbusd multiplies 4 unsigned weight bytes by 4 signed activation bytes in every int32 lane. Here lane r
+ * of each register belongs to weight row r of a 16-row panel: the panel's block b is transposed once into
+ * 8 registers W[g] (lane r = row r's quants 4g..4g+3 as unsigned bytes: Q4_0's nibbles, Q8_0's q + 128),
+ * and a token's 4 activation quants 4g..4g+3 are broadcast to every lane, so 8 vpdpbusd give the block's
+ * exact integer dot for 16 rows at once, with no horizontal sums. The unsigned offset c (8, 128) is taken
+ * off by starting the chain at -c * (sum of the block's activation quants), a per-token table.
+ *
+ * Per (panel, token, block): 8 vpdpbusd, one convert, one multiply (d_w of the 16 rows times d_a) and one
+ * FMA into the token's 16-row accumulator; the transposition serves up to 16 tokens. Each (row, token)
+ * sees, block after block, acc = fma(float(exact block dot), d_w * d_a, acc) from 0; partial sums may be
+ * stored in dst and read back between block chunks (exact), so the value depends only on the row and the
+ * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract). Decode-sized calls
+ * stream rows through the kernels of gemm_q32_avx512.c.
+ */
+#include "common.h"
+#include "gemm.h"
+
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+#define AI __attribute__((always_inline)) inline
+
+#define PANEL 16 /* weight rows per panel: one per int32 lane */
+#define TOK 16   /* most tokens per pass: one float accumulator each */
+#define KB 128   /* blocks per chunk of the per-token tables */
+
+typedef enum { K_Q4_0, K_Q8_0 } kind;
+
+/* What a pass over the panels needs of its tokens, for blocks b0 .. b0 + KB - 1. */
+typedef struct {
+    int32_t corr[TOK][KB]; /* -c * sum of the block's activation quants */
+    float d[TOK][KB];      /* the block's activation scale */
+} act_table;
+
+static AI size_t block_bytes(kind k) { return k == K_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0); }
+
+TGT static void fill_table(kind k, const char *a, size_t a_stride, int nt, int64_t b0, int64_t bn, act_table *tab) {
+    const int32_t c = k == K_Q4_0 ? 8 : 128;
+    for (int t = 0; t < nt; t++) {
+        const block_q8_0 *blk = (const block_q8_0 *)(a + (size_t)t * a_stride) + b0;
+        for (int64_t b = 0; b < bn; b++) {
+            const __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)blk[b].qs), _mm256_set1_epi8((char)0x80));
+            const __m256i s = _mm256_sad_epu8(q, _mm256_setzero_si256()); /* 4 sums of (q + 128) */
+            const int64_t total = _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) +
+                                  _mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3) - 32 * 128;
+            tab->corr[t][b] = -c * (int32_t)total;
+            tab->d[t][b] = _cvtsh_ss(blk[b].d);
+        }
+    }
+}
+
+/* Dword j of every 128-bit lane group: [Z0 rows 0-3 | Z1 rows 4-7], 4 dwords per row -> two registers
+ * holding dwords 0, 1 (resp. 2, 3) of rows 0..7 as [r0..r7 of dword j, r0..r7 of dword j+1]. */
+TGT static AI void gather_pairs(__m512i z0, __m512i z1, __m512i *lo, __m512i *hi) {
+    const __m512i i_lo = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i i_hi = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    *lo = _mm512_permutex2var_epi32(z0, i_lo, z1);
+    *hi = _mm512_permutex2var_epi32(z0, i_hi, z1);
+}
+
+/* 16 rows x 4 dwords (four registers of 4 rows each) -> x[j]: lane r = dword j of row r. */
+TGT static AI void transpose_16x4(const __m512i z[4], __m512i x[4]) {
+    const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i second = _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+    __m512i a_lo, a_hi, b_lo, b_hi;
+    gather_pairs(z[0], z[1], &a_lo, &a_hi); /* rows 0..7 */
+    gather_pairs(z[2], z[3], &b_lo, &b_hi); /* rows 8..15 */
+    x[0] = _mm512_permutex2var_epi32(a_lo, first, b_lo);
+    x[1] = _mm512_permutex2var_epi32(a_lo, second, b_lo);
+    x[2] = _mm512_permutex2var_epi32(a_hi, first, b_hi);
+    x[3] = _mm512_permutex2var_epi32(a_hi, second, b_hi);
+}
+
+/* Four rows' 16 bytes at p[0..3] + offset as one register, a row per 128-bit lane. */
+TGT static AI __m512i load_4x16(const char *const *p, size_t offset) {
+    __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + offset)));
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[1] + offset)), 1);
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[2] + offset)), 2);
+    return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[3] + offset)), 3);
+}
+
+/* Block b of the panel's 16 rows (row pointers p): W[g] (lane r: row r's unsigned quants 4g..4g+3) and the
+ * rows' scales d_w. */
+TGT static AI void unpack_panel(kind k, const char *const *p, __m512i vindex, int64_t b, __m512i w[8], __m512 *dw) {
+    const size_t at = (size_t)b * block_bytes(k);
+    const __m512i d = _mm512_i32gather_epi32(vindex, p[0] + at, 1); /* low half: the block's d */
+    *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d));
+    __m512i z[4], x[4];
+    if (k == K_Q4_0) { /* qs[i]: element i (low nibble) and i + 16 (high nibble) */
+        for (int q = 0; q < 4; q++) z[q] = load_4x16(p + 4 * q, at + 2);
+        transpose_16x4(z, x);
+        for (int j = 0; j < 4; j++) {
+            w[j] = _mm512_and_si512(x[j], _mm512_set1_epi8(0x0F));
+            w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(x[j], 4), _mm512_set1_epi8(0x0F));
+        }
+        return;
+    }
+    for (int half = 0; half < 2; half++) { /* Q8_0: bytes 16 * half .. of qs; q + 128 as unsigned */
+        for (int q = 0; q < 4; q++) z[q] = load_4x16(p + 4 * q, at + 2 + 16 * (size_t)half);
+        transpose_16x4(z, x);
+        for (int j = 0; j < 4; j++) w[4 * half + j] = _mm512_xor_si512(x[j], _mm512_set1_epi8((char)0x80));
+    }
+}
+
+/* One panel x N tokens over blocks b0 .. b0 + bn - 1: acc (16 rows) per token, kept in dst between chunks. */
+TGT static AI void panel_pass(kind k, const int N, const char *const *p, __m512i vindex, __mmask16 rows,
+                              const char *a, size_t a_stride, int64_t b0, int64_t bn, const act_table *tab,
+                              float *dst, size_t dst_stride) {
+    __m512 acc[TOK];
+    for (int t = 0; t < N; t++)
+        acc[t] = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rows, dst + (size_t)t * dst_stride);
+    for (int64_t b = 0; b < bn; b++) {
+        __m512i w[8];
+        __m512 dw;
+        unpack_panel(k, p, vindex, b0 + b, w, &dw);
+        for (int t = 0; t < N; t++) {
+            const int8_t *q = ((const block_q8_0 *)(a + (size_t)t * a_stride) + b0 + b)->qs;
+            __m512i sum = _mm512_set1_epi32(tab->corr[t][b]);
+            for (int g = 0; g < 8; g++) {
+                int32_t quad;
+                memcpy(&quad, q + 4 * g, 4);
+                sum = _mm512_dpbusd_epi32(sum, w[g], _mm512_set1_epi32(quad));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t][b])), acc[t]);
+        }
+    }
+    for (int t = 0; t < N; t++) _mm512_mask_storeu_ps(dst + (size_t)t * dst_stride, rows, acc[t]);
+}
+
+/* N tokens (a constant at every call) against all nr rows. */
+TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const char *w, size_t w_stride,
+                               const char *a, size_t a_stride, float *dst, size_t dst_stride, act_table *tab) {
+    const int64_t nb = n / QK;
+    for (int64_t b0 = 0; b0 < nb; b0 += KB) {
+        const int64_t bn = nb - b0 < KB ? nb - b0 : KB;
+        fill_table(k, a, a_stride, N, b0, bn, tab);
+        for (int64_t r0 = 0; r0 < nr; r0 += PANEL) {
+            const int rn = nr - r0 < PANEL ? (int)(nr - r0) : PANEL;
+            const char *p[PANEL]; /* rows past the end repeat the last row; their lanes are not stored */
+            for (int r = 0; r < PANEL; r++) p[r] = w + (size_t)(r0 + (r < rn ? r : rn - 1)) * w_stride;
+            const __m512i vindex = _mm512_mullo_epi32(_mm512_min_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                                       _mm512_set1_epi32(rn - 1)),
+                                                      _mm512_set1_epi32((int32_t)w_stride));
+            panel_pass(k, N, p, vindex, (__mmask16)((1u << rn) - 1), a, a_stride, b0, bn, tab, dst + r0, dst_stride);
+        }
+    }
+}
+
+TGT static void gemm_panel16(kind k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                             const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    act_table tab;
+    for (int64_t t0 = 0; t0 < nt;) { /* passes of 16, 8, 4, 2 or 1 tokens */
+        const int64_t left = nt - t0;
+        const char *at = (const char *)a + (size_t)t0 * a_stride;
+        float *dt = dst + (size_t)t0 * dst_stride;
+        if (left >= 16) tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 16;
+        else if (left >= 8) tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 8;
+        else if (left >= 4) tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 4;
+        else if (left >= 2) tokens_pass(k, 2, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 2;
+        else tokens_pass(k, 1, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 1;
+    }
+}
+
+/* The kernels installed before this file's (gemm_q32_avx512.c), which stream one row at a time: calls of
+ * fewer than HL_GEMM_BATCH_MIN tokens (decode) go to them, as the transposition would cost more than the
+ * few tokens' dot products. */
+static hl_gemm_fn q4_0_streaming, q8_0_streaming;
+
+static void gemm_q4_0_panel16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                              size_t a_stride, float *dst, size_t dst_stride) {
+    if (nt < HL_GEMM_BATCH_MIN || n == 0) q4_0_streaming(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+    else gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+static void gemm_q8_0_panel16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                              size_t a_stride, float *dst, size_t dst_stride) {
+    if (nt < HL_GEMM_BATCH_MIN || n == 0) q8_0_streaming(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+    else gemm_panel16(K_Q8_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+#endif
+
+void hl_gemm_install_q32_panel16(const hl_cpu_features *cpu) {
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+    hl_type_traits *q4_0 = hl_traits_for_install(HL_TYPE_Q4_0), *q8_0 = hl_traits_for_install(HL_TYPE_Q8_0);
+    if (!cpu->avx512 || !q4_0->gemm || !q8_0->gemm) return;
+    q4_0_streaming = q4_0->gemm, q4_0->gemm = gemm_q4_0_panel16;
+    q8_0_streaming = q8_0->gemm, q8_0->gemm = gemm_q8_0_panel16;
+#else
+    (void)cpu;
+#endif
+}
