@@ -29,10 +29,10 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define IS_Q1(k) ((k) == Q4_1 || (k) == Q5_1)
 
 #ifndef HL_Q32_AVX2_MR /* build-time switches to measure other tile shapes */
-#define HL_Q32_AVX2_MR 3
+#define HL_Q32_AVX2_MR 2
 #endif
 #ifndef HL_Q32_AVX2_MT
-#define HL_Q32_AVX2_MT 4
+#define HL_Q32_AVX2_MT 6
 #endif
 #ifndef HL_Q32_AVX2_R1
 #define HL_Q32_AVX2_R1 4
@@ -41,6 +41,7 @@ enum { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
 #define MT HL_Q32_AVX2_MT /* tokens per tile (a partial tile runs a narrower kernel) */
 #define R1 HL_Q32_AVX2_R1 /* weight rows per tile when a call has one token */
 #define MRX (MR > R1 ? MR : R1)
+_Static_assert(MT <= 8, "tile_any has a case for each narrower tile up to 7 tokens");
 _Static_assert(MRX <= 4, "the one-token tile spreads 4 rows' scales from one register");
 #define KC 32             /* blocks per slice when packing into the stack buffer */
 
@@ -228,6 +229,18 @@ TGT static AI void tile_any(const int k, int R, int T, int64_t nb, const uint8_t
 #if MT > 3
     case 3: tile(k, MR, 3, nb, w, a, io); break;
 #endif
+#if MT > 4
+    case 4: tile(k, MR, 4, nb, w, a, io); break;
+#endif
+#if MT > 5
+    case 5: tile(k, MR, 5, nb, w, a, io); break;
+#endif
+#if MT > 6
+    case 6: tile(k, MR, 6, nb, w, a, io); break;
+#endif
+#if MT > 7
+    case 7: tile(k, MR, 7, nb, w, a, io); break;
+#endif
     default: tile(k, MR, MT, nb, w, a, io); break;
     }
 }
@@ -286,7 +299,7 @@ TGT static AI void gemm(const int k, int64_t n, int64_t nr, int64_t nt, const vo
     const int64_t nb = n / QK;
     const size_t tb = (tok_bytes(k, nb) + 63) / 64 * 64;
     int64_t tc = tb ? (int64_t)(HL_Q32_PACK_BUDGET / tb) : nt;
-    if (tc < MT) tc = MT;
+    tc = tc < MT ? MT : tc - tc % MT; /* whole tiles */
     if (tc > nt) tc = nt;
     uint8_t *buf = aligned_alloc(64, (size_t)tc * tb + 64);
 #ifdef HL_Q32_TEST_STACK /* build-time switch to test the fallback */
