@@ -1,6 +1,7 @@
 /*
  * AVX-512 VNNI kernels for Q4_0 and Q8_0 weights with 16 weight rows interleaved on the fly
- * (replacing the gemm_q32_avx512.c kernels of these two types when the CPU has AVX-512 VNNI).
+ * (replacing the gemm_q32_avx512.c kernels of these two types when the CPU has AVX-512 VNNI), and the
+ * decode path of every 32-element type on such CPUs.
  *
  * vpdpbusd multiplies 4 unsigned weight bytes by 4 signed activation bytes in every int32 lane. Here lane r
  * of each register belongs to weight row r of a 16-row panel: the panel's block b is transposed once into
@@ -13,8 +14,10 @@
  * FMA into the token's 16-row accumulator; the transposition serves up to 16 tokens. Each (row, token)
  * sees, block after block, acc = fma(float(exact block dot), d_w * d_a, acc) from 0; partial sums may be
  * stored in dst and read back between block chunks (exact), so the value depends only on the row and the
- * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract). Decode-sized calls
- * stream rows through the kernels of gemm_q32_avx512.c.
+ * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract).
+ *
+ * Decode-sized calls of all five 32-element types go row by row through the type's vec_dot here (it
+ * streams memory best); batches of Q4_1, Q5_0 and Q5_1 keep gemm_q32_avx512.c's tiles.
  */
 #include "common.h"
 #include "gemm.h"
@@ -166,30 +169,43 @@ TGT static void gemm_panel16(kind k, int64_t n, int64_t nr, int64_t nt, const vo
     }
 }
 
-/* The kernels installed before this file's (gemm_q32_avx512.c), which stream one row at a time: calls of
- * fewer than HL_GEMM_BATCH_MIN tokens (decode) go to them, as the transposition would cost more than the
- * few tokens' dot products. */
-static hl_gemm_fn q4_0_streaming, q8_0_streaming;
-
-static void gemm_q4_0_panel16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
-                              size_t a_stride, float *dst, size_t dst_stride) {
-    if (nt < HL_GEMM_BATCH_MIN || n == 0) q4_0_streaming(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
-    else gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+/* Decode-sized calls (fewer than HL_GEMM_BATCH_MIN tokens) are memory-bound: the type's vec_dot reads each
+ * weight row once, front to back, which streams best; a transposition would cost more than the few tokens'
+ * dot products. */
+static void decode_rows(int32_t type, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                        const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    const hl_vec_dot_fn dot = hl_traits_for_install(type)->vec_dot;
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t r = 0; r < nr; r++)
+            dot(n, &dst[(size_t)t * dst_stride + r], (const char *)w + (size_t)r * w_stride,
+                (const char *)a + (size_t)t * a_stride);
 }
 
-static void gemm_q8_0_panel16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
-                              size_t a_stride, float *dst, size_t dst_stride) {
-    if (nt < HL_GEMM_BATCH_MIN || n == 0) q8_0_streaming(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
-    else gemm_panel16(K_Q8_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
-}
+/* The batch kernels of Q4_1, Q5_0 and Q5_1: gemm_q32_avx512.c's tiles, installed before this file's. */
+static hl_gemm_fn q4_1_tiles, q5_0_tiles, q5_1_tiles;
+
+#define GEMM_FN(name, type, batch)                                                                             \
+    static void name(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,         \
+                     size_t a_stride, float *dst, size_t dst_stride) {                                         \
+        if (nt < HL_GEMM_BATCH_MIN || n == 0) decode_rows(type, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride); \
+        else batch;                                                                                            \
+    }
+GEMM_FN(gemm_q4_0, HL_TYPE_Q4_0, gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
+GEMM_FN(gemm_q8_0, HL_TYPE_Q8_0, gemm_panel16(K_Q8_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
+GEMM_FN(gemm_q4_1, HL_TYPE_Q4_1, q4_1_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
+GEMM_FN(gemm_q5_0, HL_TYPE_Q5_0, q5_0_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
+GEMM_FN(gemm_q5_1, HL_TYPE_Q5_1, q5_1_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
 #endif
 
 void hl_gemm_install_q32_panel16(const hl_cpu_features *cpu) {
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
-    hl_type_traits *q4_0 = hl_traits_for_install(HL_TYPE_Q4_0), *q8_0 = hl_traits_for_install(HL_TYPE_Q8_0);
-    if (!cpu->avx512 || !q4_0->gemm || !q8_0->gemm) return;
-    q4_0_streaming = q4_0->gemm, q4_0->gemm = gemm_q4_0_panel16;
-    q8_0_streaming = q8_0->gemm, q8_0->gemm = gemm_q8_0_panel16;
+    hl_type_traits *q4_1 = hl_traits_for_install(HL_TYPE_Q4_1), *q5_0 = hl_traits_for_install(HL_TYPE_Q5_0),
+                   *q5_1 = hl_traits_for_install(HL_TYPE_Q5_1);
+    if (!cpu->avx512 || !q4_1->gemm || !q5_0->gemm || !q5_1->gemm) return;
+    q4_1_tiles = q4_1->gemm, q5_0_tiles = q5_0->gemm, q5_1_tiles = q5_1->gemm;
+    hl_traits_for_install(HL_TYPE_Q4_0)->gemm = gemm_q4_0;
+    hl_traits_for_install(HL_TYPE_Q8_0)->gemm = gemm_q8_0;
+    q4_1->gemm = gemm_q4_1, q5_0->gemm = gemm_q5_0, q5_1->gemm = gemm_q5_1;
 #else
     (void)cpu;
 #endif
