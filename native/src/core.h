@@ -139,6 +139,8 @@ hl_status hl_graph_build(hl_context *ctx, int32_t n_tokens, float *logits, int32
 /* Grows ctx->work to the largest need of any node of the built graph. */
 hl_status hl_graph_plan(hl_context *ctx);
 hl_status hl_graph_compute(hl_context *ctx);
+/* Builds (computes nothing) the graph of n_tokens for hl_graph_dot / hl_graph_stats, checking the request. */
+hl_status hl_graph_build_for_tools(hl_context *ctx, const char *fn, int32_t n_tokens, int32_t layer);
 int32_t hl_graph_max_nodes(const hl_model *model);
 
 /* ops.c: runs one phase of a node on thread ith of nth; a barrier follows every phase. */

@@ -19,6 +19,9 @@
 /* Each sets the gemm of the five types to its kernel set. */
 void hl_gemm_q32_install_avx512(void); /* gemm_q32_avx512.c: AVX-512 F/BW/VL/DQ + VNNI */
 void hl_gemm_q32_install_avx2(void);   /* gemm_q32_avx2.c: AVX2 + FMA + F16C */
+/* gemm_q4_0_decode.c: Q4_0 calls of 1 to HL_GEMM_BATCH_MIN - 1 tokens on AVX-512 VNNI (an hl_gemm_fn). */
+void hl_gemm_q4_0_decode_avx512(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                                size_t a_stride, float *dst, size_t dst_stride);
 #endif
 
 /* Bytes of packed activations a call may allocate per token chunk (the chunk is cut to fit). */

@@ -16,11 +16,12 @@
  * stored in dst and read back between block chunks (exact), so the value depends only on the row and the
  * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract).
  *
- * Decode-sized calls of all five 32-element types go row by row through the type's vec_dot here (it
- * streams memory best); batches of Q4_1, Q5_0 and Q5_1 keep gemm_q32_avx512.c's tiles.
+ * Decode-sized calls of Q4_0 go to gemm_q4_0_decode.c, those of the other four 32-element types row by
+ * row through the type's vec_dot here (it streams memory best); batches of Q4_1, Q5_0 and Q5_1 keep
+ * gemm_q32_avx512.c's tiles.
  */
 #include "common.h"
-#include "gemm.h"
+#include "gemm_q32.h"
 
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 #include <immintrin.h>
@@ -190,7 +191,12 @@ static hl_gemm_fn q4_1_tiles, q5_0_tiles, q5_1_tiles;
         if (nt < HL_GEMM_BATCH_MIN || n == 0) decode_rows(type, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride); \
         else batch;                                                                                            \
     }
-GEMM_FN(gemm_q4_0, HL_TYPE_Q4_0, gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
+static void gemm_q4_0(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                      size_t a_stride, float *dst, size_t dst_stride) {
+    if (n == 0) decode_rows(HL_TYPE_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+    else if (nt < HL_GEMM_BATCH_MIN) hl_gemm_q4_0_decode_avx512(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+    else gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
 GEMM_FN(gemm_q8_0, HL_TYPE_Q8_0, gemm_panel16(K_Q8_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
 GEMM_FN(gemm_q4_1, HL_TYPE_Q4_1, q4_1_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
 GEMM_FN(gemm_q5_0, HL_TYPE_Q5_0, q5_0_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))

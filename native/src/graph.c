@@ -147,16 +147,18 @@ hl_status hl_graph_build(hl_context *ctx, int32_t T, float *logits, int32_t all_
     return HL_OK;
 }
 
+hl_status hl_graph_build_for_tools(hl_context *ctx, const char *fn, int32_t n_tokens, int32_t layer) {
+    if (n_tokens < 1 || n_tokens > ctx->params.n_batch)
+        return hl_fail(HL_ERR_INVALID, "%s: %d tokens, expected 1 to n_batch = %d", fn, n_tokens, ctx->params.n_batch);
+    if (layer < -1 || layer >= ctx->model->hp.n_layer)
+        return hl_fail(HL_ERR_INVALID, "%s: layer %d, expected -1 or 0 to %d", fn, layer, ctx->model->hp.n_layer - 1);
+    float unused_logits;
+    return hl_graph_build(ctx, n_tokens, &unused_logits, 0);
+}
+
 hl_status hl_graph_stats(hl_context *ctx, int32_t n_tokens, int32_t layer, int32_t *n_nodes, int32_t *n_barriers) {
     if (!ctx || !n_nodes || !n_barriers) return hl_fail(HL_ERR_INVALID, "hl_graph_stats: NULL argument");
-    if (n_tokens < 1 || n_tokens > ctx->params.n_batch)
-        return hl_fail(HL_ERR_INVALID, "hl_graph_stats: %d tokens, expected 1 to n_batch = %d", n_tokens,
-                       ctx->params.n_batch);
-    if (layer < -1 || layer >= ctx->model->hp.n_layer)
-        return hl_fail(HL_ERR_INVALID, "hl_graph_stats: layer %d, expected -1 or 0 to %d", layer,
-                       ctx->model->hp.n_layer - 1);
-    float unused_logits;
-    hl_status st = hl_graph_build(ctx, n_tokens, &unused_logits, 0);
+    hl_status st = hl_graph_build_for_tools(ctx, "hl_graph_stats", n_tokens, layer);
     if (st != HL_OK) return st;
     *n_nodes = *n_barriers = 0;
     for (int32_t i = 0; i < ctx->n_nodes; i++) {

@@ -126,14 +126,7 @@ static void emit_edges(dot_writer *w, const hl_context *ctx, int32_t i, int32_t 
 
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed) {
     if (!ctx || !needed || (cap > 0 && !buf)) return hl_fail(HL_ERR_INVALID, "hl_graph_dot: NULL argument");
-    if (n_tokens < 1 || n_tokens > ctx->params.n_batch)
-        return hl_fail(HL_ERR_INVALID, "hl_graph_dot: %d tokens, expected 1 to n_batch = %d", n_tokens,
-                       ctx->params.n_batch);
-    if (layer < -1 || layer >= ctx->model->hp.n_layer)
-        return hl_fail(HL_ERR_INVALID, "hl_graph_dot: layer %d, expected -1 or 0 to %d", layer,
-                       ctx->model->hp.n_layer - 1);
-    float unused_logits;
-    hl_status st = hl_graph_build(ctx, n_tokens, &unused_logits, 0);
+    hl_status st = hl_graph_build_for_tools(ctx, "hl_graph_dot", n_tokens, layer);
     if (st != HL_OK) return st;
     dot_writer w = {buf, cap, 0};
     emit(&w, "digraph hotlora {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
