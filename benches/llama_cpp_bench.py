@@ -22,7 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from hotlora._core import ffi, lib
+from hotlora.bench import TestSpec
+from hotlora.probe import measure_read_bandwidth
 
 
 def run_json(cmd: list[str]) -> list[dict]:
@@ -32,11 +33,6 @@ def run_json(cmd: list[str]) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def test_name(rec: dict) -> str:
-    p, n = rec["n_prompt"], rec["n_gen"]
-    return f"pp{p}" if not n else f"tg{n}" if not p else f"pp{p}+tg{n}"
-
-
 def one_round(engine: str, args, model: Path) -> dict[str, float]:
     """t/s of each test in one repetition of one engine on one model."""
     tests = ["-p", args.p, "-n", args.n, "-t", str(args.t), "-r", "1", "-o", "json"]
@@ -44,14 +40,7 @@ def one_round(engine: str, args, model: Path) -> dict[str, float]:
         recs = run_json([args.llama_bench, "-m", str(model), *tests])
     else:
         recs = run_json([sys.executable, "-m", "hotlora", "bench", "-m", str(model), "--probe-mib", "0", *tests])
-    return {test_name(r): r["avg_ts"] for r in recs}
-
-
-def probe_gbs(n_threads: int) -> float:
-    out = ffi.new("double *")
-    if lib.hl_read_bandwidth(1 << 30, n_threads, 5, out) != 0:
-        sys.exit(f"error: probe: {ffi.string(lib.hl_last_error()).decode()}")
-    return out[0]
+    return {TestSpec(r["n_prompt"], r["n_gen"]).name: r["avg_ts"] for r in recs}
 
 
 def main() -> None:
@@ -68,7 +57,7 @@ def main() -> None:
     samples: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (model, test, engine) -> t/s
     probes = []
     for rnd in range(args.rounds):
-        probes.append(probe_gbs(args.t))
+        probes.append(measure_read_bandwidth(1 << 30, args.t))
         for qtype in args.types.split(","):
             model = args.cache / f"tinyllama-shaped-{qtype}.gguf"
             engines = ["llama.cpp", "hotlora"] if rnd % 2 == 0 else ["hotlora", "llama.cpp"]

@@ -251,12 +251,15 @@ class Model:
     def loaded_adapters(self) -> list[Adapter]:
         return list(self._loaded)
 
-    def graph_dot(self, n_tokens: int = 1, layer: int | None = 0) -> str:
-        """The compute graph of a decode of n_tokens as Graphviz DOT: one block, or all (layer=None)."""
+    def _check_graph_request(self, n_tokens: int, layer: int | None) -> None:
         if not 1 <= n_tokens <= self.n_batch:
             raise HotLoraError(f"graph: n_tokens must be 1 to n_batch = {self.n_batch}, got {n_tokens}")
         if layer is not None and not 0 <= layer < self.n_layer:
             raise HotLoraError(f"graph: layer must be 0 to {self.n_layer - 1}, got {layer}")
+
+    def graph_dot(self, n_tokens: int = 1, layer: int | None = 0) -> str:
+        """The compute graph of a decode of n_tokens as Graphviz DOT: one block, or all (layer=None)."""
+        self._check_graph_request(n_tokens, layer)
         which = -1 if layer is None else layer
         needed = ffi.new("size_t *")
         check(lib.hl_graph_dot(self._live_ctx(), n_tokens, which, ffi.NULL, 0, needed), "graph")
@@ -266,10 +269,7 @@ class Model:
 
     def graph_stats(self, n_tokens: int = 1, layer: int | None = 0) -> tuple[int, int]:
         """(nodes, barriers) of the graph of a decode of n_tokens: one block, or all (layer=None)."""
-        if not 1 <= n_tokens <= self.n_batch:
-            raise HotLoraError(f"graph: n_tokens must be 1 to n_batch = {self.n_batch}, got {n_tokens}")
-        if layer is not None and not 0 <= layer < self.n_layer:
-            raise HotLoraError(f"graph: layer must be 0 to {self.n_layer - 1}, got {layer}")
+        self._check_graph_request(n_tokens, layer)
         nodes, barriers = ffi.new("int32_t *"), ffi.new("int32_t *")
         check(lib.hl_graph_stats(self._live_ctx(), n_tokens, -1 if layer is None else layer, nodes, barriers),
               "graph")

@@ -7,7 +7,11 @@ void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t n
         tt->gemm(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
         return;
     }
-    const hl_vec_dot_fn dot = ref ? tt->vec_dot_ref : tt->vec_dot;
+    hl_gemm_by_vec_dot(ref ? tt->vec_dot_ref : tt->vec_dot, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+void hl_gemm_by_vec_dot(hl_vec_dot_fn dot, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                        const void *a, size_t a_stride, float *dst, size_t dst_stride) {
     for (int64_t t = 0; t < nt; t++) {
         const char *a_row = (const char *)a + (size_t)t * a_stride;
         for (int64_t r = 0; r < nr; r++) dot(n, &dst[(size_t)t * dst_stride + r], (const char *)w + (size_t)r * w_stride, a_row);

@@ -18,6 +18,10 @@
 void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
              const void *a, size_t a_stride, float *dst, size_t dst_stride);
 
+/* The same product as one vec_dot per (row, token), rows streamed front to back. */
+void hl_gemm_by_vec_dot(hl_vec_dot_fn dot, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                        const void *a, size_t a_stride, float *dst, size_t dst_stride);
+
 /* y[t][j] += alpha[t][k] * x[k][j] (see hl_axpy_rows_fn) with the chosen kernel or axpy per (t, k). */
 void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
                   const float *alpha, size_t alpha_stride, float *y, size_t y_stride);

@@ -175,11 +175,7 @@ TGT static void gemm_panel16(kind k, int64_t n, int64_t nr, int64_t nt, const vo
  * dot products. */
 static void decode_rows(int32_t type, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                         const void *a, size_t a_stride, float *dst, size_t dst_stride) {
-    const hl_vec_dot_fn dot = hl_traits_for_install(type)->vec_dot;
-    for (int64_t t = 0; t < nt; t++)
-        for (int64_t r = 0; r < nr; r++)
-            dot(n, &dst[(size_t)t * dst_stride + r], (const char *)w + (size_t)r * w_stride,
-                (const char *)a + (size_t)t * a_stride);
+    hl_gemm_by_vec_dot(hl_traits_for_install(type)->vec_dot, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
 }
 
 /* The batch kernels of Q4_1, Q5_0 and Q5_1: gemm_q32_avx512.c's tiles, installed before this file's. */
