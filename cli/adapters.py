@@ -1,6 +1,7 @@
-"""LoRA adapter files: llama.cpp's adapter GGUF and the legacy `ggla` .bin (lora.md §2, §5, §8).
+"""LoRA adapter files: llama.cpp's adapter GGUF and the legacy `ggla` .bin (lora.md §2, §5, §8), and PEFT
+adapter directories, converted in memory by hotlora.convert for the model they are loaded into.
 
-Both are read into the same form, a list of pairs (target, layer, A, B, alpha/rank)
+All are read into the same form, a list of pairs (target, layer, A, B, alpha/rank)
 that the core checks against the model (shapes, ranks) in hl_adapter_create.
 Tensor data of GGUF adapters stays in the file's memory map; ggla's A is
 transposed (it was stored so), which needs one copy.
@@ -76,7 +77,8 @@ def target_of(path: Path, base: str, n_layer: int) -> tuple[int, int]:
     return LAYER_TARGETS[match.group(2)], layer
 
 
-def _pair_up(path: Path, halves: dict[str, dict[str, Matrix]], n_layer: int) -> list[LoraPair]:
+def pair_up(path: Path, halves: dict[str, dict[str, Matrix]], n_layer: int) -> list[LoraPair]:
+    """base name -> {"a": lora_a, "b": lora_b} to pairs sorted by base name, each with its target and layer."""
     pairs = []
     for base in sorted(halves):
         half = halves[base]
@@ -115,7 +117,7 @@ def read_gguf_adapter(path: Path, model_arch: str, n_layer: int) -> AdapterFile:
             raise ModelFileError(f"{path}: LoRA tensor '{name}' must be a non-empty 2-D matrix of a supported "
                                  f"type, got {info.type_name} {list(info.ne)}")
         halves.setdefault(base, {})[half[-1]] = Matrix(info.type_name, (info.ne[0], info.ne[1]), info.data)
-    return AdapterFile(path, model_arch, alpha, _pair_up(path, halves, n_layer), f.get_str("general.name", ""), f)
+    return AdapterFile(path, model_arch, alpha, pair_up(path, halves, n_layer), f.get_str("general.name", ""), f)
 
 
 # ---- legacy ggla ----------------------------------------------------------------------------------
@@ -171,12 +173,16 @@ def read_ggla_adapter(path: Path, n_layer: int) -> AdapterFile:
         embd = base == "token_embd.weight"
         key = {"loraA": "b" if embd else "a", "loraB": "a" if embd else "b"}[half]
         halves.setdefault(base, {})[key] = _ggla_matrix(ftype, ne, raw, transpose=half == "loraA" and not embd)
-    return AdapterFile(path, None, float(alpha), _pair_up(path, halves, n_layer))
+    return AdapterFile(path, None, float(alpha), pair_up(path, halves, n_layer))
 
 
-def read_adapter_file(path: str | Path, model_arch: str, n_layer: int) -> AdapterFile:
-    """Reads a GGUF or ggla adapter, telling them apart by their magic."""
+def read_adapter_file(path: str | Path, model_arch: str, n_layer: int,
+                      base: GGUFFile | None = None) -> AdapterFile:
+    """Reads a GGUF or ggla adapter, telling them apart by their magic; a PEFT adapter directory is converted
+    in memory for the base model `base` (as `convert-lora` would write it)."""
     path = Path(path)
+    if path.is_dir():
+        return _read_peft_dir(path, base)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
@@ -185,3 +191,10 @@ def read_adapter_file(path: str | Path, model_arch: str, n_layer: int) -> Adapte
     if len(magic) == 4 and struct.unpack("<I", magic)[0] == GGLA_MAGIC:
         return read_ggla_adapter(path, n_layer)
     return read_gguf_adapter(path, model_arch, n_layer)
+
+
+def _read_peft_dir(path: Path, base: GGUFFile | None) -> AdapterFile:
+    if base is None:
+        raise ModelFileError(f"{path}: a PEFT adapter directory is converted for a base model, and none was given")
+    from .convert import convert_peft_in_memory  # convert imports this module (and the slow gguf package)
+    return convert_peft_in_memory(path, base)

@@ -49,11 +49,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .adapters import GGLA_MAGIC, read_ggla_adapter
+from .adapters import GGLA_MAGIC, AdapterFile, Matrix, pair_up, read_ggla_adapter
 from .errors import HotLoraError, ModelFileError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
-from .peft import (CONFIG_NAME, as_float, check_config, classify_tensors, get_pattern_key, gguf_name,
+from .peft import (CONFIG_NAME, PeftConfig, as_float, check_config, classify_tensors, get_pattern_key, gguf_name,
                    load_peft_tensors, read_config)
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -77,7 +77,7 @@ class TensorReport:
 @dataclass
 class ConvertReport:
     source: Path
-    out: Path
+    out: Path | None     # None: converted in memory, not written
     arch: str
     alpha: float         # the adapter.lora.alpha written
     outtype: str
@@ -105,9 +105,9 @@ class _Pair:
 class _Base:
     """What conversion needs from the base GGUF: arch, head counts and tensor shapes (ne)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.file = GGUFFile(self.path)
+    def __init__(self, source: str | os.PathLike | GGUFFile):
+        self.file = source if isinstance(source, GGUFFile) else GGUFFile(source)
+        self.path = self.file.path
         embd = self.file.tensor("token_embd.weight", required=False)
         self.hp: HParams = read_hparams(self.file, embd.ne[1] if embd is not None else 0)
         self.arch = self.hp.arch
@@ -175,49 +175,67 @@ def convert_peft(peft_dir: str | os.PathLike, base_gguf: str | os.PathLike, out:
     """Converts a PEFT LoRA directory to an adapter GGUF for `base_gguf`; returns what was written."""
     outtype = _check_outtype(outtype)
     peft_dir = Path(peft_dir)
+    out = Path(out) if out is not None else peft_dir / f"{peft_dir.resolve().name}-{outtype.upper()}-LoRA.gguf"
+    report, base, pairs = _read_peft(peft_dir, base_gguf, out, outtype)
+    _write(report, base, encoded_adapter(report, base, pairs))
+    return report
+
+
+def convert_peft_in_memory(peft_dir: str | os.PathLike, base_file: GGUFFile) -> AdapterFile:
+    """A PEFT LoRA directory as the adapter `convert_peft` would write for this base (F32), read back, with no
+    file written: the adapter `--hot-lora DIR` loads."""
+    report, base, pairs = _read_peft(Path(peft_dir), base_file, None, "f32")
+    return encoded_adapter(report, base, pairs)
+
+
+def _read_peft(peft_dir: Path, base_source: str | os.PathLike | GGUFFile, out: Path | None,
+               outtype: str) -> tuple[ConvertReport, _Base, list[_Pair]]:
+    """Reads and checks the directory and converts every pair for the base (float64, scales folded, q/k
+    permuted), with the report of what it found (one TensorReport per pair, the notes)."""
     if not peft_dir.is_dir():
         raise ModelFileError(f"{peft_dir}: not a PEFT adapter directory")
     cfg = check_config(peft_dir, read_config(peft_dir))
-    base = _Base(base_gguf)
+    base = _Base(base_source)
     st_path, tensors = load_peft_tensors(peft_dir)
-    out = Path(out) if out is not None else peft_dir / f"{peft_dir.resolve().name}-{outtype.upper()}-LoRA.gguf"
     report = ConvertReport(peft_dir, out, base.arch, cfg.alpha, outtype)
-    pairs = []
     modules = classify_tensors(st_path, tensors, report.notes)
     gguf_names = {module: gguf_name(st_path, module, e["kind"], base.arch) for module, e in modules.items()}
-    for module, entry in modules.items():
-        kind, names, name = entry["kind"], entry["names"], gguf_names[module]
-        for half, other in (("A", "B"), ("B", "A")):
-            if half not in entry:
-                raise ModelFileError(f"{st_path}: LoRA tensor pair for '{module}' is missing one component "
-                                     f"(has {names[other]}, no lora_{'embedding_' if kind == 'embedding' else ''}"
-                                     f"{half})")
-        a, b = (as_float(st_path, names[h], entry[h]) for h in ("A", "B"))
-        if kind == "embedding":
-            a = a.T   # lora.md §2.2: token_embd's lora_a is A transposed, (n_vocab, r)
-        _check_fit(base, module, name, a, b, str(st_path))
-        rank = b.shape[1]
-        rank_key = get_pattern_key(cfg.rank_pattern, module)
-        want_rank = cfg.rank_pattern[rank_key] if rank_key is not None else cfg.r
-        if rank != want_rank:
-            said = f"rank_pattern['{rank_key}']" if rank_key is not None else "r"
-            raise ModelFileError(f"{st_path}: '{module}' has rank {rank} but {CONFIG_NAME} gives it {said} = "
-                                 f"{want_rank}; the config does not belong to these weights")
-        alpha_key = get_pattern_key(cfg.alpha_pattern, module)
-        alpha_t = cfg.alpha_pattern[alpha_key] if alpha_key is not None else cfg.alpha
-        scale = alpha_t / (math.sqrt(rank) if cfg.rslora else rank)
-        runtime = cfg.alpha / rank if cfg.alpha else 1.0   # lora.md §2.3 with user_scale 1
-        factor = scale / runtime
-        if factor != 1.0:
-            b = b * factor
-        heads = _permute_heads(base, name)
-        if heads is not None:
-            b = permute_rows(b, heads)
-        report.tensors.append(TensorReport(name, module, rank, alpha_t, scale, factor, permuted=heads is not None))
-        pairs.append(_Pair(report.tensors[-1], a, b))
+    pairs = [_peft_pair(cfg, base, st_path, module, entry, gguf_names[module]) for module, entry in modules.items()]
+    report.tensors = [p.report for p in pairs]
     _tied_notes(report, base)
-    _write(report, base, pairs)
-    return report
+    return report, base, pairs
+
+
+def _peft_pair(cfg: PeftConfig, base: _Base, st_path: Path, module: str, entry: dict, name: str) -> _Pair:
+    """One PEFT module's A and B as the GGUF pair on base tensor `name`, checked against the base and config."""
+    kind, names = entry["kind"], entry["names"]
+    for half, other in (("A", "B"), ("B", "A")):
+        if half not in entry:
+            raise ModelFileError(f"{st_path}: LoRA tensor pair for '{module}' is missing one component "
+                                 f"(has {names[other]}, no lora_{'embedding_' if kind == 'embedding' else ''}"
+                                 f"{half})")
+    a, b = (as_float(st_path, names[h], entry[h]) for h in ("A", "B"))
+    if kind == "embedding":
+        a = a.T   # lora.md §2.2: token_embd's lora_a is A transposed, (n_vocab, r)
+    _check_fit(base, module, name, a, b, str(st_path))
+    rank = b.shape[1]
+    rank_key = get_pattern_key(cfg.rank_pattern, module)
+    want_rank = cfg.rank_pattern[rank_key] if rank_key is not None else cfg.r
+    if rank != want_rank:
+        said = f"rank_pattern['{rank_key}']" if rank_key is not None else "r"
+        raise ModelFileError(f"{st_path}: '{module}' has rank {rank} but {CONFIG_NAME} gives it {said} = "
+                             f"{want_rank}; the config does not belong to these weights")
+    alpha_key = get_pattern_key(cfg.alpha_pattern, module)
+    alpha_t = cfg.alpha_pattern[alpha_key] if alpha_key is not None else cfg.alpha
+    scale = alpha_t / (math.sqrt(rank) if cfg.rslora else rank)
+    runtime = cfg.alpha / rank if cfg.alpha else 1.0   # lora.md §2.3 with user_scale 1
+    factor = scale / runtime
+    if factor != 1.0:
+        b = b * factor
+    heads = _permute_heads(base, name)
+    if heads is not None:
+        b = permute_rows(b, heads)
+    return _Pair(TensorReport(name, module, rank, alpha_t, scale, factor, permuted=heads is not None), a, b)
 
 
 def _tied_notes(report: ConvertReport, base: _Base) -> None:
@@ -274,7 +292,7 @@ def convert_ggla(ggla_path: str | os.PathLike, base_gguf: str | os.PathLike, out
                                            permuted=heads is not None))
         pairs.append(_Pair(report.tensors[-1], a, b))
     _tied_notes(report, base)
-    _write(report, base, pairs)
+    _write(report, base, encoded_adapter(report, base, pairs))
     return report
 
 
@@ -287,25 +305,39 @@ def _check_outtype(outtype: str) -> str:
     return value
 
 
-def _encode(values: np.ndarray, outtype: str, name: str,
-            fallbacks: list[tuple[str, int]]) -> tuple[np.ndarray, Q | None, str]:
-    """(data, raw_dtype, ggml type name) for a float64 (rows, row length) array; a Q8_0 tensor whose rows are
+def _encode(values: np.ndarray, outtype: str, name: str, fallbacks: list[tuple[str, int]]) -> tuple[np.ndarray, str]:
+    """(data, ggml type name) for a float64 (rows, row length) array; a Q8_0 tensor whose rows are
     not whole 32-blocks is stored as F16 and listed in `fallbacks` as (name, row length)."""
     values32 = values.astype(np.float32)
     if outtype == "q8_0" and values.shape[1] % 32:
         fallbacks.append((name, values.shape[1]))
         outtype = "f16"
     if outtype == "f32":
-        data, raw, type_name = values32, None, "F32"
+        data, type_name = values32, "F32"
     elif outtype == "f16":
-        data, raw, type_name = values32.astype(np.float16), None, "F16"
+        data, type_name = values32.astype(np.float16), "F16"
     else:
         raw = Q.BF16 if outtype == "bf16" else Q.Q8_0
         data, type_name = gguf.quants.quantize(values32, raw), raw.name
     if outtype == "f16" and not np.all(np.isfinite(data)):
         raise HotLoraError(f"{name}: values overflow F16 (max |x| = {np.max(np.abs(values)):.4g}); "
                            f"use --outtype f32 or bf16")
-    return np.ascontiguousarray(data), raw, type_name
+    return np.ascontiguousarray(data), type_name
+
+
+def encoded_adapter(report: ConvertReport, base: _Base, pairs: list[_Pair]) -> AdapterFile:
+    """The converted pairs encoded in report.outtype: the adapter file the writer writes and the loader uses.
+    Sets each TensorReport's types and fills report.f16_fallbacks."""
+    halves: dict[str, dict[str, Matrix]] = {}
+    for p in pairs:
+        for half, values in (("a", p.a), ("b", p.b)):
+            data, type_name = _encode(values, report.outtype, f"{p.report.base}.lora_{half}", report.f16_fallbacks)
+            setattr(p.report, f"type_{half}", type_name)
+            # values (rows, row length) -> ne [row length, rows]
+            halves.setdefault(p.report.base, {})[half] = Matrix(type_name, (values.shape[1], values.shape[0]),
+                                                                data.reshape(-1).view(np.uint8))
+    return AdapterFile(report.source, report.arch, report.alpha, pair_up(report.source, halves, base.hp.n_layer),
+                       adapter_display_name(report.source))
 
 
 def adapter_display_name(source: Path) -> str:
@@ -314,28 +346,25 @@ def adapter_display_name(source: Path) -> str:
     return re.sub(r"[-_\s]+", " ", stem).strip().title() or "Lora"
 
 
-def _write(report: ConvertReport, base: _Base, pairs: list[_Pair]) -> None:
+def _write(report: ConvertReport, base: _Base, adapter: AdapterFile) -> None:
     """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written to a
     temporary file first so a failure never leaves a half-written adapter behind."""
     out = report.out
     if out.is_dir():
         raise HotLoraError(f"output '{out}' is a directory")
-    pairs = sorted(pairs, key=lambda p: (base.order(p.report.base), p.report.base))
-    report.tensors = [p.report for p in pairs]
+    pairs = sorted(adapter.pairs, key=lambda p: (base.order(p.base), p.base))
+    report.tensors.sort(key=lambda t: (base.order(t.base), t.base))
     tmp = out.with_name(out.name + ".tmp")
     try:
         writer = gguf.GGUFWriter(tmp, report.arch)   # general.architecture first
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
-        writer.add_string("general.name", adapter_display_name(report.source))
+        writer.add_string("general.name", adapter.name)
         writer.add_float32("adapter.lora.alpha", report.alpha)
         writer.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
         for p in pairs:
-            for half, values in (("a", p.a), ("b", p.b)):
-                name = f"{p.report.base}.lora_{half}"
-                data, raw, type_name = _encode(values, report.outtype, name, report.f16_fallbacks)
-                setattr(p.report, f"type_{half}", type_name)
-                writer.add_tensor(name, data, raw_dtype=raw)
+            for half, m in (("a", p.a), ("b", p.b)):
+                writer.add_tensor(f"{p.base}.lora_{half}", m.data.reshape(m.ne[1], -1), raw_dtype=Q[m.type_name])
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

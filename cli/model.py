@@ -194,9 +194,10 @@ class Model:
 
     # ---- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, path: str | os.PathLike) -> Adapter:
-        """Loads a GGUF or ggla LoRA adapter for this model (inactive until set_adapters)."""
+        """Loads a GGUF or ggla LoRA adapter, or a PEFT adapter directory (converted in memory), for this model
+        (inactive until set_adapters)."""
         start = time.perf_counter()
-        file = read_adapter_file(path, self.hparams.arch, self.n_layer)
+        file = read_adapter_file(path, self.hparams.arch, self.n_layer, self._file)
         adapter = Adapter(self._next_adapter_id, file, self._model)
         self._next_adapter_id += 1
         self._loaded.append(adapter)
