@@ -31,6 +31,12 @@ class PerfCounters:
     sample_n: int = 0
     total_ms: float = 0.0
 
+    def add_sampling(self, ms: float, runs: int) -> None:
+        """Adds a sampler's counters before it is reset, so that the sampling line covers a whole interactive
+        session (llama-cli's restarts at each user turn)."""
+        self.sample_ms += ms
+        self.sample_n += runs
+
 
 def c_div(numerator: float, denominator: float) -> float:
     """IEEE-754 double division as C does it: x/0 is ±inf, 0/0 is the default NaN (Python would raise)."""
@@ -94,7 +100,7 @@ def _json_number(value: float) -> float | None:
 
 def timings_json(c: PerfCounters) -> dict:
     """llama-server's `timings` object (prompt_* and predicted_* from the prompt-eval and eval counters, which
-    llama-server does not clamp), plus load_ms, sample_ms and total_ms. Non-finite rates become None."""
+    llama-server does not clamp), plus load_ms, sample_ms, sample_n (the sampler's runs) and total_ms. Non-finite rates become None."""
     prompt_per_token, prompt_per_second = _rate_columns(c.prompt_ms, c.prompt_n)
     eval_per_token, eval_per_second = _rate_columns(c.eval_ms, c.eval_n)
     return {
@@ -108,5 +114,6 @@ def timings_json(c: PerfCounters) -> dict:
         "predicted_per_second": _json_number(eval_per_second),
         "load_ms": c.load_ms,
         "sample_ms": c.sample_ms,
+        "sample_n": c.sample_n,
         "total_ms": c.total_ms,
     }

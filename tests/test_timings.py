@@ -77,7 +77,7 @@ def test_timings_json_fields_and_values():
     timings = timings_json(EXAMPLE_COUNTERS)
     assert list(timings) == ["prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n",
                              "predicted_ms", "predicted_per_token_ms", "predicted_per_second", "load_ms",
-                             "sample_ms", "total_ms"]
+                             "sample_ms", "sample_n", "total_ms"]
     assert timings["prompt_n"] == 3 and timings["predicted_n"] == 7
     assert math.isclose(timings["prompt_per_token_ms"], 0.41 / 3)
     assert math.isclose(timings["prompt_per_second"], 3000 / 0.41)

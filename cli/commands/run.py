@@ -19,7 +19,7 @@ from ..model import Model, default_adapter_paths
 from ..session import Session
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
-from .lora_repl import LoraCommands
+from .lora_repl import LoraCommands, banner, read_user_input
 from .options import HotLora, HotLoraScaled, adapter_list
 
 Opt = typer.Option
@@ -66,21 +66,23 @@ def _prompt_tokens(model: Model, text: str) -> list[int]:
 
 
 def _interactive_turns(session: Session, gen: Generation, commands: LoraCommands) -> None:
-    """Reads a line per turn; EOF ends the run cleanly (unlike llama-cli, which loops forever).
+    """Reads a turn after the `> ` marker; EOF ends the run cleanly (unlike llama-cli, which loops forever).
 
-    As llama-cli: a line of at most one character hands control back without adding
-    text, and the samplers are reset after each user turn. Lines starting with /lora
-    are adapter commands.
+    As llama-cli: input of at most one character hands control back without adding
+    text, and the samplers are reset after each user turn (their counters are kept
+    in the model's perf counters, so the report covers the session). Input starting
+    with /lora is an adapter command.
     """
     while True:
-        line = sys.stdin.readline()
-        if not line:
+        line = read_user_input()
+        if line is None:
             return
         if line.startswith("/lora"):
             commands.run(line.strip())
             continue
         text = unescape(line) if gen.escape else line
         if len(text) > 1:
+            session.model.perf.add_sampling(session.sampler.sample_ms, session.sampler.n_accept)
             session.sampler.reset()
             session.feed(session.model.tokenize(text, add_bos=False, special=False))
         session.generate(gen.n_predict, gen.reverse_prompts)
@@ -93,17 +95,19 @@ def _stream_to_stdout(text: str) -> None:
 
 def _close_counters(m: Model, sampler, total_start: float) -> None:
     m.perf.total_ms = (time.perf_counter() - total_start) * 1e3
-    m.perf.sample_ms, m.perf.sample_n = sampler.sample_ms, sampler.n_accept
+    m.perf.add_sampling(sampler.sample_ms, sampler.n_accept)
 
 
 def _generate(m: Model, gen: Generation) -> None:
     """One pass from an empty cache: stream (or collect) the text, then the report (or JSON)."""
     m.reset()
-    m.perf.prompt_ms = m.perf.eval_ms = 0.0
-    m.perf.prompt_n = m.perf.eval_n = 0
+    m.perf.prompt_ms = m.perf.eval_ms = m.perf.sample_ms = 0.0
+    m.perf.prompt_n = m.perf.eval_n = m.perf.sample_n = 0
     sampler = m.sampler(**gen.sampling)
     session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout)
     total_start = time.perf_counter()
+    if gen.interactive and not gen.as_json:
+        sys.stderr.write(banner(gen.reverse_prompts))
     if not gen.as_json and gen.display_prompt:
         _stream_to_stdout(m.tokenizer.detokenize(gen.prompt_ids))
     try:
