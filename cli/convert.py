@@ -31,6 +31,9 @@ multiple of 32 elements. `lora_a`'s rows are `n_in` long (always fine for real m
 **stored as F16 instead, and the log says so** (what llama.cpp's older converter did). We do not refuse
 because r = 8/16 is the common case and an F16 `lora_b` is small (r·n_out) and more precise than Q8_0.
 
+`convert_peft_in_memory(peft_dir, base_file)` is the same conversion (F32) for a loaded model, returned as the
+`AdapterFile` the writer would write, without writing it: what `--hot-lora DIR` and `/lora load DIR` load.
+
 `convert_ggla(path, base_gguf, out, outtype, from_peft)` turns a legacy ggla file (lora.md §8; read with
 adapters.read_ggla_adapter, which transposes loraA back) into the same GGUF, with the header alpha and
 per-pair ranks, so the runtime scale is the same as loading the ggla directly. `from_peft=True` applies the

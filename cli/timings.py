@@ -100,7 +100,8 @@ def _json_number(value: float) -> float | None:
 
 def timings_json(c: PerfCounters) -> dict:
     """llama-server's `timings` object (prompt_* and predicted_* from the prompt-eval and eval counters, which
-    llama-server does not clamp), plus load_ms, sample_ms, sample_n (the sampler's runs) and total_ms. Non-finite rates become None."""
+    llama-server does not clamp), plus load_ms, sample_ms, sample_n (the sampler's runs) and total_ms.
+    Non-finite rates become None."""
     prompt_per_token, prompt_per_second = _rate_columns(c.prompt_ms, c.prompt_n)
     eval_per_token, eval_per_second = _rate_columns(c.eval_ms, c.eval_n)
     return {
