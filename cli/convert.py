@@ -53,6 +53,7 @@ from .adapters import GGLA_MAGIC, read_ggla_adapter
 from .errors import HotLoraError, ModelFileError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
+from .output_file import atomic_output, refuse_same_file, write_gguf
 from .peft import (CONFIG_NAME, as_float, check_config, classify_tensors, get_pattern_key, gguf_name,
                    load_peft_tensors, read_config)
 
@@ -181,6 +182,8 @@ def convert_peft(peft_dir: str | os.PathLike, base_gguf: str | os.PathLike, out:
     base = _Base(base_gguf)
     st_path, tensors = load_peft_tensors(peft_dir)
     out = Path(out) if out is not None else peft_dir / f"{peft_dir.resolve().name}-{outtype.upper()}-LoRA.gguf"
+    refuse_same_file(out, [("PEFT weights", st_path), ("PEFT config", peft_dir / CONFIG_NAME),
+                           ("base model", Path(base_gguf))])
     report = ConvertReport(peft_dir, out, base.arch, cfg.alpha, outtype)
     pairs = []
     modules = classify_tensors(st_path, tensors, report.notes)
@@ -257,8 +260,7 @@ def convert_ggla(ggla_path: str | os.PathLike, base_gguf: str | os.PathLike, out
     base = _Base(base_gguf)
     file = read_ggla_adapter(ggla_path, base.hp.n_layer)
     out = Path(out) if out is not None else ggla_path.with_suffix(".gguf")
-    if out.resolve() == ggla_path.resolve():
-        raise HotLoraError(f"output '{out}' would overwrite the input; give another path with -o")
+    refuse_same_file(out, [("ggla adapter", ggla_path), ("base model", Path(base_gguf))])
     report = ConvertReport(ggla_path, out, base.arch, file.alpha, outtype)
     if from_peft and base.arch != "llama":
         report.notes.append(f"--ggla-from-peft: {base.arch} bases use no q/k permutation; nothing to permute")
@@ -315,15 +317,11 @@ def adapter_display_name(source: Path) -> str:
 
 
 def _write(report: ConvertReport, base: _Base, pairs: list[_Pair]) -> None:
-    """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written to a
-    temporary file first so a failure never leaves a half-written adapter behind."""
-    out = report.out
-    if out.is_dir():
-        raise HotLoraError(f"output '{out}' is a directory")
+    """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written
+    through output_file.atomic_output, so a failure never leaves a half-written adapter behind."""
     pairs = sorted(pairs, key=lambda p: (base.order(p.report.base), p.report.base))
     report.tensors = [p.report for p in pairs]
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+    with atomic_output(report.out) as tmp:
         writer = gguf.GGUFWriter(tmp, report.arch)   # general.architecture first
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
@@ -336,19 +334,10 @@ def _write(report: ConvertReport, base: _Base, pairs: list[_Pair]) -> None:
                 data, raw, type_name = _encode(values, report.outtype, name, report.f16_fallbacks)
                 setattr(p.report, f"type_{half}", type_name)
                 writer.add_tensor(name, data, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-        if report.f16_fallbacks:
-            lengths = ", ".join(str(n) for n in sorted({n for _, n in report.f16_fallbacks}))
-            report.notes.append(f"q8_0 needs rows of a multiple of 32 elements: {len(report.f16_fallbacks)} "
-                                f"tensor(s) with rows of {lengths} (lora_b of those ranks, token_embd's lora_a) "
-                                f"stored as F16 instead, e.g. '{report.f16_fallbacks[0][0]}'")
-    except OSError as e:
-        raise HotLoraError(f"cannot write '{out}' ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    report.n_bytes = out.stat().st_size
+        write_gguf(writer)
+    if report.f16_fallbacks:
+        lengths = ", ".join(str(n) for n in sorted({n for _, n in report.f16_fallbacks}))
+        report.notes.append(f"q8_0 needs rows of a multiple of 32 elements: {len(report.f16_fallbacks)} "
+                            f"tensor(s) with rows of {lengths} (lora_b of those ranks, token_embd's lora_a) "
+                            f"stored as F16 instead, e.g. '{report.f16_fallbacks[0][0]}'")
+    report.n_bytes = report.out.stat().st_size
