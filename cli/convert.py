@@ -56,6 +56,7 @@ from .adapters import GGLA_MAGIC, AdapterFile, Matrix, pair_up, read_ggla_adapte
 from .errors import HotLoraError, ModelFileError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
+from .output_file import atomic_output, refuse_same_file, write_gguf
 from .peft import (CONFIG_NAME, PeftConfig, as_float, check_config, classify_tensors, get_pattern_key, gguf_name,
                    load_peft_tensors, read_config)
 
@@ -200,6 +201,9 @@ def _read_peft(peft_dir: Path, base_source: str | os.PathLike | GGUFFile, out: P
     cfg = check_config(peft_dir, read_config(peft_dir))
     base = _Base(base_source)
     st_path, tensors = load_peft_tensors(peft_dir)
+    if out is not None:
+        refuse_same_file(out, [("PEFT weights", st_path), ("PEFT config", peft_dir / CONFIG_NAME),
+                               ("base model", base.path)])
     report = ConvertReport(peft_dir, out, base.arch, cfg.alpha, outtype)
     modules = classify_tensors(st_path, tensors, report.notes)
     gguf_names = {module: gguf_name(st_path, module, e["kind"], base.arch) for module, e in modules.items()}
@@ -278,8 +282,7 @@ def convert_ggla(ggla_path: str | os.PathLike, base_gguf: str | os.PathLike, out
     base = _Base(base_gguf)
     file = read_ggla_adapter(ggla_path, base.hp.n_layer)
     out = Path(out) if out is not None else ggla_path.with_suffix(".gguf")
-    if out.resolve() == ggla_path.resolve():
-        raise HotLoraError(f"output '{out}' would overwrite the input; give another path with -o")
+    refuse_same_file(out, [("ggla adapter", ggla_path), ("base model", Path(base_gguf))])
     report = ConvertReport(ggla_path, out, base.arch, file.alpha, outtype)
     if from_peft and base.arch != "llama":
         report.notes.append(f"--ggla-from-peft: {base.arch} bases use no q/k permutation; nothing to permute")
@@ -350,15 +353,11 @@ def adapter_display_name(source: Path) -> str:
 
 
 def _write(report: ConvertReport, base: _Base, adapter: AdapterFile) -> None:
-    """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written to a
-    temporary file first so a failure never leaves a half-written adapter behind."""
-    out = report.out
-    if out.is_dir():
-        raise HotLoraError(f"output '{out}' is a directory")
+    """The GGUF of lora.md §2.1 (keys in llama.cpp's order), pairs in the base file's tensor order; written
+    through output_file.atomic_output, so a failure never leaves a half-written adapter behind."""
     pairs = sorted(adapter.pairs, key=lambda p: (base.order(p.base), p.base))
     report.tensors.sort(key=lambda t: (base.order(t.base), t.base))
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+    with atomic_output(report.out) as tmp:
         writer = gguf.GGUFWriter(tmp, report.arch)   # general.architecture first
         writer.add_string("general.type", "adapter")
         writer.add_string("adapter.type", "lora")
@@ -368,19 +367,10 @@ def _write(report: ConvertReport, base: _Base, adapter: AdapterFile) -> None:
         for p in pairs:
             for half, m in (("a", p.a), ("b", p.b)):
                 writer.add_tensor(f"{p.base}.lora_{half}", m.data.reshape(m.ne[1], -1), raw_dtype=Q[m.type_name])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-        if report.f16_fallbacks:
-            lengths = ", ".join(str(n) for n in sorted({n for _, n in report.f16_fallbacks}))
-            report.notes.append(f"q8_0 needs rows of a multiple of 32 elements: {len(report.f16_fallbacks)} "
-                                f"tensor(s) with rows of {lengths} (lora_b of those ranks, token_embd's lora_a) "
-                                f"stored as F16 instead, e.g. '{report.f16_fallbacks[0][0]}'")
-    except OSError as e:
-        raise HotLoraError(f"cannot write '{out}' ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    report.n_bytes = out.stat().st_size
+        write_gguf(writer)
+    if report.f16_fallbacks:
+        lengths = ", ".join(str(n) for n in sorted({n for _, n in report.f16_fallbacks}))
+        report.notes.append(f"q8_0 needs rows of a multiple of 32 elements: {len(report.f16_fallbacks)} "
+                            f"tensor(s) with rows of {lengths} (lora_b of those ranks, token_embd's lora_a) "
+                            f"stored as F16 instead, e.g. '{report.f16_fallbacks[0][0]}'")
+    report.n_bytes = report.out.stat().st_size

@@ -19,6 +19,7 @@ from gguf.quants import dequantize
 from .adapters import AdapterFile, LoraPair
 from .errors import HotLoraError
 from .gguf_io import GGUFFile, TensorInfo, add_raw_tensor, copy_metadata
+from .output_file import write_gguf
 from .quantize import encode
 
 
@@ -87,7 +88,8 @@ def merged_data(t: MergedTensor, n_threads: int) -> np.ndarray:
 
 
 def write_merged(out: Path, base: GGUFFile, tensors: list[MergedTensor], n_threads: int) -> Iterator[MergedTensor]:
-    """Writes the merged model, yielding each tensor as it is done (for progress)."""
+    """Writes the merged model to out (a temporary path from output_file.atomic_output), yielding each tensor as
+    it is done (for progress)."""
     writer = GGUFWriter(out, base.get_str("general.architecture"), use_temp_file=False)
     copy_metadata(base, writer)
     data = {}
@@ -96,7 +98,4 @@ def write_merged(out: Path, base: GGUFFile, tensors: list[MergedTensor], n_threa
         yield t
     for t in tensors:
         add_raw_tensor(writer, t.name, t.type_name, t.info.ne, data[t.name])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gguf(writer)

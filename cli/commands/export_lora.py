@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from ..errors import HotLoraError
 from ..merge import plan, write_merged
 from ..model import Model
+from ..output_file import atomic_output, refuse_same_file
 from ..system import physical_cores
 from .options import HotLora, HotLoraScaled, adapter_list
 
@@ -33,16 +33,15 @@ def export_lora(
     adapters = adapter_list(hot_lora, hot_lora_scaled)
     if not adapters:
         raise typer.BadParameter("give at least one adapter", param_hint="--hot-lora")
-    if output.resolve() == model.resolve():
-        raise HotLoraError(f"the output '{output}' would overwrite the base model")
+    refuse_same_file(output, [("base model", model)] + [("adapter", path) for path, _ in adapters])
     console = Console(stderr=True)
     with Model(model, n_ctx=1, n_threads=1, n_batch=1) as m:  # checks the adapters as run would
         files = [(m.load_adapter(path).file, scale) for path, scale in adapters]
         tensors = plan(m.file, files, outtype.upper() if outtype else None)
         merged = [t for t in tensors if t.deltas]
-        with Progress(console=console, transient=True) as progress:
+        with atomic_output(output) as tmp, Progress(console=console, transient=True) as progress:
             task = progress.add_task("merging", total=len(tensors))
-            for _ in write_merged(output, m.file, tensors, threads or physical_cores()):
+            for _ in write_merged(tmp, m.file, tensors, threads or physical_cores()):
                 progress.advance(task)
     for t in merged:
         console.print(f"merge_tensor : {t.name} {list(t.info.ne[:2])} {t.info.type_name} -> {t.type_name}, "

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import HotLoraError
 from ..gguf_io import GGUFFile, add_raw_tensor, copy_metadata
+from ..output_file import atomic_output, refuse_same_file, write_gguf
 from ..quant_mix import FILE_TYPES, MIXES, PLAIN, tensor_type
 from ..quantize import requantize
 from ..system import physical_cores
@@ -42,11 +43,21 @@ def quantize(
     target = type_name.upper()
     if target not in TYPES:
         raise typer.BadParameter(f"'{type_name}' is not one of {', '.join(TYPES)}", param_hint="TYPE")
-    if output.resolve() == source.resolve():
-        raise HotLoraError(f"the output '{output}' would overwrite the input")
+    refuse_same_file(output, [("input", source)])
     f = GGUFFile(source)
     types = _plan(f, target)
-    writer = GGUFWriter(output, f.get_str("general.architecture", required=True), use_temp_file=False)
+    with atomic_output(output) as tmp:
+        _write(f, tmp, target, types, threads or physical_cores())
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    summary = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
+    sys.stderr.write(f"quantize: wrote {output} ({output.stat().st_size / 2**20:.2f} MiB; tensors: {summary})\n")
+
+
+def _write(f: GGUFFile, path: Path, target: str, types: dict[str, str], n_threads: int) -> None:
+    """The quantized file at path, with a progress bar on stderr."""
+    writer = GGUFWriter(path, f.get_str("general.architecture", required=True), use_temp_file=False)
     copy_metadata(f, writer, skip=("general.file_type",))
     if f.get_str("general.type", "") != "adapter":
         writer.add_uint32("general.file_type", FILE_TYPES[target])
@@ -56,14 +67,6 @@ def quantize(
         task = progress.add_task(f"quantizing to {target}", total=len(f.tensors))
         for name, info in f.tensors.items():
             progress.update(task, description=f"{escape(name)} -> {types[name]}")
-            add_raw_tensor(writer, name, types[name], info.ne, requantize(info, types[name], threads or physical_cores()))
+            add_raw_tensor(writer, name, types[name], info.ne, requantize(info, types[name], n_threads))
             progress.advance(task)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-    counts: dict[str, int] = {}
-    for t in types.values():
-        counts[t] = counts.get(t, 0) + 1
-    summary = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
-    sys.stderr.write(f"quantize: wrote {output} ({output.stat().st_size / 2**20:.2f} MiB; tensors: {summary})\n")
+        write_gguf(writer)
