@@ -173,10 +173,10 @@ def test_disk_full_at_fsync_is_one_line(world, command, capsys, monkeypatch):
     assert not out.exists() and temp_files(tmp_path) == []
 
 
-INTERRUPT_AT = {  # command -> (module, function) called per tensor while the temporary file exists
+INTERRUPT_AT = {  # command -> (module, function) called while the temporary file exists
     "quantize": ("hotlora.commands.quantize", "requantize"),
     "export-lora": ("hotlora.merge", "merged_data"),
-    "convert-lora": ("hotlora.convert", "_encode"),
+    "convert-lora": ("hotlora.convert", "write_gguf"),
 }
 
 
