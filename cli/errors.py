@@ -31,3 +31,7 @@ class CoreError(HotLoraError):
 
 class Interrupted(HotLoraError):
     """Compute was stopped by the abort flag (Ctrl+C)."""
+
+
+class NonFiniteError(HotLoraError):
+    """A decode produced NaN or infinite logits (a bad weight, adapter or scale); names the first node found."""

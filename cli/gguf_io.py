@@ -7,6 +7,7 @@ the file size. Tensor data stays in the memory map: nothing is copied.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class _CheckedReader(GGUFReader):
 
     def __init__(self, path: Path):
         self._path = path
+        self._deferred_arrays: set[int] = set()  # value offsets of arrays whose elements are not parsed yet
         super().__init__(path)
 
     @property
@@ -72,6 +74,48 @@ class _CheckedReader(GGUFReader):
             raise ValueError(f"a field at byte {offset} reads past the end of the file ({len(self._data)} bytes)")
         return super()._get(offset, dtype, count, override_order)
 
+    def _get_field_parts(self, orig_offs: int, raw_type: int):
+        """An array is only measured here (its end found without a numpy object per element) and parsed
+        once the whole header is known good (_parse_deferred_arrays): the stock reader would first build
+        one view per element of a count that runs to the end of the file (minutes, gigabytes)."""
+        if raw_type != GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        raw_itype, count = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
+        item = GGUFValueType(int(raw_itype[0]))
+        end = self._array_end(orig_offs + 12, item, int(count[0]))
+        self._deferred_arrays.add(orig_offs)
+        return end - orig_offs, [raw_itype, count], [], [GGUFValueType.ARRAY, item]
+
+    def _array_end(self, offs: int, item: GGUFValueType, count: int) -> int:
+        """Where an array of count items starting at offs ends; ValueError if past the end of the file."""
+        size = len(self._data)
+        if item == GGUFValueType.ARRAY:
+            raise ValueError(f"the array at byte {offs} holds arrays, which GGUF readers do not support")
+        if item == GGUFValueType.STRING:
+            if count > (size - offs) // 8:
+                raise ValueError(f"the string array at byte {offs} declares {count} strings, more than the "
+                                 f"{size - offs} bytes left in the file can hold")
+            buf, unpack = memoryview(self._data), struct.Struct("<Q").unpack_from
+            for _ in range(count):
+                if offs + 8 > size:
+                    raise ValueError(f"the string array at byte {offs} reads past the end of the file")
+                offs += 8 + unpack(buf, offs)[0]
+        else:
+            offs += np.dtype(self.gguf_scalar_to_np[item]).itemsize * count
+        if offs > size:
+            raise ValueError(f"an array of {count} {item.name} reads past the end of the file ({size} bytes)")
+        return offs
+
+    def _parse_deferred_arrays(self) -> None:
+        """Replaces each measured array field with the stock reader's parse of it."""
+        for name, field in self.fields.items():
+            key_parts = field.parts[:3]  # key length, key, value type
+            value_offs = field.offset + sum(int(p.nbytes) for p in key_parts)
+            if value_offs not in self._deferred_arrays:
+                continue
+            _size, parts, idxs, types = super()._get_field_parts(value_offs, GGUFValueType.ARRAY)
+            self.fields[name] = type(field)(field.offset, name, key_parts + parts, [i + 3 for i in idxs], types)
+
     @data.setter
     def data(self, mapped: np.ndarray) -> None:
         # A plain ndarray view of the memory map (it keeps the map alive): slicing np.memmap
@@ -80,6 +124,7 @@ class _CheckedReader(GGUFReader):
 
     def _build_tensors(self, start_offs: int, fields: list) -> None:
         file_size = len(self.data)
+        ranges = []
         for field in fields:
             _name_len, name_data, _n_dims, dims, raw_dtype, offset = field.parts
             name = bytes(name_data).decode("utf-8", "replace")
@@ -102,7 +147,18 @@ class _CheckedReader(GGUFReader):
             if begin + n_bytes > file_size:
                 raise ModelFileError(f"{self._path}: tensor '{name}' data (offset {begin}, {n_bytes} bytes) "
                                      f"extends past the end of the file ({file_size} bytes)")
+            ranges.append((begin, begin + n_bytes, name))
+        self._check_disjoint(ranges)
         super()._build_tensors(start_offs, fields)
+        self._parse_deferred_arrays()
+
+    def _check_disjoint(self, ranges: list[tuple[int, int, str]]) -> None:
+        """No two tensors' bytes overlap (a type or offset edit would make them share data)."""
+        ranges = sorted(r for r in ranges if r[1] > r[0])
+        for (b0, e0, first), (b1, e1, second) in zip(ranges, ranges[1:]):
+            if b1 < e0:
+                raise ModelFileError(f"{self._path}: tensor '{second}' data [{b1}, {e1}) overlaps tensor "
+                                     f"'{first}' data [{b0}, {e0})")
 
 
 def _open_reader(path: Path) -> GGUFReader:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._native import check, ffi, lib
 from .adapters import read_adapter_file
-from .errors import ContextFullError, HotLoraError
+from .errors import ContextFullError, HotLoraError, NonFiniteError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
 from .lora import Adapter
@@ -146,7 +146,10 @@ class Model:
         tokens = ffi.new("int32_t[]", ids)
         self._abort_flag[0] = 0
         start = time.perf_counter()
+        n_before = self.n_past
         check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)), "decode")
+        if not np.isfinite(out).all():
+            self._raise_nonfinite(tokens, len(ids), out, all_logits, n_before)
         self._history.extend(ids)
         ms = (time.perf_counter() - start) * 1e3
         if len(ids) > 1:
@@ -156,6 +159,18 @@ class Model:
             self.perf.eval_ms += ms
             self.perf.eval_n += 1
         return out
+
+    def _raise_nonfinite(self, tokens, n_tokens: int, out: np.ndarray, all_logits: bool, n_before: int) -> None:
+        """Drops the batch from the cache, recomputes it node by node to find where NaN/inf first appeared, raises."""
+        bad_row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        position = n_before + (bad_row if all_logits else n_tokens - 1)
+        check(lib.hl_kv_keep(self._ctx, n_before), "decode")
+        first_pos, name = ffi.new("int32_t *"), ffi.new("char[]", 128)
+        check(lib.hl_find_nonfinite(self._ctx, tokens, n_tokens, ffi.cast("float *", ffi.from_buffer(out)),
+                                    int(all_logits), first_pos, name, 128), "decode")
+        found = (f"; first non-finite node: {ffi.string(name).decode()} at position {first_pos[0]}"
+                 if first_pos[0] >= 0 else "; no graph node could be found non-finite on recomputing")
+        raise NonFiniteError(f"{self.path}: non-finite logits (NaN or infinity) at token position {position}{found}")
 
     def _check_room(self, n: int) -> None:
         if self.n_past + n > self.n_ctx:

@@ -49,9 +49,14 @@ def inspect(
     file: Annotated[Path, typer.Argument(help="a GGUF model, vocabulary or adapter, or a ggla adapter")],
     model: Annotated[Optional[Path], Opt("-m", "--model", help="check that the adapter fits this base model")] = None,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object")] = False,
+    check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every tensor for NaN/inf values and scales")] = False,
 ) -> None:
     """Show a file's metadata and tensors; with --model, check an adapter against a base."""
     info = describe(file)
+    if check_tensors:
+        from ..check_tensors import check_any_file
+        from ..system import physical_cores
+        check_any_file(file, physical_cores())
     fit = check_fit(file, model) if model is not None else None
     if as_json:
         sys.stdout.write(json.dumps({**info, "fit": fit}, default=str) + "\n")

@@ -178,6 +178,7 @@ def run(
     cache_type: Annotated[str, Opt("--cache-type", "--cache-type-k", help="KV cache type: f16 or f32")] = "f16",
     no_escape: Annotated[bool, Opt("--no-escape", help="do not process escapes (\\n, \\t, ...) in the prompt")] = False,
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
+    check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
 ) -> None:
     """Generate text from a prompt, like llama-cli, with LoRA adapters applied at run time."""
@@ -191,6 +192,9 @@ def run(
     start = time.perf_counter()
     with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size,
                lora_keep_cache=lora_keep_cache) as m:
+        if check_tensors:
+            from ..check_tensors import check_run_files
+            check_run_files(m.file, [path for path, _ in adapters], m.n_threads)
         loaded = {m.load_adapter(path): scale for path, scale in adapters}
         if not no_warmup:
             _warm_up(m)

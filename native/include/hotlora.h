@@ -191,6 +191,23 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
 hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows, int64_t n_cols, int32_t n_threads);
 
 /*
+ * Checks a tensor as llama.cpp's --check-tensors does: *bad_row gets the first of n_rows rows (n_cols
+ * elements of type each, contiguous) holding a NaN or infinity, or a block whose F16 scale (d, m, dmin) is
+ * one; -1 if none. Rows are split over n_threads threads. Types: F32, F16, BF16 and the quantized weight types.
+ */
+hl_status hl_check_tensor(int32_t type, const void *data, int64_t n_cols, int64_t n_rows, int32_t n_threads,
+                          int64_t *bad_row);
+/*
+ * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch: recomputes
+ * the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
+ * residual it adds to, the KV cache rows it stores). *position gets that token's position (-1 if no node
+ * did), name its node, e.g. "blk.0.attn_qkv (attn_k)" (cap bytes, NUL-terminated). The cache keeps only the
+ * cells it had; hl_decode's graph is not changed by this check.
+ */
+hl_status hl_find_nonfinite(hl_context *ctx, const int32_t *tokens, int32_t n_tokens, float *logits,
+                            int32_t all_logits, int32_t *position, char *name, size_t cap);
+
+/*
  * Streaming-read probe: the median over `repeats` of the GB/s that n_threads threads reach reading
  * disjoint slices of a fresh `bytes`-byte buffer (allocated and freed here). The ceiling decode is
  * measured against.

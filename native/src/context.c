@@ -90,7 +90,8 @@ void hl_context_free(hl_context *c) {
     free(c);
 }
 
-hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits) {
+hl_status hl_decode_prepare(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits,
+                            int32_t all_logits) {
     if (!c || !tokens || !logits) return hl_fail(HL_ERR_INVALID, "hl_decode: NULL argument");
     if (n_tokens < 1 || n_tokens > c->params.n_batch)
         return hl_fail(HL_ERR_INVALID, "hl_decode: %d tokens, expected 1 to n_batch = %d", n_tokens,
@@ -105,7 +106,11 @@ hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, floa
         c->tokens[i] = tokens[i];
     }
     hl_status st = hl_graph_build(c, n_tokens, logits, all_logits);
-    if (st == HL_OK) st = hl_graph_plan(c);
+    return st == HL_OK ? hl_graph_plan(c) : st;
+}
+
+hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits) {
+    hl_status st = hl_decode_prepare(c, tokens, n_tokens, logits, all_logits);
     if (st == HL_OK) st = hl_graph_compute(c);
     if (st != HL_OK) return st;
     for (int32_t i = 0; i < n_tokens; i++) c->cell_sig[c->n_used + i] = c->set_sig;

@@ -139,9 +139,15 @@ hl_status hl_graph_build(hl_context *ctx, int32_t n_tokens, float *logits, int32
 /* Grows ctx->work to the largest need of any node of the built graph. */
 hl_status hl_graph_plan(hl_context *ctx);
 hl_status hl_graph_compute(hl_context *ctx);
+/* Runs node i of the built graph alone, as hl_graph_compute runs it (the non-finite node finder). */
+void hl_graph_compute_node(hl_context *ctx, int32_t i);
 /* Builds (computes nothing) the graph of n_tokens for hl_graph_dot / hl_graph_stats, checking the request. */
 hl_status hl_graph_build_for_tools(hl_context *ctx, const char *fn, int32_t n_tokens, int32_t layer);
 int32_t hl_graph_max_nodes(const hl_model *model);
+
+/* context.c: hl_decode's checks, graph build and plan; nothing computed, the cache unchanged. */
+hl_status hl_decode_prepare(hl_context *ctx, const int32_t *tokens, int32_t n_tokens, float *logits,
+                            int32_t all_logits);
 
 /* ops.c: runs one phase of a node on thread ith of nth; a barrier follows every phase. */
 int hl_op_phases(const hl_node *node);

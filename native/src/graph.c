@@ -205,3 +205,23 @@ hl_status hl_graph_compute(hl_context *ctx) {
     hl_pool_run(ctx->pool, compute_job, ctx);
     return atomic_load(&ctx->abort_at) == INT32_MAX ? HL_OK : hl_fail(HL_ERR_ABORTED, "compute aborted");
 }
+
+typedef struct {
+    hl_context *ctx;
+    const hl_node *node;
+} node_run;
+
+/* compute_job's loop body for one node: the same phases, split and barriers. */
+static void node_job(void *arg, int ith, int nth) {
+    const node_run *run = arg;
+    const int n_phases = hl_op_phases(run->node);
+    for (int phase = 0; phase < n_phases; phase++) {
+        hl_op_run(run->ctx, run->node, phase, ith, nth);
+        hl_pool_barrier(run->ctx->pool);
+    }
+}
+
+void hl_graph_compute_node(hl_context *ctx, int32_t i) {
+    node_run run = {ctx, &ctx->nodes[i]};
+    hl_pool_run(ctx->pool, node_job, &run);
+}
