@@ -1,8 +1,18 @@
-"""hotlora: LLaMA-family GGUF models on the CPU, with LoRA adapters applied at run time."""
-from .errors import HotLoraError
-from .lora import Adapter
-from .model import Model
-from .tokenizer import Tokenizer
+"""hotlora: LLaMA-family GGUF models on the CPU, with LoRA adapters applied at run time.
+
+The public names load on first use (PEP 562), so `python -m hotlora --help` does not pay for numpy,
+gguf and the C core.
+"""
+from importlib import import_module
 
 __all__ = ["Adapter", "HotLoraError", "Model", "Tokenizer", "__version__"]
 __version__ = "0.1.0"
+_HOMES = {"Adapter": ".lora", "HotLoraError": ".errors", "Model": ".model", "Tokenizer": ".tokenizer"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'hotlora' has no attribute '{name}'")
+    value = getattr(import_module(_HOMES[name], __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

@@ -17,11 +17,9 @@ from ..bench_runner import CACHE_TYPE, BenchPlan, BenchRunner, Progress
 from ..errors import HotLoraError
 from ..sysinfo import build_info, cpu_info
 from ..system import physical_cores
-from .options import HotLora, HotLoraScaled, adapter_list
+from .options import MAX_THREADS, MAX_TOKENS, HotLora, HotLoraScaled, adapter_list, int_option
 
 Opt = typer.Option
-MAX_TOKENS = 1 << 20   # per prompt or generation: far beyond any model's context, far below int32
-MAX_THREADS = 512      # ggml's GGML_MAX_N_THREADS
 DEFAULT_BATCH = 512    # the engine's n_batch; the table shows an n_batch column for any other
 
 
@@ -115,7 +113,7 @@ PromptGen = Annotated[Optional[list[str]], Opt(
 Threads = Annotated[Optional[list[str]], _list_option("-t", "--threads", help="threads (default: physical cores)")]
 Batches = Annotated[list[str], _list_option("-b", "--batch-size", help="prompt tokens per decode")]
 Output = Annotated[str, Opt("-o", "--output", help="output format", metavar="md|json|jsonl|csv")]
-ProbeMiB = Annotated[int, Opt("--probe-mib", help="read-bandwidth probe size in MiB (0 = no probe)", min=0)]
+ProbeMiB = Annotated[int, int_option("--probe-mib", help="read-bandwidth probe size in MiB (0 = no probe)", low=0)]
 ShowProgress = Annotated[bool, Opt("--progress", help="progress lines on stderr even when it is not a terminal")]
 
 
@@ -126,7 +124,7 @@ def bench(
     pg: PromptGen = None,
     threads: Threads = None,
     batch_size: Batches = [str(DEFAULT_BATCH)],
-    repetitions: Annotated[int, Opt("-r", "--repetitions", help="timed runs per test", min=1)] = 5,
+    repetitions: Annotated[int, int_option("-r", "--repetitions", help="timed runs per test", low=1)] = 5,
     output: Output = "md",
     hot_lora: HotLora = None,
     hot_lora_scaled: HotLoraScaled = None,

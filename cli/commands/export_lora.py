@@ -13,7 +13,7 @@ from ..merge import plan, write_merged
 from ..model import Model
 from ..output_file import atomic_output, refuse_same_file
 from ..system import physical_cores
-from .options import HotLora, HotLoraScaled, adapter_list
+from .options import HotLora, HotLoraScaled, Threads, adapter_list
 
 Opt = typer.Option
 OUTTYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -25,7 +25,7 @@ def export_lora(
     hot_lora: HotLora = None,
     hot_lora_scaled: HotLoraScaled = None,
     outtype: Annotated[Optional[str], Opt("--outtype", help="type of the merged tensors (default: each base tensor's own)")] = None,
-    threads: Annotated[Optional[int], Opt("-t", "--threads", help="quantizer threads (default: physical cores)", min=1)] = None,
+    threads: Threads = None,
 ) -> None:
     """Merge LoRA adapters into a base model: W' = W + s·B·A; untouched tensors are copied byte for byte."""
     if outtype is not None and outtype.upper() not in OUTTYPES:

@@ -1,4 +1,4 @@
-"""`hotlora graph`: the compute graph of one decode as Graphviz DOT (and SVG when `dot` is installed),
+"""`hotlora graph`: the compute graph of one decode as Graphviz DOT (or SVG, through graphviz's `dot`),
 with the LoRA nodes marked, to show where adapters enter and how many nodes they add."""
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import typer
 
 from ..errors import HotLoraError
 from ..model import Model
-from .options import HotLora, HotLoraScaled, adapter_list
+from .options import MAX_TOKENS, HotLora, HotLoraScaled, adapter_list, int_option
 
 Opt = typer.Option
+LORA_MARK = "lora=1"  # the attribute the core puts on every node with adapter terms
 
 
 def _print_stats(m: Model, tokens: int, layer: int | None) -> None:
@@ -27,33 +28,58 @@ def _print_stats(m: Model, tokens: int, layer: int | None) -> None:
           f"{total_nodes} nodes, {total_barriers} barriers")
 
 
+def _default_view(m: Model, tokens: int) -> int | None:
+    """Block 0, unless adapters are loaded and none of their nodes is in it (an adapter of the output head
+    only): then the whole graph, which holds the head."""
+    if m.adapters and LORA_MARK not in m.graph_dot(tokens, 0):
+        sys.stderr.write("graph: block 0 has no LoRA nodes; drawing all blocks and the head\n")
+        return None
+    return 0
+
+
+def _svg(dot: str, output: Path) -> str:
+    """DOT rendered by graphviz's `dot -Tsvg`; an error naming the output when graphviz is missing or fails."""
+    program = shutil.which("dot")
+    if program is None:
+        raise HotLoraError(f"cannot write SVG '{output}': graphviz is missing ('dot' is not on PATH); "
+                           "write a .dot file instead")
+    done = subprocess.run([program, "-Tsvg"], input=dot, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise HotLoraError(f"cannot write SVG '{output}': dot failed ({done.stderr.strip()})")
+    return done.stdout
+
+
+def _write(output: Path, dot: str) -> None:
+    """SVG when the name ends in .svg, DOT text otherwise."""
+    text = _svg(dot, output) if output.suffix.lower() == ".svg" else dot
+    try:
+        output.write_text(text)
+    except OSError as e:
+        raise HotLoraError(f"cannot write '{output}' ({e.strerror})") from None
+
+
 def graph(
     model: Annotated[Optional[Path], Opt("-m", "--model", help="GGUF model (default: the bundled tiny model)")] = None,
     hot_lora: HotLora = None,
     hot_lora_scaled: HotLoraScaled = None,
-    output: Annotated[Optional[Path], Opt("-o", "--output", help="write DOT here (and FILE.svg if dot is installed)")] = None,
-    tokens: Annotated[int, Opt("--tokens", help="batch size of the decode drawn", min=1)] = 1,
-    layer: Annotated[int, Opt("--layer", help="the block to draw", min=0)] = 0,
+    output: Annotated[Optional[Path], Opt("-o", "--output", help="write DOT here, or SVG if it ends in .svg (needs graphviz)")] = None,
+    tokens: Annotated[int, int_option("--tokens", help="batch size of the decode drawn", low=1, high=MAX_TOKENS)] = 1,
+    layer: Annotated[Optional[int], int_option("--layer", help="the block to draw (default: block 0, or the "
+                                               "whole graph when block 0 has no LoRA node)", low=0)] = None,
     all_layers: Annotated[bool, Opt("--all", help="draw every block")] = False,
     stats: Annotated[bool, Opt("--stats", help="print node and barrier counts instead of the graph")] = False,
 ) -> None:
     """Write the compute graph as Graphviz DOT, LoRA nodes marked (or, with --stats, count its nodes and barriers)."""
-    with Model(model, n_ctx=max(tokens, 1), n_threads=1, n_batch=max(tokens, 1)) as m:
+    with Model(model, n_ctx=tokens, n_threads=1, n_batch=tokens) as m:
         m.set_adapters({m.load_adapter(path): scale for path, scale in adapter_list(hot_lora, hot_lora_scaled)})
+        view = None if all_layers else layer if layer is not None else _default_view(m, tokens)
         if stats:
-            _print_stats(m, tokens, None if all_layers else layer)
+            _print_stats(m, tokens, view)
             return
-        dot = m.graph_dot(tokens, None if all_layers else layer)
-    n_lora = dot.count("lora=1")
+        dot = m.graph_dot(tokens, view)
     if output is None:
         sys.stdout.write(dot)
         return
-    try:
-        output.write_text(dot)
-    except OSError as e:
-        raise HotLoraError(f"cannot write '{output}' ({e.strerror})") from None
-    svg = output.with_suffix(".svg")
-    if shutil.which("dot"):
-        subprocess.run(["dot", "-Tsvg", str(output), "-o", str(svg)], check=False)
-    drawn = f" and {svg}" if svg.exists() else " (install graphviz for SVG)"
-    sys.stderr.write(f"graph: wrote {output}{drawn}; {n_lora} LoRA node{'s' if n_lora != 1 else ''}\n")
+    _write(output, dot)
+    n_lora = dot.count(LORA_MARK)
+    sys.stderr.write(f"graph: wrote {output}; {n_lora} LoRA node{'s' if n_lora != 1 else ''}\n")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import HotLoraError
 from ..inspect_file import check_fit, describe
 
 Opt = typer.Option
@@ -45,6 +46,14 @@ def _render(info: dict, fit: dict | None, console: Console) -> None:
                 console.print(f"  - {problem}", soft_wrap=True, markup=False)  # one line each, as printed
 
 
+def _check_readable(path: Path) -> None:
+    """A missing file or a folder is one error line naming it, before anything parses it."""
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise HotLoraError(f"failed to open '{path}' ({e.strerror})") from None
+
+
 def inspect(
     file: Annotated[Path, typer.Argument(help="a GGUF model, vocabulary or adapter, or a ggla adapter")],
     model: Annotated[Optional[Path], Opt("-m", "--model", help="check that the adapter fits this base model")] = None,
@@ -52,6 +61,8 @@ def inspect(
     check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every tensor for NaN/inf values and scales")] = False,
 ) -> None:
     """Show a file's metadata and tensors; with --model, check an adapter against a base."""
+    for path in filter(None, (file, model)):
+        _check_readable(path)
     info = describe(file)
     if check_tensors:
         from ..check_tensors import check_any_file

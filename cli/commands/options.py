@@ -1,11 +1,16 @@
-"""Option types shared by commands: adapters given as --hot-lora PATH / --hot-lora-scaled PATH SCALE.
+"""Option types shared by commands: range-checked integers, thread counts, and adapters given as
+--hot-lora PATH / --hot-lora-scaled PATH SCALE.
+
+Every integer option is checked at parse time (a usage error naming the option, exit 2): the C core
+takes int32 values, so nothing at or above 2^31 may reach it.
 
 Typer has no repeatable two-value option, so app.main joins the two values of
 each --hot-lora-scaled (or --lora-scaled) into one argument before parsing,
-with a separator no path contains; split_scaled() takes them apart again.
+with a separator no path contains; adapter_list() takes them apart again.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +21,20 @@ PAIR_OPTIONS = ("--hot-lora-scaled", "--lora-scaled")
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, via typer
 PAIR_SEPARATOR = "\x1f"  # ASCII unit separator
 
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+UINT32_MAX = (1 << 32) - 1
+MAX_THREADS = 512      # ggml's GGML_MAX_N_THREADS: more threads than this is a usage error
+MAX_TOKENS = 1 << 20   # per prompt, batch or generation test: far beyond any model's context, far below int32
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def int_option(*names: str, help: str, low: int = INT32_MIN, high: int = INT32_MAX, **kwargs):
+    """An integer option checked against [low, high] at parse time (int32 unless narrower)."""
+    return typer.Option(*names, help=help, min=low, max=high, **kwargs)
+
+
+Threads = Annotated[Optional[int], int_option(
+    "-t", "--threads", help=f"threads, 1 to {MAX_THREADS} (default: physical cores)", low=1, high=MAX_THREADS)]
 HotLora = Annotated[Optional[list[Path]], typer.Option(
     "--hot-lora", "--lora", help="LoRA adapter (GGUF or ggla) at scale 1; repeatable", metavar="PATH")]
 HotLoraScaled = Annotated[Optional[list[str]], typer.Option(
@@ -37,13 +56,22 @@ def join_pairs(argv: list[str]) -> list[str]:
     return out
 
 
+def _scale(path: str, text: str) -> float:
+    """A scale the core can hold: a finite float32 ('nan', 'inf', '1e39' are refused, naming the adapter)."""
+    try:
+        scale = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"scale '{text}' of '{path}' is not a number", param_hint="--hot-lora-scaled") from None
+    if not (math.isfinite(scale) and abs(scale) <= FLOAT32_MAX):
+        raise typer.BadParameter(f"scale '{text}' of '{path}' is not a finite float32 number",
+                                 param_hint="--hot-lora-scaled")
+    return scale
+
+
 def adapter_list(plain: list[Path] | None, scaled: list[str] | None) -> list[tuple[Path, float]]:
     """(path, scale) for every adapter option, plain ones first, each in command-line order."""
     pairs = [(p, 1.0) for p in plain or []]
     for joined in scaled or []:
         path, _, scale = joined.partition(PAIR_SEPARATOR)
-        try:
-            pairs.append((Path(path), float(scale)))
-        except ValueError:
-            raise typer.BadParameter(f"'{scale}' is not a number", param_hint="--hot-lora-scaled") from None
+        pairs.append((Path(path), _scale(path, scale)))
     return pairs

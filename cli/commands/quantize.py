@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from gguf import GGUFWriter
@@ -17,6 +17,7 @@ from ..output_file import atomic_output, refuse_same_file, write_gguf
 from ..quant_mix import FILE_TYPES, MIXES, PLAIN, tensor_type
 from ..quantize import requantize
 from ..system import physical_cores
+from .options import Threads
 
 TYPES = PLAIN + tuple(MIXES)
 
@@ -37,7 +38,7 @@ def quantize(
     source: Annotated[Path, typer.Argument(help="GGUF model or adapter to quantize")],
     output: Annotated[Path, typer.Argument(help="GGUF file to write")],
     type_name: Annotated[str, typer.Argument(metavar="TYPE", help=f"one of {', '.join(TYPES)}")],
-    threads: Annotated[Optional[int], typer.Option("-t", "--threads", help="threads (default: physical cores)", min=1)] = None,
+    threads: Threads = None,
 ) -> None:
     """Quantize a model's (or adapter's) 2-D tensors; 1-D tensors stay as they are."""
     target = type_name.upper()

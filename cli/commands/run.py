@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -19,10 +19,14 @@ from ..model import Model, default_adapter_paths
 from ..session import Session
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
-from .lora_repl import LoraCommands, banner, read_user_input
-from .options import HotLora, HotLoraScaled, adapter_list
+from .options import UINT32_MAX, HotLora, HotLoraScaled, Threads, adapter_list, int_option
 
 Opt = typer.Option
+IntOpt = int_option
+DEMO_SEED = 42  # the no-argument demo samples both passes alike, so they differ only by the adapter
+
+if TYPE_CHECKING:
+    from .lora_repl import LoraCommands
 
 
 @dataclass
@@ -73,6 +77,7 @@ def _interactive_turns(session: Session, gen: Generation, commands: LoraCommands
     in the model's perf counters, so the report covers the session). Input starting
     with /lora is an adapter command.
     """
+    from .lora_repl import read_user_input  # rich loads only for interactive runs
     while True:
         line = read_user_input()
         if line is None:
@@ -107,6 +112,7 @@ def _generate(m: Model, gen: Generation) -> None:
     session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout)
     total_start = time.perf_counter()
     if gen.interactive and not gen.as_json:
+        from .lora_repl import banner
         sys.stderr.write(banner(gen.reverse_prompts))
     if not gen.as_json and gen.display_prompt:
         _stream_to_stdout(m.tokenizer.detokenize(gen.prompt_ids))
@@ -114,6 +120,7 @@ def _generate(m: Model, gen: Generation) -> None:
         session.feed(gen.prompt_ids)
         turn = session.generate(gen.n_predict, gen.reverse_prompts)
         if gen.interactive and not gen.as_json:
+            from .lora_repl import LoraCommands  # rich loads only for interactive runs
             _interactive_turns(session, gen, LoraCommands(m))
     except KeyboardInterrupt:
         sys.stdout.write("\n")
@@ -153,17 +160,17 @@ def run(
     lora_keep_cache: Annotated[bool, Opt("--lora-keep-cache", help="reuse cache cells computed under another adapter set")] = False,
     prompt: Annotated[str, Opt("-p", "--prompt", help="prompt to start generation with")] = "",
     file: Annotated[Optional[Path], Opt("-f", "--file", help="a file containing the prompt")] = None,
-    n_predict: Annotated[int, Opt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until end or context full)")] = -1,
-    ctx_size: Annotated[int, Opt("-c", "--ctx-size", help="context size (0 = from the model)", min=0)] = 4096,
-    batch_size: Annotated[int, Opt("-b", "--batch-size", help="prompt tokens per decode", min=1)] = 512,
-    threads: Annotated[Optional[int], Opt("-t", "--threads", help="threads (default: physical cores)", min=1)] = None,
-    seed: Annotated[int, Opt("-s", "--seed", help="RNG seed (-1 = random)")] = -1,
+    n_predict: Annotated[int, IntOpt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until end or context full)", low=-1)] = -1,
+    ctx_size: Annotated[int, IntOpt("-c", "--ctx-size", help="context size (0 = from the model)", low=0)] = 4096,
+    batch_size: Annotated[int, IntOpt("-b", "--batch-size", help="prompt tokens per decode", low=1)] = 512,
+    threads: Threads = None,
+    seed: Annotated[int, IntOpt("-s", "--seed", help="RNG seed (-1 = random)", low=-1, high=UINT32_MAX)] = -1,
     temp: Annotated[float, Opt("--temp", help="temperature (0 = greedy)")] = 0.8,
-    top_k: Annotated[int, Opt("--top-k", help="top-k sampling (0 = off)")] = 40,
+    top_k: Annotated[int, IntOpt("--top-k", help="top-k sampling (0 = off)")] = 40,
     top_p: Annotated[float, Opt("--top-p", help="top-p sampling (1.0 = off)")] = 0.95,
     min_p: Annotated[float, Opt("--min-p", help="min-p sampling (0.0 = off)")] = 0.05,
     repeat_penalty: Annotated[float, Opt("--repeat-penalty", help="penalty for repeated tokens (1.0 = off)")] = 1.0,
-    repeat_last_n: Annotated[int, Opt("--repeat-last-n", help="tokens the penalty looks back on (-1 = context)", min=-1)] = 64,
+    repeat_last_n: Annotated[int, IntOpt("--repeat-last-n", help="tokens the penalty looks back on (-1 = context)", low=-1)] = 64,
     typical: Annotated[float, Opt("--typical", help="locally typical sampling p (1.0 = off)")] = 1.0,
     presence_penalty: Annotated[float, Opt("--presence-penalty", help="presence penalty (0.0 = off)")] = 0.0,
     frequency_penalty: Annotated[float, Opt("--frequency-penalty", help="frequency penalty (0.0 = off)")] = 0.0,
@@ -188,6 +195,9 @@ def run(
     compare = model is None and not adapters  # the default job: base, then the first bundled adapter
     if compare:
         adapters = [(p, 1.0) for p in default_adapter_paths()[:1]]
+        if seed == -1:
+            seed = DEMO_SEED
+            sys.stderr.write(f"main: seed {seed} for both passes (-s N for another)\n")
     text = _read_prompt(prompt, file, not no_escape)
     start = time.perf_counter()
     with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size,
