@@ -192,6 +192,16 @@ class Model:
             logits = self._decode(ids[i:i + self.n_batch], False)
         return logits[0]
 
+    # ---- KV cache ---------------------------------------------------------------------------------
+    def kv_shift(self, n_keep: int, n_discard: int) -> None:
+        """Context shift: drops the cached tokens n_keep .. n_keep+n_discard-1; the later ones move down
+        n_discard positions (their K re-rotated), so the next token goes at n_past - n_discard."""
+        if not (0 <= n_keep and 1 <= n_discard <= self.n_past - n_keep):
+            raise HotLoraError(f"context shift: cannot keep {n_keep} tokens and drop {n_discard} "
+                               f"of {self.n_past}")
+        check(lib.hl_kv_shift(self._live_ctx(), n_keep, n_discard), "context shift")
+        del self._history[n_keep:n_keep + n_discard]
+
     # ---- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, path: str | os.PathLike) -> Adapter:
         """Loads a GGUF or ggla LoRA adapter for this model (inactive until set_adapters)."""

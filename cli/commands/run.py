@@ -16,7 +16,7 @@ import typer
 
 from ..errors import HotLoraError
 from ..model import Model, default_adapter_paths
-from ..session import Session
+from ..session import Session, kept_tokens
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
 from .lora_repl import LoraCommands
@@ -36,6 +36,8 @@ class Generation:
     display_prompt: bool
     as_json: bool
     escape: bool
+    keep: int = 0                              # --keep
+    context_shift: bool = True                 # off: --no-context-shift or -n -2
 
 
 def _read_prompt(prompt: str, file: Optional[Path], escape: bool) -> str:
@@ -102,7 +104,8 @@ def _generate(m: Model, gen: Generation) -> None:
     m.perf.prompt_ms = m.perf.eval_ms = 0.0
     m.perf.prompt_n = m.perf.eval_n = 0
     sampler = m.sampler(**gen.sampling)
-    session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout)
+    n_keep = kept_tokens(gen.keep, len(gen.prompt_ids), m.tokenizer.add_bos) if gen.context_shift else None
+    session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout, n_keep)
     total_start = time.perf_counter()
     if not gen.as_json and gen.display_prompt:
         _stream_to_stdout(m.tokenizer.detokenize(gen.prompt_ids))
@@ -175,6 +178,8 @@ def run(
     no_escape: Annotated[bool, Opt("--no-escape", help="do not process escapes (\\n, \\t, ...) in the prompt")] = False,
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
+    keep: Annotated[int, Opt("--keep", help="tokens kept on a context shift (-1 = the whole prompt); BOS is kept too")] = 0,
+    no_context_shift: Annotated[bool, Opt("--no-context-shift", help="stop when the context is full instead of shifting it")] = False,
 ) -> None:
     """Generate text from a prompt, like llama-cli, with LoRA adapters applied at run time."""
     if cache_type not in ("f16", "f32"):
@@ -200,7 +205,8 @@ def run(
                           xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
                           dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
                           ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF),
-            interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape)
+            interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape,
+            keep=keep, context_shift=not no_context_shift and n_predict != -2)
         if compare and loaded:
             sys.stderr.write("main: without adapters\n")
             _generate(m, gen)
