@@ -163,3 +163,22 @@ def test_cli_errors_name_the_cache_file(tmp_path):
     assert list(tmp_path.iterdir()) == [bad]
     proc = run_cli("run", "-m", MODEL, "-p", "hi", "-i", "--prompt-cache", tmp_path / "x", "--prompt-cache-all")
     assert_one_line_error(proc, 1, "--prompt-cache-all")
+
+
+def test_core_state_calls_check_sizes():
+    from hotlora._native import ffi, lib
+    with hotlora.Model(MODEL, n_ctx=16, n_threads=1) as m:
+        m.eval_last(m.tokenize("The cat"))
+        tokens, state = m.kv_state()
+        size = lib.hl_kv_state_size(m._ctx, len(tokens))
+        assert size == len(state) > 0 and lib.hl_kv_state_size(m._ctx, 17) == lib.hl_kv_state_size(m._ctx, -1) == 0
+        small = bytearray(size - 1)
+        assert lib.hl_kv_state_read(m._ctx, ffi.from_buffer(small), len(small)) != lib.HL_OK
+        for n_cells, n_bytes in ((len(tokens), size - 1), (len(tokens) + 1, size), (17, size), (-1, size)):
+            assert lib.hl_kv_state_write(m._ctx, ffi.from_buffer(state), n_bytes, n_cells) != lib.HL_OK
+        assert m.n_past == len(tokens)
+        with pytest.raises(hotlora.HotLoraError, match="KV state"):
+            m.load_kv_state(tokens + [10**6], state)
+        m.reset()
+        m.load_kv_state(tokens, state)
+        assert m.kv_state() == (tokens, state)
