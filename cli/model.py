@@ -81,6 +81,7 @@ class Model:
         check(lib.hl_context_create(self._model, params, ctx_out), str(self.path))
         self._ctx = ctx_out[0]
         self.n_threads = n_threads
+        self.cache_type = cache_type
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -206,6 +207,41 @@ class Model:
         for i in range(0, len(ids), self.n_batch):
             logits = self._decode(ids[i:i + self.n_batch], False)
         return logits[0]
+
+    # ---- KV cache ---------------------------------------------------------------------------------
+    def kv_shift(self, n_keep: int, n_discard: int) -> None:
+        """Context shift: drops the cached tokens n_keep .. n_keep+n_discard-1; the later ones move down
+        n_discard positions (their K re-rotated), so the next token goes at n_past - n_discard."""
+        if not (0 <= n_keep and 1 <= n_discard <= self.n_past - n_keep):
+            raise HotLoraError(f"context shift: cannot keep {n_keep} tokens and drop {n_discard} "
+                               f"of {self.n_past}")
+        check(lib.hl_kv_shift(self._live_ctx(), n_keep, n_discard), "context shift")
+        del self._history[n_keep:n_keep + n_discard]
+
+    def kv_keep(self, n: int) -> None:
+        """Keeps the first n cached tokens and drops the rest."""
+        check(lib.hl_kv_keep(self._live_ctx(), n), "KV cache")
+        del self._history[n:]
+
+    def kv_state_size(self, n_tokens: int) -> int:
+        """Bytes of the KV state of n_tokens cells (0 if n_tokens is not 0..n_ctx)."""
+        return lib.hl_kv_state_size(self._live_ctx(), n_tokens) if 0 <= n_tokens <= self.n_ctx else 0
+
+    def kv_state(self) -> tuple[list[int], bytes]:
+        """The cached tokens and their KV cells as bytes (for load_kv_state)."""
+        buf = bytearray(self.kv_state_size(self.n_past))
+        check(lib.hl_kv_state_read(self._ctx, ffi.from_buffer(buf), len(buf)), "KV state")
+        return list(self._history), bytes(buf)
+
+    def load_kv_state(self, tokens: list[int], state: bytes) -> None:
+        """Replaces the KV cache with tokens and their cells from kv_state(), taken as computed under the
+        active adapter set (the caller checks that they were)."""
+        if any(not 0 <= t < self.n_vocab for t in tokens):
+            raise HotLoraError(f"KV state: a token is outside the vocabulary [0, {self.n_vocab})")
+        if len(state) != self.kv_state_size(len(tokens)) or not 0 < len(tokens) <= self.n_ctx:
+            raise HotLoraError(f"KV state: {len(state)} bytes do not hold {len(tokens)} cells of {self.n_ctx}")
+        check(lib.hl_kv_state_write(self._live_ctx(), ffi.from_buffer(state), len(state), len(tokens)), "KV state")
+        self._history = [int(t) for t in tokens]
 
     # ---- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, path: str | os.PathLike) -> Adapter:

@@ -3,7 +3,10 @@
 It mirrors llama-cli's main loop (cli-surface.md §3): the prompt is evaluated in
 n_batch chunks, then tokens are sampled one at a time; generation stops on an
 end-of-generation token, after n_predict tokens, when the output ends with a
-reverse prompt, or when the context is full.
+reverse prompt, or when the context is full. With n_keep set, a full context is
+shifted instead (llama-cli's rule): when n_past + n would reach n_ctx, the first
+n_keep tokens stay, half of the rest, n_discard = (n_past - n_keep) / 2, is
+dropped and the later tokens move down.
 """
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
 REVERSE_PROMPT_WINDOW = 32  # tokens whose text is searched for a reverse prompt
 
 
+def kept_tokens(keep: int, n_prompt: int, add_bos: bool) -> int:
+    """llama-cli's n_keep: --keep N plus the BOS token, or the whole prompt for N < 0 or N > the prompt."""
+    return n_prompt if keep < 0 or keep > n_prompt else keep + int(add_bos)
+
+
 @dataclass
 class Turn:
     """What one generation turn produced and why it stopped."""
@@ -32,8 +40,12 @@ class Turn:
 class Session:
     """A conversation with the model: every token fed or sampled, in order, in its KV cache."""
 
-    def __init__(self, model: Model, sampler: Sampler, on_text: Callable[[str], None] = lambda s: None):
+    def __init__(self, model: Model, sampler: Sampler, on_text: Callable[[str], None] = lambda s: None,
+                 n_keep: int | None = None):
+        """n_keep: tokens kept when a full context is shifted (kept_tokens()); None stops instead."""
         self.model = model
+        self.n_keep = n_keep
+        self.n_shifts = 0             # context shifts so far
         self.sampler = sampler
         self.on_text = on_text
         self.history: list[int] = []
@@ -42,11 +54,16 @@ class Session:
         self.stop = ""                # why the last turn stopped
         self._decoder = StreamDecoder(model.tokenizer)
 
-    def feed(self, ids: list[int]) -> None:
-        """Evaluates tokens (the prompt or user input) after any pending one; accepts them into the sampler."""
+    def feed(self, ids: list[int], n_cached: int = 0) -> None:
+        """Evaluates tokens (the prompt or user input) after any pending one; accepts them into the sampler.
+
+        n_cached: how many of the first ids the model's cache already holds (a prompt cache; < len(ids)).
+        """
         if not ids:
             return
-        self.logits = self.model.eval_last(self.pending + ids)
+        batch = self.pending + ids[n_cached:]
+        self._make_room(len(batch))
+        self.logits = self.model.eval_last(batch)
         self.pending = []
         for t in ids:
             self.sampler.accept(t)
@@ -65,9 +82,21 @@ class Session:
             return "n_predict"
         if self._ends_with_reverse_prompt(reverse_prompts):
             return "reverse_prompt"
-        if self.model.n_past + 1 > self.model.n_ctx:
+        if not self._make_room(1):
             return "context_full"
         return ""
+
+    def _make_room(self, n: int) -> bool:
+        """Shifts the context if n more tokens would reach n_ctx and shifting is on; False if they do not fit."""
+        n_past = self.model.n_past
+        if n_past + n < self.model.n_ctx:
+            return True
+        n_discard = (n_past - self.n_keep) // 2 if self.n_keep is not None else 0
+        if n_discard < 1:
+            return False
+        self.model.kv_shift(self.n_keep, n_discard)
+        self.n_shifts += 1
+        return self.model.n_past + n < self.model.n_ctx
 
     def steps(self, n_predict: int, reverse_prompts: list[str] = ()) -> Iterator[tuple[int, str]]:
         """Samples until a stop rule fires, yielding (token, text piece); self.stop then names the rule.
@@ -78,6 +107,9 @@ class Session:
         if self.stop:
             return
         if self.pending:
+            if not self._make_room(len(self.pending)):
+                self.stop = "context_full"
+                return
             self.logits = self.model.eval_last(self.pending)
             self.pending = []
         n = 0

@@ -424,3 +424,82 @@ def with_hparams(model: RefModel, **changes) -> RefModel:
     """A copy of `model` with some hyper-parameters replaced (weights copied)."""
     return RefModel(dataclasses.replace(model.hparams, **changes),
                     {name: w.copy() for name, w in model.weights.items()})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Incremental decoding over a KV cache, and llama.cpp's context shift (gguf-llama.md §6)
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RefKVCache:
+    """Per layer, K (rotated at its cell's position) and V of the cached tokens, each (n, H_kv, hd) float64;
+    cell j holds position j (llama-cli's single sequence, also after a shift)."""
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+
+    @property
+    def n_past(self) -> int:
+        return self.k[0].shape[0]
+
+
+def empty_cache(model: RefModel) -> RefKVCache:
+    hp = model.hparams
+    shape = (0, hp.n_head_kv, hp.head_dim)
+    return RefKVCache([np.zeros(shape) for _ in range(hp.n_layer)], [np.zeros(shape) for _ in range(hp.n_layer)])
+
+
+def cached_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray) -> np.ndarray:
+    """Attention of T queries at positions q_pos over the S cells 0..S-1.  q (T, H, hd), k/v (S, H_kv, hd)
+    -> (T, H·hd); a cell is seen when its position <= the query's."""
+    T, n_head, hd = q.shape
+    group = n_head // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)      # (S, H, hd)
+    scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)              # (H, T, S)
+    scores = np.where(np.arange(k.shape[0])[None, :] > q_pos[:, None], -np.inf, scores)
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    return np.einsum("hts,shd->thd", p, v).reshape(T, n_head * hd)
+
+
+def decode(model: RefModel, cache: RefKVCache, tokens: Sequence[int], adapters: AdapterList = ()) -> np.ndarray:
+    """Appends tokens at positions n_past.. to the cache (in place); logits of each.  -> (T, n_vocab).
+
+    With an empty cache this is forward(); the layer body is forward()'s, attending over the cache.
+    """
+    hp, w = model.hparams, model.weights
+    lora = _Lora(model, adapters)
+    T = len(tokens)
+    pos = np.arange(cache.n_past, cache.n_past + T, dtype=np.float64)
+    theta = rope_angles(model, pos)                                     # (T, hd/2)
+    x = embed(model, lora, tokens)                                      # (T, n_embd)
+    for il in range(hp.n_layer):
+        blk = f"blk.{il}."
+        h = rmsnorm(x, w[blk + "attn_norm.weight"], hp.rms_eps)
+        q = linear(model, lora, blk + "attn_q.weight", h).reshape(T, hp.n_head, hp.head_dim)
+        k = linear(model, lora, blk + "attn_k.weight", h).reshape(T, hp.n_head_kv, hp.head_dim)
+        v = linear(model, lora, blk + "attn_v.weight", h).reshape(T, hp.n_head_kv, hp.head_dim)
+        q = rope(q, theta, hp.rope_mode, hp.attn_factor)
+        cache.k[il] = np.concatenate([cache.k[il], rope(k, theta, hp.rope_mode, hp.attn_factor)])
+        cache.v[il] = np.concatenate([cache.v[il], v])
+        a = cached_attention(q, cache.k[il], cache.v[il], pos)
+        r = x + linear(model, lora, blk + "attn_output.weight", a)
+        f = rmsnorm(r, w[blk + "ffn_norm.weight"], hp.rms_eps)
+        gate = silu(linear(model, lora, blk + "ffn_gate.weight", f))
+        x = r + linear(model, lora, blk + "ffn_down.weight", gate * linear(model, lora, blk + "ffn_up.weight", f))
+    h = rmsnorm(x, w["output_norm.weight"], hp.rms_eps)
+    output = "output.weight" if "output.weight" in w else "token_embd.weight"
+    return linear(model, lora, output, h, site="output.weight")
+
+
+def shift_cache(model: RefModel, cache: RefKVCache, n_keep: int, n_discard: int, rerotate: bool = True) -> None:
+    """llama.cpp's context shift, in place: seq_rm of cells n_keep .. n_keep+n_discard-1, then seq_add of
+    -n_discard to the later cells, whose stored K is rotated again by the angles of -n_discard (a pure
+    rotation: mscale 1). rerotate=False leaves K as stored (a wrong shift, to show what the check catches)."""
+    hp = model.hparams
+    theta = rope_angles(model, np.array([-float(n_discard)]))           # (1, hd/2)
+    for il in range(hp.n_layer):
+        later = cache.k[il][n_keep + n_discard:]
+        if rerotate:
+            later = rope(later, theta, hp.rope_mode, 1.0)                # theta broadcasts over the cells
+        cache.k[il] = np.concatenate([cache.k[il][:n_keep], later])
+        cache.v[il] = np.concatenate([cache.v[il][:n_keep], cache.v[il][n_keep + n_discard:]])

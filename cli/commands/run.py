@@ -16,7 +16,8 @@ import typer
 
 from ..errors import HotLoraError
 from ..model import Model, default_adapter_paths
-from ..session import Session
+from ..prompt_cache import PromptCache
+from ..session import Session, kept_tokens
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
 from .options import UINT32_MAX, HotLora, HotLoraScaled, Threads, adapter_list, int_option
@@ -40,6 +41,9 @@ class Generation:
     display_prompt: bool
     as_json: bool
     escape: bool
+    keep: int = 0                              # --keep
+    context_shift: bool = True                 # off: --no-context-shift or -n -2
+    prompt_cache: Optional[PromptCache] = None
 
 
 def _read_prompt(prompt: str, file: Optional[Path], escape: bool) -> str:
@@ -109,7 +113,9 @@ def _generate(m: Model, gen: Generation) -> None:
     m.perf.prompt_ms = m.perf.eval_ms = m.perf.sample_ms = 0.0
     m.perf.prompt_n = m.perf.eval_n = m.perf.sample_n = 0
     sampler = m.sampler(**gen.sampling)
-    session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout)
+    n_keep = kept_tokens(gen.keep, len(gen.prompt_ids), m.tokenizer.add_bos) if gen.context_shift else None
+    session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout, n_keep)
+    n_cached = gen.prompt_cache.restore(m, gen.prompt_ids) if gen.prompt_cache else 0
     total_start = time.perf_counter()
     if gen.interactive and not gen.as_json:
         from .lora_repl import banner
@@ -117,8 +123,12 @@ def _generate(m: Model, gen: Generation) -> None:
     if not gen.as_json and gen.display_prompt:
         _stream_to_stdout(m.tokenizer.detokenize(gen.prompt_ids))
     try:
-        session.feed(gen.prompt_ids)
+        session.feed(gen.prompt_ids, n_cached)
+        if gen.prompt_cache:
+            gen.prompt_cache.save(m, final=False)
         turn = session.generate(gen.n_predict, gen.reverse_prompts)
+        if gen.prompt_cache and not session.n_shifts:  # as llama-cli: no saving once the context shifted
+            gen.prompt_cache.save(m, final=True)
         if gen.interactive and not gen.as_json:
             from .lora_repl import LoraCommands  # rich loads only for interactive runs
             _interactive_turns(session, gen, LoraCommands(m))
@@ -187,10 +197,17 @@ def run(
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
     check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
+    keep: Annotated[int, Opt("--keep", help="tokens kept on a context shift (-1 = the whole prompt); BOS is kept too")] = 0,
+    no_context_shift: Annotated[bool, Opt("--no-context-shift", help="stop when the context is full instead of shifting it")] = False,
+    prompt_cache: Annotated[Optional[Path], Opt("--prompt-cache", help="file caching the prompt's state, reused for a prompt it starts")] = None,
+    prompt_cache_all: Annotated[bool, Opt("--prompt-cache-all", help="also save the generated tokens to --prompt-cache")] = False,
+    prompt_cache_ro: Annotated[bool, Opt("--prompt-cache-ro", help="use --prompt-cache without updating it")] = False,
 ) -> None:
     """Generate text from a prompt, like llama-cli, with LoRA adapters applied at run time."""
     if cache_type not in ("f16", "f32"):
         raise typer.BadParameter(f"'{cache_type}' is not f16 or f32", param_hint="--cache-type")
+    if prompt_cache and prompt_cache_all and interactive:
+        raise HotLoraError("--prompt-cache-all is not supported in interactive mode")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
     compare = model is None and not adapters  # the default job: base, then the first bundled adapter
     if compare:
@@ -218,7 +235,9 @@ def run(
                           xtc_probability=xtc_probability, xtc_threshold=xtc_threshold,
                           dynatemp_range=dynatemp_range, dynatemp_exponent=dynatemp_exp,
                           ignore_eos=ignore_eos, seed=seed & 0xFFFFFFFF),
-            interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape)
+            interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape,
+            keep=keep, context_shift=not no_context_shift and n_predict != -2,
+            prompt_cache=PromptCache(prompt_cache, prompt_cache_all, prompt_cache_ro) if prompt_cache else None)
         if compare and loaded:
             sys.stderr.write("main: without adapters\n")
             _generate(m, gen)

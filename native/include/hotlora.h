@@ -155,6 +155,18 @@ int32_t hl_kv_used(const hl_context *ctx);
 int32_t hl_kv_first_stale(const hl_context *ctx);
 /* Keeps the first n cells and drops the rest (0 clears the cache). */
 hl_status hl_kv_keep(hl_context *ctx, int32_t n);
+/*
+ * Context shift: drops cells n_keep .. n_keep+n_discard-1 (n_discard >= 1), moves the later cells down and
+ * re-rotates their K by -n_discard positions (V unchanged); hl_kv_used() drops by n_discard.
+ */
+hl_status hl_kv_shift(hl_context *ctx, int32_t n_keep, int32_t n_discard);
+/* Bytes of the state of n_cells cells (per layer: K [n_cells][n_embd_kv], V [n_embd_kv][n_cells]); 0 if invalid. */
+size_t hl_kv_state_size(const hl_context *ctx, int32_t n_cells);
+/* Copies the state of the cells in use into buf (cap >= hl_kv_state_size(ctx, hl_kv_used(ctx))). */
+hl_status hl_kv_state_read(const hl_context *ctx, void *buf, size_t cap);
+/* Replaces the cache with n_cells cells read back (size must be hl_kv_state_size(ctx, n_cells)), marked as
+ * computed under the active adapter set. */
+hl_status hl_kv_state_write(hl_context *ctx, const void *buf, size_t size, int32_t n_cells);
 /* While *flag != 0, compute stops between graph nodes with HL_ERR_ABORTED. */
 void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
 
