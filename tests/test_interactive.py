@@ -71,7 +71,7 @@ def test_lora_commands_check_arguments_before_acting():
     assert lines[5] == f"error: /lora load {MODEL}: {MODEL}: expect general.type to be 'adapter', but got: 'model'"
     assert lines[6:8] == ["error: /lora scale 7: no adapter with id '7' (loaded: none)",
                           "error: /lora unload x: no adapter with id 'x' (loaded: none)"]
-    assert lines[8] == (f"error: /lora scale 0 (hotlora-tiny-numbers.lora.gguf): scale 'nan' must be finite and "
+    assert lines[8] == ("error: /lora scale 0 (hotlora-tiny-numbers.lora.gguf): scale 'nan' must be finite and "
                         "within float32 range (|scale| <= 3.4e38)")
     assert lines[9] == "error: /lora unload 3: no adapter with id '3' (loaded: 0 (hotlora-tiny-numbers.lora.gguf))"
     tables = proc.stderr.split("LoRA adapters")[1:]

@@ -170,7 +170,7 @@ def run(
     lora_keep_cache: Annotated[bool, Opt("--lora-keep-cache", help="reuse cache cells computed under another adapter set")] = False,
     prompt: Annotated[str, Opt("-p", "--prompt", help="prompt to start generation with")] = "",
     file: Annotated[Optional[Path], Opt("-f", "--file", help="a file containing the prompt")] = None,
-    n_predict: Annotated[int, IntOpt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until end or context full)", low=-1)] = -1,
+    n_predict: Annotated[int, IntOpt("-n", "--n-predict", "--predict", help="tokens to predict (-1 = until an end-of-generation token, shifting the context; -2 = until the context is full)", low=-2)] = -1,
     ctx_size: Annotated[int, IntOpt("-c", "--ctx-size", help="context size (0 = from the model)", low=0)] = 4096,
     batch_size: Annotated[int, IntOpt("-b", "--batch-size", help="prompt tokens per decode", low=1)] = 512,
     threads: Threads = None,
