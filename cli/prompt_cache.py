@@ -25,13 +25,13 @@ import hashlib
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .errors import HotLoraError
+from .output_file import atomic_output
 
 if TYPE_CHECKING:
     from .model import Model
@@ -74,20 +74,6 @@ def cache_key(model: Model) -> bytes:
 
 def _checksum(tokens: bytes, state: bytes) -> bytes:
     return hashlib.sha256(tokens + state).digest()
-
-
-def _atomic_write(path: Path, parts: list[bytes]) -> None:
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise HotLoraError(f"cannot write prompt cache '{path}' ({e.strerror or e})") from None
 
 
 class PromptCache:
@@ -162,4 +148,5 @@ class PromptCache:
         tokens, state = model.kv_state()
         raw_tokens = np.asarray(tokens, dtype="<i4").tobytes()
         head = HEADER.pack(MAGIC, VERSION, cache_key(model), len(tokens), len(state), _checksum(raw_tokens, state))
-        _atomic_write(self.path, [head, raw_tokens, state])
+        with atomic_output(self.path) as tmp:
+            tmp.write_bytes(head + raw_tokens + state)

@@ -131,8 +131,8 @@ def test_failed_write_leaves_no_file_behind(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
     with hotlora.Model(MODEL, n_ctx=64, n_threads=1) as m:
         m.eval_last(m.tokenize(PROMPT))
-        monkeypatch.setattr("hotlora.prompt_cache.os.replace", refuse)
-        with pytest.raises(hotlora.HotLoraError, match="cannot write prompt cache .*No space left on device"):
+        monkeypatch.setattr("hotlora.output_file.os.replace", refuse)
+        with pytest.raises(hotlora.HotLoraError, match="cannot write .*p.cache.*No space left on device"):
             PromptCache(tmp_path / "p.cache").save(m, final=False)
     assert list(tmp_path.iterdir()) == []
 
