@@ -113,8 +113,29 @@ class _CheckedReader(GGUFReader):
             value_offs = field.offset + sum(int(p.nbytes) for p in key_parts)
             if value_offs not in self._deferred_arrays:
                 continue
-            _size, parts, idxs, types = super()._get_field_parts(value_offs, GGUFValueType.ARRAY)
+            parts, idxs, types = self._array_parts(value_offs)
             self.fields[name] = type(field)(field.offset, name, key_parts + parts, [i + 3 for i in idxs], types)
+
+    def _array_parts(self, offs: int) -> tuple[list[np.ndarray], list[int], list[GGUFValueType]]:
+        """The stock reader's parts of a measured array ([item type, count, then each element's parts]), the data
+        part indices and the types, built from one pass over the bytes: the stock parse costs a checked numpy
+        read per element and string length (0.2 s for a 4096-token vocabulary, most of a short run's start-up)."""
+        raw_itype, count = self._get(offs, np.uint32), self._get(offs + 4, np.uint64)
+        item, n, offs = GGUFValueType(int(raw_itype[0])), int(count[0]), offs + 12
+        parts: list[np.ndarray] = [raw_itype, count]
+        types = [GGUFValueType.ARRAY] + ([item] if n else [])  # the stock reader types an empty array ARRAY only
+        if item == GGUFValueType.STRING:
+            buf = self._data  # uint8
+            u64 = np.dtype(np.uint64).newbyteorder(self.byte_order)
+            unpack = struct.Struct("=Q" if self.byte_order == "I" else (">Q" if np.little_endian else "<Q")).unpack_from
+            for _ in range(n):
+                length = unpack(buf, offs)[0]
+                parts += [buf[offs:offs + 8].view(u64), buf[offs + 8:offs + 8 + length]]
+                offs += 8 + length
+            return parts, list(range(3, 2 + 2 * n, 2)), types
+        values = self._get(offs, self.gguf_scalar_to_np[item], n)
+        parts += [values[i:i + 1] for i in range(n)]
+        return parts, list(range(2, 2 + n)), types
 
     @data.setter
     def data(self, mapped: np.ndarray) -> None:

@@ -58,12 +58,15 @@ def test_array_count_refused_by_cli(tmp_path):
     assert_one_line_error(hotlora("inspect", path, timeout=30), 1, str(path), "past the end of the file")
 
 
-def test_arrays_still_parse_like_the_stock_reader(valid):
-    ours, stock = GGUFFile(valid).reader, gguf.GGUFReader(valid)
+@pytest.mark.parametrize("which", ["factory", "bundled"])
+def test_arrays_still_parse_like_the_stock_reader(valid, which):
+    path = valid if which == "factory" else default_model_path()
+    ours, stock = GGUFFile(path).reader, gguf.GGUFReader(path)
     assert list(ours.fields) == list(stock.fields)
     for name, field in stock.fields.items():
         mine = ours.fields[name]
         assert mine.types == field.types and mine.data == field.data and mine.contents() == field.contents(), name
+        assert [(p.dtype, p.tobytes()) for p in mine.parts] == [(p.dtype, p.tobytes()) for p in field.parts], name
 
 
 def _tensor_offset_positions(path) -> dict[str, int]:
