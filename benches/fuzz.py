@@ -37,6 +37,7 @@ import fuzz_mutations  # noqa: E402
 OUTCOMES = ("loaded", "refused", "crash", "traceback", "timeout", "over-memory")
 BAD = OUTCOMES[2:]
 READY_TIMEOUT_S = 300   # a worker's start-up (imports, loading the model), slow under the sanitizers
+PROGRESS_EVERY_S = 30
 
 
 # ---- valid inputs ---------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class Campaign:
                 workers[i] = self.replace_worker(w, "over-memory", f"RSS over {self.args.max_rss_mb} MB")
 
     def run(self) -> float:
-        start = time.monotonic()
+        start = last_report = time.monotonic()
         workers = [self.start_worker() for _ in range(self.args.workers)]
         while True:
             for w in workers:
@@ -255,6 +256,9 @@ class Campaign:
             if all(w.index is None for w in workers):
                 break
             self.step(workers)
+            if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                self.report_progress(last_report - start)
         for w in workers:
             w.proc.stdin.close()
             w.proc.wait()
@@ -262,6 +266,12 @@ class Campaign:
             if log.stat().st_size == 0:
                 log.unlink()
         return time.monotonic() - start
+
+
+    def report_progress(self, seconds: float) -> None:
+        done = sum(self.counts.values())
+        print(f"{done}/{self.args.cases} cases, {sum(self.counts[o] for o in BAD)} bad, "
+              f"{done / seconds:.1f} cases/s", file=sys.stderr)
 
 
 def rss_mb(pid: int) -> float:
