@@ -327,11 +327,10 @@ def main(argv=None) -> int:
     if args.replay:
         return replay(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    valid, model = write_valid_files(args.kind, args.out)
-    if args.valid:
-        valid = args.valid
-    if args.kind == "adapter" and args.model is None:
-        args.model = model
+    valid = args.valid
+    if not valid or (args.kind == "adapter" and args.model is None):
+        written, model = write_valid_files(args.kind, args.out)
+        valid, args.model = valid or written, args.model or model
     with tempfile.TemporaryDirectory(prefix="hotlora-fuzz-") as work:
         campaign = Campaign(args, valid, Path(work))
         seconds = campaign.run()
