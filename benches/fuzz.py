@@ -125,11 +125,11 @@ def worker_main(args) -> None:
     os.dup2(2, 1)   # anything else printed goes to the worker's log, not into the replies
     valid = [Path(p) for p in args.valid]
     run = case_runner(args.kind, args.model)
-    case_file = Path(args.work) / f"case{valid[0].suffix}"
     replies.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         index = int(line)
-        data, _, _ = make_case(valid, args.seed, index)
+        data, _, source = make_case(valid, args.seed, index)
+        case_file = Path(args.work) / f"case{source.suffix}"
         case_file.write_bytes(data)
         outcome, detail = run_case(run, case_file)
         if outcome in ("loaded", "refused") and peak_rss_mb() > args.max_rss_mb:
