@@ -5,8 +5,8 @@ and KV counts, every string length, value type, array item type and count, integ
 tensor's n_dims, ne[i], type and data offset (gguf.md §2); ggla's header and per-record n_dims, name length,
 ftype and ne[i] (lora.md §8). `mutate(data, fields, rng)` applies one to three random mutations, some blind
 (byte and bit flips, truncation, inserts, deletes), some aimed at a parsed field (an extreme integer, a type
-id, a tensor offset), and says what it did. Everything depends only on the rng, so a case is reproducible from
-its seed.
+id, a tensor offset, a value retyped as a huge array), and says what it did. Everything depends only on the
+rng, so a case is reproducible from its seed.
 """
 from __future__ import annotations
 
@@ -180,6 +180,19 @@ def offset_edit(buf, fields, hot, rng) -> str:
     return f"{field.role}@{field.offset} = {value}"
 
 
+def retype_as_array(buf, fields, hot, rng) -> str:
+    """A metadata value retyped as an array (mostly of uint8) whose count is extreme or reaches the end of the
+    file: the 8 + 4 bytes after the value type become the item type and the count."""
+    vtypes = [f for f in fields if f.role == "vtype"]
+    if not vtypes:   # ggla has no metadata
+        return byte_flips(buf, fields, hot, rng)
+    at = vtypes[rng.integers(0, len(vtypes))].offset
+    item = 0 if rng.random() < 0.7 else int(rng.integers(0, 13))
+    count = [len(buf) - at - 16, 2**31 - 1, 2**32 - 1, 2**63 - 1, 2**64 - 1][rng.integers(0, 5)] % 2**64
+    buf[at:at + 16] = struct.pack("<IIQ", ARRAY, item, count)
+    return f"value type@{at} = array of type {item}, count {count}"
+
+
 def insert(buf, fields, hot, rng) -> str:
     pos, length = _position(buf, hot, rng), int(rng.integers(1, 65))
     buf[pos:pos] = bytes(rng.integers(0, 256, size=length, dtype=np.uint8))
@@ -192,7 +205,8 @@ def delete(buf, fields, hot, rng) -> str:
     return f"delete {length} bytes at {pos}"
 
 
-MUTATIONS = (byte_flips, bit_flips, truncate, extreme_int, extreme_int, type_edit, offset_edit, insert, delete)
+MUTATIONS = (byte_flips, bit_flips, truncate, extreme_int, extreme_int, type_edit, offset_edit, retype_as_array,
+             insert, delete)
 
 
 def mutate(data: bytes, fields: list[Field], rng: np.random.Generator) -> tuple[bytes, str]:
