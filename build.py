@@ -35,7 +35,15 @@ def _compile_args() -> list[str]:
         args.append("-pthread")
     if os.environ.get("HOTLORA_NO_SIMD") == "1":
         args.append("-DHL_NO_SIMD")
-    return args
+    return args + _sanitize_args()
+
+
+def _sanitize_args() -> list[str]:
+    """HOTLORA_SANITIZE=1: AddressSanitizer and UBSan, any report fatal (compile and link flags; CI only).
+    -O0 (after -O3, so it wins): instrumented at -O1, the SIMD kernel files take minutes each to compile."""
+    if os.environ.get("HOTLORA_SANITIZE") != "1":
+        return []
+    return ["-O0", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
 
 
 def _flags_macro(args: list[str]) -> tuple[str, str]:
@@ -53,7 +61,7 @@ ffibuilder.set_source(
     include_dirs=[str(HEADER.parent)],
     extra_compile_args=_compile_args(),
     define_macros=[_flags_macro(_compile_args())],
-    extra_link_args=["-pthread", "-lm"],
+    extra_link_args=["-pthread", "-lm"] + _sanitize_args(),
 )
 
 
