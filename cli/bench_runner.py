@@ -66,7 +66,8 @@ class BenchRunner:
         self._rows_done = 0
 
     def run(self) -> None:
-        n_ctx = max(t.n_tokens for t in self.plan.tests)
+        # One cell more than a test's tokens: generation stops, as llama-cli's does, before the last cell fills.
+        n_ctx = max(t.n_tokens for t in self.plan.tests) + 1
         for path in self.plan.models:
             for n_batch in self.plan.batches:
                 for n_threads in self.plan.threads:
