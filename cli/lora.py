@@ -1,26 +1,11 @@
 """hotlora.Adapter: a LoRA adapter loaded into the core for one model, ready to be made active."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ._native import TYPE_IDS, check, ffi, lib
 from .adapters import AdapterFile
 from .errors import HotLoraError
-
-FLOAT32_MAX = 3.4028234663852886e38  # the core multiplies by the scale in float32
-
-
-def parse_scale(text: str, adapter: str) -> float:
-    """A user's adapter scale: a finite number within float32 range, or an error naming the adapter as typed."""
-    try:
-        scale = float(text)
-    except ValueError:
-        raise HotLoraError(f"{adapter}: scale '{text}' is not a number") from None
-    if not math.isfinite(scale) or abs(scale) > FLOAT32_MAX:
-        raise HotLoraError(f"{adapter}: scale '{text}' must be finite and within float32 range "
-                           f"(|scale| <= 3.4e38)")
-    return scale
 
 
 class Adapter:

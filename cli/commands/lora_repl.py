@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import HotLoraError
-from ..lora import parse_scale
+from ..scales import parse_scale
 from ..model import Model
 
 USAGE = ("/lora | /lora load PATH|PEFT_DIR [SCALE] | /lora scale ID SCALE | /lora off | /lora on | /lora unload ID")

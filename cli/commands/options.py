@@ -10,12 +10,13 @@ with a separator no path contains; adapter_list() takes them apart again.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import HotLoraError
+from ..scales import parse_scale
 
 PAIR_OPTIONS = ("--hot-lora-scaled", "--lora-scaled")
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, via typer
@@ -25,7 +26,6 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 UINT32_MAX = (1 << 32) - 1
 MAX_THREADS = 512      # ggml's GGML_MAX_N_THREADS: more threads than this is a usage error
 MAX_TOKENS = 1 << 20   # per prompt, batch or generation test: far beyond any model's context, far below int32
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def int_option(*names: str, help: str, low: int = INT32_MIN, high: int = INT32_MAX, **kwargs):
@@ -59,13 +59,9 @@ def join_pairs(argv: list[str]) -> list[str]:
 def _scale(path: str, text: str) -> float:
     """A scale the core can hold: a finite float32 ('nan', 'inf', '1e39' are refused, naming the adapter)."""
     try:
-        scale = float(text)
-    except ValueError:
-        raise typer.BadParameter(f"scale '{text}' of '{path}' is not a number", param_hint="--hot-lora-scaled") from None
-    if not (math.isfinite(scale) and abs(scale) <= FLOAT32_MAX):
-        raise typer.BadParameter(f"scale '{text}' of '{path}' is not a finite float32 number",
-                                 param_hint="--hot-lora-scaled")
-    return scale
+        return parse_scale(text, path)
+    except HotLoraError as e:
+        raise typer.BadParameter(str(e), param_hint="--hot-lora-scaled") from None
 
 
 def adapter_list(plain: list[Path] | None, scaled: list[str] | None) -> list[tuple[Path, float]]:
