@@ -197,7 +197,7 @@ def run(
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
     check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
-    keep: Annotated[int, Opt("--keep", help="tokens kept on a context shift (-1 = the whole prompt); BOS is kept too")] = 0,
+    keep: Annotated[int, IntOpt("--keep", help="tokens kept on a context shift (-1 = the whole prompt); BOS is kept too", low=-1)] = 0,
     no_context_shift: Annotated[bool, Opt("--no-context-shift", help="stop when the context is full instead of shifting it")] = False,
     prompt_cache: Annotated[Optional[Path], Opt("--prompt-cache", help="file caching the prompt's state, reused for a prompt it starts")] = None,
     prompt_cache_all: Annotated[bool, Opt("--prompt-cache-all", help="also save the generated tokens to --prompt-cache")] = False,
