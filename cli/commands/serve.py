@@ -1,0 +1,61 @@
+"""`hotlora serve`: llama-server's options and endpoints, plus per-request adapters and runtime adapter loading."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import HotLoraError
+from .options import HotLora, HotLoraScaled, Threads, adapter_list, int_option
+
+Opt = typer.Option
+
+
+def adapter_name(path: Path) -> str:
+    """What `"model": NAME` calls an adapter given at launch: its file name without .gguf (a folder's name)."""
+    return path.name[:-len(".gguf")] if path.name.endswith(".gguf") else path.name
+
+
+def serve(
+    model: Annotated[Optional[Path], Opt("-m", "--model", help="GGUF model (default: the bundled tiny model)")] = None,
+    host: Annotated[str, Opt("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, int_option("--port", help="port to listen on", low=0, high=65535)] = 8080,
+    ctx_size: Annotated[int, int_option("-c", "--ctx-size", help="context size (0 = from the model)", low=0)] = 4096,
+    parallel: Annotated[int, int_option("-np", "--parallel", help="slots (requests are served one at a time in this version)", low=1, high=256)] = 1,
+    threads: Threads = None,
+    hot_lora: HotLora = None,
+    hot_lora_scaled: HotLoraScaled = None,
+    lora_init_without_apply: Annotated[bool, Opt("--lora-init-without-apply", help="load the adapters at global scale 0 (requests choose them)")] = False,
+    lora_dir: Annotated[Optional[Path], Opt("--lora-dir", help="folder that POST /v1/load_lora_adapter may load from")] = None,
+    api_key: Annotated[Optional[str], Opt("--api-key", help="require 'Authorization: Bearer KEY' (not on /health)")] = None,
+    timeout: Annotated[int, int_option("-to", "--timeout", help="seconds a request may run", low=1)] = 600,
+    max_body: Annotated[int, int_option("--max-body-bytes", help="largest request body", low=1)] = 1 << 20,
+) -> None:
+    """Serve the model over HTTP (OpenAI and llama-server endpoints), each request choosing its adapters."""
+    from ..model import Model
+    from ..server.engine import Engine
+    from ..server.registry import Registry
+    from ..server.routes import ServerSettings, create_app
+    import uvicorn
+
+    if lora_dir is not None and not lora_dir.is_dir():
+        raise HotLoraError(f"--lora-dir '{lora_dir}' is not a folder")
+    adapters = adapter_list(hot_lora, hot_lora_scaled)
+    m = Model(model, n_ctx=ctx_size, n_threads=threads)
+    registry = Registry(m, lora_dir)
+    try:
+        for path, scale in adapters:
+            registry.add(str(path), adapter_name(path), 0.0 if lora_init_without_apply else scale)
+    except Exception as e:  # APIError on a bad launch adapter: the CLI's one error line
+        m.close()
+        raise HotLoraError(getattr(e, "message", str(e))) from None
+    engine = Engine(m, registry, m.path.name)
+    settings = ServerSettings(model_name=m.path.name, api_key=api_key, max_body_bytes=max_body, timeout_s=timeout)
+    sys.stderr.write(f"main: serving {m.path.name} with {len(adapters)} adapter(s) on http://{host}:{port}\n")
+    try:
+        uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
+        m.close()
