@@ -13,8 +13,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import typer
-
 from .chat_template import TEMPLATE_KEY, ChatTemplate, load_chat_template
 from .errors import HotLoraError
 from .session import Session, kept_tokens
@@ -101,7 +99,7 @@ def run_conversation(m: Model, gen: Generation, conversation: Conversation, firs
     reply per user message read after the `> ` marker; /lora commands act on the adapters. End of input
     finishes like a normal run (`\\n\\n` and the performance report); Ctrl+C as in any interactive run."""
     from .commands.lora_repl import LoraCommands, banner  # rich loads only for interactive runs
-    from .commands.run import _close_counters, _start_counters, _stream_to_stdout
+    from .commands.run import _close_counters, _exit_interrupted, _start_counters, _stream_to_stdout
     if gen.as_json or gen.prompt_cache:
         raise HotLoraError(f"{'--json' if gen.as_json else '--prompt-cache'} does not work in conversation mode")
     _start_counters(m)
@@ -111,8 +109,8 @@ def run_conversation(m: Model, gen: Generation, conversation: Conversation, firs
     session = Session(m, sampler, _stream_to_stdout, n_keep)
     commands = LoraCommands(m)
     total_start = time.perf_counter()
-    sys.stderr.write(banner(gen.reverse_prompts))
     try:
+        sys.stderr.write(banner(gen.reverse_prompts))
         if gen.display_prompt:
             _stream_to_stdout(m.tokenizer.detokenize(first_ids))
         _feed(session, first_ids)
@@ -123,11 +121,7 @@ def run_conversation(m: Model, gen: Generation, conversation: Conversation, firs
                 _feed(session, conversation.add_user(message))
                 conversation.add_assistant(session.generate(gen.n_predict, gen.reverse_prompts).tokens)
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        _close_counters(m, sampler, total_start)
-        sys.stderr.write(format_perf_report(m.perf))
-        sys.stdout.write("Interrupted by user\n")
-        raise typer.Exit(130)
+        _exit_interrupted(m, sampler, total_start)
     _close_counters(m, sampler, total_start)
     sys.stdout.write("\n\n")
     sys.stdout.flush()

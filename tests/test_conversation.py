@@ -4,6 +4,9 @@ auto/forced/off rules, and a clean exit at end of input."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 
 from cli_util import hotlora
 from factory import TinySpec, write_tiny_model
@@ -98,6 +101,22 @@ def test_end_of_input_exits_cleanly():
     proc = chat_run("", "--conversation")
     assert proc.stdout == "\n> \n\n"
     assert "llama_perf_context_print:       total time" in proc.stderr
+
+
+def test_ctrl_c_while_waiting_for_input():
+    """As any interactive run: a newline, the report, `Interrupted by user`, exit code 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "hotlora", "run", "-m", str(MODEL), "-cnv"], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(3) == "\n> "  # the input marker: input is read next
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out == "\nInterrupted by user\n", (out, err)
+    assert "llama_perf_context_print:       total time" in err and "Traceback" not in err
+
+
+def test_json_is_refused_in_conversation_mode():
+    proc = hotlora("run", "-m", MODEL, "-cnv", "--json", stdin="")
+    assert proc.returncode == 1 and proc.stderr == "error: --json does not work in conversation mode\n", proc.stderr
 
 
 def test_forced_without_template_warns_and_uses_chatml(tmp_path):

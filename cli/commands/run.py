@@ -107,6 +107,15 @@ def _close_counters(m: Model, sampler, total_start: float) -> None:
     m.perf.add_sampling(sampler.sample_ms, sampler.n_accept)
 
 
+def _exit_interrupted(m: Model, sampler, total_start: float) -> None:
+    """Ctrl+C: as llama-cli, a newline, the report so far, `Interrupted by user`, exit code 130."""
+    sys.stdout.write("\n")
+    _close_counters(m, sampler, total_start)
+    sys.stderr.write(format_perf_report(m.perf))
+    sys.stdout.write("Interrupted by user\n")
+    raise typer.Exit(130)
+
+
 def _start_counters(m: Model) -> None:
     """An empty cache and zeroed decode and sampling counters (the warm-up is part of the load time)."""
     m.reset()
@@ -138,11 +147,7 @@ def _generate(m: Model, gen: Generation) -> None:
             from .lora_repl import LoraCommands  # rich loads only for interactive runs
             _interactive_turns(session, gen, LoraCommands(m))
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        _close_counters(m, sampler, total_start)
-        sys.stderr.write(format_perf_report(m.perf))
-        sys.stdout.write("Interrupted by user\n")
-        raise typer.Exit(130)
+        _exit_interrupted(m, sampler, total_start)
     _close_counters(m, sampler, total_start)
     if gen.as_json:
         _print_json(m, gen.prompt_ids, session, turn)
