@@ -3,6 +3,7 @@ and `hotlora run -cnv` on the bundled model through stdin: replies, /lora comman
 auto/forced/off rules, and a clean exit at end of input."""
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -12,9 +13,11 @@ from cli_util import hotlora
 from factory import TinySpec, write_tiny_model
 from hotlora import Tokenizer
 from hotlora.chat_template import TEMPLATE_KEY, ChatTemplate, load_chat_template
+from hotlora import conversation
+from hotlora.commands.run import Generation
 from hotlora.conversation import Conversation
 from hotlora.gguf_io import GGUFFile
-from hotlora.model import default_adapter_paths, default_model_path
+from hotlora.model import Model, default_adapter_paths, default_model_path
 
 MODEL = default_model_path()
 ADAPTER = next(p for p in default_adapter_paths() if p.name == "hotlora-tiny-numbers.lora.gguf")
@@ -64,6 +67,30 @@ def test_reply_rendered_differently_feeds_what_follows_the_history():
     chat.add_user("hi")
     chat.add_assistant(TOKENIZER.tokenize(" hello ", add_bos=False))
     assert chat.add_user("bye") == TOKENIZER.tokenize("user: bye\nassistant:", add_bos=False)
+
+
+def test_a_chat_feeds_the_tokenized_conversation(monkeypatch, capsys):
+    """The conversation loop on the bundled model, input on stdin: every token the session evaluated or sampled,
+    in order, is the tokenization of the text the conversation renders (the last reply's EOS not yet rendered)."""
+    sessions = []
+
+    class RecordedSession(conversation.Session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    monkeypatch.setattr(conversation, "Session", RecordedSession)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is a list?\nAnd a tuple?\n"))
+    with Model(MODEL, n_ctx=512) as m:
+        gen = Generation(prompt_ids=[], n_predict=24, reverse_prompts=[], sampling=dict(temp=0.0), interactive=True,
+                         display_prompt=False, as_json=False, escape=True)
+        chat = Conversation(bundled_template(), m.tokenizer, "Be brief.")
+        conversation.run_conversation(m, gen, chat, "Hello")
+    assert [x["role"] for x in chat.messages] == ["system", "user", "assistant", "user", "assistant", "user",
+                                                  "assistant"]
+    assert chat.template.render(chat.messages, add_generation_prompt=False).startswith(chat.context_text)
+    assert sessions[0].history == TOKENIZER.tokenize(chat.context_text, add_bos=True, special=True)
+    assert capsys.readouterr().out.count("\n> ") == 3
 
 
 def chat_run(stdin: str, *args: str, model=MODEL):
