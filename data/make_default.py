@@ -64,6 +64,15 @@ SEED = 20250214
 GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 EOT_TEXT = "<|endoftext|>"
 TOKEN_NORMAL, TOKEN_CONTROL = 1, 3
+# ChatML's shape ("role\ncontent<end>\n", then "assistant\n" to prompt a reply) with the vocabulary's one special
+# token, <|endoftext|>, ending each message: it is the end-of-generation token, so a reply stops there.
+CHAT_TEMPLATE = ("{% for message in messages %}\n"
+                 "{{ message['role'] }}\n"
+                 "{{ message['content'] }}{{ eos_token }}\n"
+                 "{% endfor %}\n"
+                 "{% if add_generation_prompt %}\n"
+                 "assistant\n"
+                 "{% endif %}\n")
 NORM_BLOCK = 32  # embedding dimensions reserved for the bias constant and the norm padding (one Q8_0 block)
 
 
@@ -462,6 +471,7 @@ def write_model(path: pathlib.Path, hp: HParams, vocab: Vocab, tensors: dict[str
     writer.add_eos_token_id(vocab.eot_id)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
 
     for name, tensor in tensors.items():
         if tensor.ndim == 1:

@@ -107,11 +107,25 @@ def _close_counters(m: Model, sampler, total_start: float) -> None:
     m.perf.add_sampling(sampler.sample_ms, sampler.n_accept)
 
 
-def _generate(m: Model, gen: Generation) -> None:
-    """One pass from an empty cache: stream (or collect) the text, then the report (or JSON)."""
+def _exit_interrupted(m: Model, sampler, total_start: float) -> None:
+    """Ctrl+C: as llama-cli, a newline, the report so far, `Interrupted by user`, exit code 130."""
+    sys.stdout.write("\n")
+    _close_counters(m, sampler, total_start)
+    sys.stderr.write(format_perf_report(m.perf))
+    sys.stdout.write("Interrupted by user\n")
+    raise typer.Exit(130)
+
+
+def _start_counters(m: Model) -> None:
+    """An empty cache and zeroed decode and sampling counters (the warm-up is part of the load time)."""
     m.reset()
     m.perf.prompt_ms = m.perf.eval_ms = m.perf.sample_ms = 0.0
     m.perf.prompt_n = m.perf.eval_n = m.perf.sample_n = 0
+
+
+def _generate(m: Model, gen: Generation) -> None:
+    """One pass from an empty cache: stream (or collect) the text, then the report (or JSON)."""
+    _start_counters(m)
     sampler = m.sampler(**gen.sampling)
     n_keep = kept_tokens(gen.keep, len(gen.prompt_ids), m.tokenizer.add_bos) if gen.context_shift else None
     session = Session(m, sampler, (lambda text: None) if gen.as_json else _stream_to_stdout, n_keep)
@@ -133,11 +147,7 @@ def _generate(m: Model, gen: Generation) -> None:
             from .lora_repl import LoraCommands  # rich loads only for interactive runs
             _interactive_turns(session, gen, LoraCommands(m))
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        _close_counters(m, sampler, total_start)
-        sys.stderr.write(format_perf_report(m.perf))
-        sys.stdout.write("Interrupted by user\n")
-        raise typer.Exit(130)
+        _exit_interrupted(m, sampler, total_start)
     _close_counters(m, sampler, total_start)
     if gen.as_json:
         _print_json(m, gen.prompt_ids, session, turn)
@@ -202,6 +212,9 @@ def run(
     prompt_cache: Annotated[Optional[Path], Opt("--prompt-cache", help="file caching the prompt's state, reused for a prompt it starts")] = None,
     prompt_cache_all: Annotated[bool, Opt("--prompt-cache-all", help="also save the generated tokens to --prompt-cache")] = False,
     prompt_cache_ro: Annotated[bool, Opt("--prompt-cache-ro", help="use --prompt-cache without updating it")] = False,
+    conversation: Annotated[Optional[bool], Opt("-cnv/-no-cnv", "--conversation/--no-conversation", help="chat with the model's template (default: on when it has one and no prompt is given)")] = None,
+    system_prompt: Annotated[str, Opt("-sys", "--system-prompt", help="system message in conversation mode")] = "",
+    chat_template: Annotated[Optional[str], Opt("--chat-template", help="chat template: chatml, llama2, llama3, zephyr, mistral-v7 or a Jinja file (default: the model's)")] = None,
 ) -> None:
     """Generate text from a prompt, like llama-cli, with LoRA adapters applied at run time."""
     if cache_type not in ("f16", "f32"):
@@ -209,7 +222,7 @@ def run(
     if prompt_cache and prompt_cache_all and interactive:
         raise HotLoraError("--prompt-cache-all is not supported in interactive mode")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
-    compare = model is None and not adapters  # the default job: base, then the first bundled adapter
+    compare = model is None and not adapters and not conversation  # the default job: base, then the first bundled adapter
     if compare:
         adapters = [(p, 1.0) for p in default_adapter_paths()[:1]]
         if seed == -1:
@@ -238,6 +251,10 @@ def run(
             interactive=interactive, display_prompt=not no_display_prompt, as_json=as_json, escape=not no_escape,
             keep=keep, context_shift=not no_context_shift and n_predict != -2,
             prompt_cache=PromptCache(prompt_cache, prompt_cache_all, prompt_cache_ro) if prompt_cache else None)
+        if conversation or (conversation is None and not (prompt or file or compare or as_json)):
+            from ..conversation import chat
+            if chat(m, loaded, gen, conversation, chat_template, system_prompt, first_message=text):
+                return
         if compare and loaded:
             sys.stderr.write("main: without adapters\n")
             _generate(m, gen)
