@@ -133,3 +133,11 @@ def load_chat_template(choice: str | None, model_template: str | None, model_pat
     text, source = found
     return ChatTemplate(text, source, _special_text(tokenizer, tokenizer.bos_id),
                         _special_text(tokenizer, tokenizer.eos_id))
+
+
+def tokenize_rendered(template: ChatTemplate, tokenizer: Tokenizer, text: str, add_bos: bool) -> list[int]:
+    """Tokens of rendered template text; with add_bos, a BOS the template wrote itself is not doubled."""
+    bos = template.bos_token
+    if add_bos and tokenizer.add_bos and bos and text.startswith(bos):
+        text = text[len(bos):]  # the tokenizer adds the BOS the template wrote
+    return tokenizer.tokenize(text, add_bos=add_bos, special=True)

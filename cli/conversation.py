@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .chat_template import TEMPLATE_KEY, ChatTemplate, load_chat_template
+from .chat_template import TEMPLATE_KEY, ChatTemplate, load_chat_template, tokenize_rendered
 from .errors import HotLoraError
 from .session import Session, kept_tokens
 from .text import unescape
@@ -53,10 +53,7 @@ class Conversation:
         new_text = rendered[len(self.context_text):] if rendered.startswith(self.context_text) else \
             self._after_history(rendered)
         self.context_text += new_text
-        bos = self.template.bos_token
-        if first and self.tokenizer.add_bos and bos and new_text.startswith(bos):
-            new_text = new_text[len(bos):]  # the tokenizer adds the BOS the template wrote
-        return self.tokenizer.tokenize(new_text, add_bos=first, special=True)
+        return tokenize_rendered(self.template, self.tokenizer, new_text, add_bos=first)
 
     def _after_history(self, rendered: str) -> str:
         history = self.template.render(self.messages[:-1], add_generation_prompt=False)

@@ -30,10 +30,12 @@ def serve(
     lora_init_without_apply: Annotated[bool, Opt("--lora-init-without-apply", help="load the adapters at global scale 0 (requests choose them)")] = False,
     lora_dir: Annotated[Optional[Path], Opt("--lora-dir", help="folder that POST /v1/load_lora_adapter may load from")] = None,
     api_key: Annotated[Optional[str], Opt("--api-key", help="require 'Authorization: Bearer KEY' (not on /health)")] = None,
+    chat_template: Annotated[Optional[str], Opt("--chat-template", help="chat template: a built-in name or a Jinja file (default: the model's)")] = None,
     timeout: Annotated[int, int_option("-to", "--timeout", help="seconds a request may run", low=1)] = 600,
     max_body: Annotated[int, int_option("--max-body-bytes", help="largest request body", low=1)] = 1 << 20,
 ) -> None:
     """Serve the model over HTTP (OpenAI and llama-server endpoints), each request choosing its adapters."""
+    from ..chat_template import TEMPLATE_KEY, load_chat_template
     from ..model import Model
     from ..server.engine import Engine
     from ..server.registry import Registry
@@ -51,8 +53,14 @@ def serve(
     except Exception as e:  # APIError on a bad launch adapter: the CLI's one error line
         m.close()
         raise HotLoraError(getattr(e, "message", str(e))) from None
+    try:
+        template = load_chat_template(chat_template, m.file.get_str(TEMPLATE_KEY), m.path, m.tokenizer)
+    except HotLoraError:
+        m.close()
+        raise
     engine = Engine(m, registry, m.path.name)
-    settings = ServerSettings(model_name=m.path.name, api_key=api_key, max_body_bytes=max_body, timeout_s=timeout)
+    settings = ServerSettings(model_name=m.path.name, api_key=api_key, max_body_bytes=max_body, timeout_s=timeout,
+                              chat_template=template)
     sys.stderr.write(f"main: serving {m.path.name} with {len(adapters)} adapter(s) on http://{host}:{port}\n")
     try:
         uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="warning")

@@ -44,8 +44,8 @@ class Registry:
 
     def load_from_dir(self, name: str, relative: str) -> Entry:
         """vLLM's load_lora_adapter, confined to --lora-dir: a relative path, no '..', nothing that resolves
-        (symlinks included) outside the folder."""
-        return self.add(str(self.confined(relative)), name, 1.0)
+        (symlinks included) outside the folder. Its global scale is 0: requests choose it (vLLM's behaviour)."""
+        return self.add(str(self.confined(relative)), name, 0.0)
 
     def confined(self, relative: str) -> Path:
         if self.lora_dir is None:

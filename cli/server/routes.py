@@ -16,11 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from .. import __version__
+from ..chat_template import ChatTemplate, tokenize_rendered
+from ..errors import HotLoraError
 from . import responses
 from .engine import Done, Engine, Failed, GenerationJob, Piece
 from .errors import APIError
 from .metrics import metrics_text
-from .schemas import (CompletionRequest, DetokenizeRequest, LoadAdapterRequest, LoraScale, Sampling,
+from .schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, LoadAdapterRequest, LoraScale, Sampling,
                       TokenizeRequest, UnloadAdapterRequest)
 
 
@@ -30,6 +32,7 @@ class ServerSettings:
     api_key: str | None
     max_body_bytes: int
     timeout_s: float
+    chat_template: ChatTemplate | None  # None: chat completions are refused (501)
 
 
 def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
@@ -100,7 +103,8 @@ def _install_info_routes(app: FastAPI) -> None:
     async def props():
         tok = model.tokenizer
         return {"default_generation_settings": {"n_ctx": model.n_ctx, "params": Sampling().model_dump(exclude={"lora"})},
-                "total_slots": 1, "model_path": str(model.path), "chat_template": "",
+                "total_slots": 1, "model_path": str(model.path),
+                "chat_template": settings.chat_template.text if settings.chat_template else "",
                 "bos_token": _token_text(tok, tok.bos_id), "eos_token": _token_text(tok, tok.eos_id),
                 "build_info": f"hotlora {__version__}"}
 
@@ -186,6 +190,29 @@ def _install_generation_routes(app: FastAPI) -> None:
         ids = await _prompt_ids(request, body.prompt)
         return await _run(request, body, ids, lambda d: responses.native(d, name, len(ids)),
                           lambda text, fin: {"content": text, "stop": fin is not None})
+
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completion(body: ChatRequest, request: Request):
+        rid, name = responses.new_id("chatcmpl"), body.model or settings.model_name
+        ids = await asyncio.to_thread(_chat_prompt_ids, request.app.state.engine.model, settings.chat_template, body)
+        return await _run(request, body, ids, lambda d: responses.chat(rid, name, d),
+                          lambda text, fin: responses.chat_chunk(rid, name, {"content": text} if text else {}, fin))
+
+
+def _chat_prompt_ids(model, template: ChatTemplate | None, body: ChatRequest) -> list[int]:
+    """The messages rendered with the chat template, ready for the assistant's reply, as tokens."""
+    if template is None:
+        raise APIError(501, "the model has no chat template: start the server with --chat-template NAME|FILE")
+    try:
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        return tokenize_rendered(template, model.tokenizer, template.render(messages, add_generation_prompt=True),
+                                 add_bos=True)
+    except ValueError as e:
+        raise APIError(400, f"messages: {e}") from None
+    except HotLoraError as e:
+        raise APIError(400, f"messages: {e}") from None
 
 
 async def _prompt_ids(request: Request, prompt) -> list[int]:
