@@ -169,6 +169,8 @@ hl_status hl_sequence_create(hl_context *ctx, int32_t n_ctx, hl_sequence **out);
 void hl_sequence_free(hl_sequence *seq);
 /* Number of cells of seq in use (= position of its next token). */
 int32_t hl_sequence_used(const hl_sequence *seq);
+/* First cell of seq computed under another adapter set than its active one (hl_sequence_used() if none). */
+int32_t hl_sequence_first_stale(const hl_sequence *seq);
 /* Keeps the first n cells of seq and drops the rest. */
 hl_status hl_sequence_keep(hl_sequence *seq, int32_t n);
 

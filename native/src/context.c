@@ -184,15 +184,9 @@ hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, floa
     return st;
 }
 
-int32_t hl_kv_used(const hl_context *c) { return c ? c->seq0->n_used : 0; }
+int32_t hl_kv_used(const hl_context *c) { return c ? hl_sequence_used(c->seq0) : 0; }
 
-int32_t hl_kv_first_stale(const hl_context *c) {
-    if (!c) return 0;
-    const hl_sequence *s = c->seq0;
-    int32_t i = 0;
-    while (i < s->n_used && s->cell_sig[i] == s->set_sig) i++;
-    return i;
-}
+int32_t hl_kv_first_stale(const hl_context *c) { return c ? hl_sequence_first_stale(c->seq0) : 0; }
 
 hl_status hl_kv_keep(hl_context *c, int32_t n) {
     if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_keep: NULL context");

@@ -75,6 +75,13 @@ void hl_sequence_free_all(hl_context *ctx) {
 
 int32_t hl_sequence_used(const hl_sequence *seq) { return seq ? seq->n_used : 0; }
 
+int32_t hl_sequence_first_stale(const hl_sequence *seq) {
+    if (!seq) return 0;
+    int32_t i = 0;
+    while (i < seq->n_used && seq->cell_sig[i] == seq->set_sig) i++;
+    return i;
+}
+
 hl_status hl_sequence_keep(hl_sequence *seq, int32_t n) {
     if (!seq) return hl_fail(HL_ERR_INVALID, "hl_sequence_keep: NULL sequence");
     if (n < 0 || n > seq->n_used)
