@@ -189,3 +189,28 @@ def test_bad_segments_are_refused(files):
         m.decode_batch([(s2, [1, 2, 3], False)])
         with pytest.raises(hotlora.errors.ContextFullError, match="do not fit in the sequence"):
             m.decode_batch([(s1, [1], False), (s2, [4, 5], False)])
+
+
+@pytest.mark.parametrize("weight_type", ["Q4_0", "Q8_0"])
+def test_quantized_adapters_and_base_match_alone(tmp_path, weight_type):
+    """Q8_0 adapter tensors (quantized B through the multi-token kernel, per token range) on a quantized base:
+    each segment of a mixed batch equals its run alone."""
+    spec = TinySpec(weight_type=weight_type)
+    model = write_tiny_model(tmp_path / "model.gguf", spec)
+    a = write_tiny_adapter(tmp_path / "a.gguf", spec, ADAPTER_TARGETS, rank=32, tensor_type="Q8_0", seed=4)
+    b = write_tiny_adapter(tmp_path / "b.gguf", spec, ["attn_v", "ffn_gate", "ffn_up", "output"], rank=32,
+                           tensor_type="Q8_0", seed=5)
+    prompts = [tokens_for(n, seed) for n, seed in ((3, 11), (5, 12), (2, 13))]
+    sets = [[("a", 0.9)], [], [("a", 0.9), ("b", 1.1)]]
+    with open_model(model) as m:
+        adapters = {"a": m.load_adapter(a), "b": m.load_adapter(b)}
+        seqs = [m.sequence() for _ in sets]
+        for seq, names in zip(seqs, sets):
+            seq.set_adapters(adapter_set(adapters, names))
+        first = m.decode_batch([(s, p, True) for s, p in zip(seqs, prompts)])
+        second = m.decode_batch([(s, [9], False) for s in seqs])
+        for i, names in enumerate(sets):
+            solo = alone(m, adapter_set(adapters, names), [(prompts[i], True), ([9], False)])
+            base = alone(m, {}, [(prompts[i], True), ([9], False)])
+            assert rel_error(first[i], solo[0]) <= ALONE_BOUND and rel_error(second[i], solo[1]) <= ALONE_BOUND
+            assert not names or rel_error(first[i], base[0]) > MIN_EFFECT
