@@ -170,18 +170,19 @@ static void finish_batch(hl_context *c) {
     }
 }
 
-hl_status hl_decode_batch(hl_context *c, const hl_segment *segments, int32_t n_segments) {
-    hl_status st = prepare_batch(c, segments, n_segments, "hl_decode_batch");
+/* Computes a prepared batch (st: how preparing it went) and takes its cells. */
+static hl_status run_batch(hl_context *c, hl_status st) {
     if (st == HL_OK) st = hl_graph_compute(c);
     if (st == HL_OK) finish_batch(c);
     return st;
 }
 
+hl_status hl_decode_batch(hl_context *c, const hl_segment *segments, int32_t n_segments) {
+    return run_batch(c, prepare_batch(c, segments, n_segments, "hl_decode_batch"));
+}
+
 hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits) {
-    hl_status st = hl_decode_prepare(c, tokens, n_tokens, logits, all_logits);
-    if (st == HL_OK) st = hl_graph_compute(c);
-    if (st == HL_OK) finish_batch(c);
-    return st;
+    return run_batch(c, hl_decode_prepare(c, tokens, n_tokens, logits, all_logits));
 }
 
 int32_t hl_kv_used(const hl_context *c) { return c ? hl_sequence_used(c->seq0) : 0; }
