@@ -17,7 +17,8 @@ import pytest
 import hotlora
 from hotlora._native import ffi, lib
 
-from factory import ADAPTER_TARGETS, N_VOCAB, TinySpec, write_tiny_adapter, write_tiny_model
+from factory import (ADAPTER_TARGETS, N_VOCAB, TinySpec, tiny_adapter_pairs, write_adapter_file, write_tiny_adapter,
+                     write_tiny_model)
 from reference import forward, load_ref_adapter, load_ref_model
 
 F32_BOUND = 1e-4
@@ -153,6 +154,23 @@ def test_closing_the_model_frees_sequences_that_hold_adapters(files):
     m.close()
     with pytest.raises(hotlora.HotLoraError, match="closed"):
         seq.n_past
+
+
+def test_non_finite_segment_drops_the_batch(files, tmp_path):
+    """A segment whose adapter makes its logits non-finite: the error names the segment and no sequence of the
+    batch keeps its tokens."""
+    pairs = tiny_adapter_pairs(TinySpec(), ["ffn_down"], layers=[0])
+    (base, (a, b)), = pairs.items()
+    b[:, 0] = np.nan
+    bad = write_adapter_file(tmp_path / "nan.gguf", load_ref_model(files[0]).hparams.arch,
+                             {base + ".lora_a": a, base + ".lora_b": b})
+    with open_model(files[0]) as m:
+        s0, s1 = m.sequence(), m.sequence()
+        s1.set_adapters({m.load_adapter(bad): 1.0})
+        with pytest.raises(hotlora.errors.NonFiniteError, match="segment 1 of a batch"):
+            m.decode_batch([(s0, [1, 2], False), (s1, [3], False)])
+        assert (s0.n_past, s0.history, s1.n_past) == (0, [], 0)
+        assert m.decode_batch([(s0, [1, 2], False)])[0].shape == (N_VOCAB,)
 
 
 def decode_batch_status(m, segments) -> tuple[int, str]:

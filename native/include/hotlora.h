@@ -211,15 +211,15 @@ hl_status hl_kv_state_write(hl_context *ctx, const void *buf, size_t size, int32
 void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
 
 /*
- * Writes the graph of one decode of n_tokens (layer >= 0: that block only; -1: all)
+ * Writes the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all)
  * as Graphviz DOT into buf (cap bytes, NUL-terminated); *needed gets the full
  * length + 1 (cap = 0 asks only for that). LoRA nodes carry lora=1. Nothing is computed.
  */
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
 
 /*
- * Counts of the graph of one decode of n_tokens (layer >= 0: that block only; -1: all): its nodes and its
- * barriers (one after every phase of every node). Nothing is computed.
+ * Counts of the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all):
+ * its nodes and its barriers (one after every phase of every node). Nothing is computed.
  */
 hl_status hl_graph_stats(hl_context *ctx, int32_t n_tokens, int32_t layer, int32_t *n_nodes, int32_t *n_barriers);
 
@@ -250,8 +250,8 @@ hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows,
 hl_status hl_check_tensor(int32_t type, const void *data, int64_t n_cols, int64_t n_rows, int32_t n_threads,
                           int64_t *bad_row);
 /*
- * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch: recomputes
- * the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
+ * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch (default
+ * sequence only; hl_decode_batch has no finder): recomputes the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
  * residual it adds to, the KV cache rows it stores). *position gets that token's position (-1 if no node
  * did), name its node, e.g. "blk.0.attn_qkv (attn_k)" (cap bytes, NUL-terminated). The cache keeps only the
  * cells it had; hl_decode's graph is not changed by this check.

@@ -4,8 +4,8 @@
  * nodes on the thread pool with a barrier after every node phase, checking
  * the abort flag between nodes.
  *
- * A block is seven nodes: attn_norm, attn_qkv (q, k and v from one conversion of their input, then RoPE
- * and the KV store), attention, attn_output (+ the residual), ffn_norm, ffn_gate_up (+ SwiGLU) and
+ * A block is attn_norm, attn_qkv (q, k and v from one conversion of their input, then RoPE and the KV
+ * store), attention (one node per segment), attn_output (+ the residual), ffn_norm, ffn_gate_up (+ SwiGLU) and
  * ffn_down (+ the residual); see mul_mat.c for the phases of a mat-mul node.
  *
  * A batch holds segments of several sequences (ctx->segs): mat-muls, norms and the rest run over all T
@@ -19,8 +19,8 @@
  * the rows of W.x it writes. Each term covers the token range of the segments whose set holds that
  * adapter at that scale (adjacent segments share one term), so segments under different sets share the
  * batch, and a batch whose segments share one set has one term per adapter as one sequence has. A
- * projection without terms is the plain mat-mul, so no adapter, or only
- * adapters at scale 0, gives exactly the base graph.
+ * projection without terms is the plain mat-mul, so no adapter, or only adapters at scale 0, gives
+ * exactly the base graph.
  */
 #include <stdio.h>
 #include <stdlib.h>
