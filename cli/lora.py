@@ -41,9 +41,9 @@ class Adapter:
         return out[0]
 
     def free(self) -> None:
-        """Releases the core's adapter; the model removes it from its active set first."""
+        """Releases the core's adapter; refused (HotLoraError) while a sequence still has it active."""
         if self._handle is not None:
-            lib.hl_adapter_free(self._handle)
+            check(lib.hl_adapter_free(self._handle), str(self.path))
             self._handle = None
 
     @property

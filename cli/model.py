@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import weakref
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,7 @@ from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
 from .lora import Adapter
 from .sampling import Sampler, SamplerParams
+from .sequence import Sequence
 from .session import Session
 from .system import physical_cores
 from .timings import PerfCounters
@@ -52,6 +54,7 @@ class Model:
         self._active: dict[Adapter, float] = {}   # the set, in application order
         self._history: list[int] = []             # the tokens in the KV cache
         self._next_adapter_id = 0
+        self._sequences: weakref.WeakSet[Sequence] = weakref.WeakSet()  # besides the default one
         self.lora_keep_cache = lora_keep_cache
         self.path = Path(path) if path is not None else default_model_path()
         self._file = GGUFFile(self.path)
@@ -85,14 +88,14 @@ class Model:
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
+        for seq in list(self._sequences):
+            seq.close()
         if self._ctx is not None:
-            lib.hl_context_set_adapters(self._ctx, ffi.NULL, ffi.NULL, 0)
+            lib.hl_context_free(self._ctx)  # and every sequence left, which releases their adapters
+            self._ctx = None
         for adapter in self._loaded:
             adapter.free()
         self._loaded, self._active = [], {}
-        if self._ctx is not None:
-            lib.hl_context_free(self._ctx)
-            self._ctx = None
         if self._model is not None:
             lib.hl_model_free(self._model)
             self._model = None
@@ -210,6 +213,51 @@ class Model:
             logits = self._decode(ids[i:i + self.n_batch], False)
         return logits[0]
 
+    # ---- sequences ------------------------------------------------------------------------------------
+    def sequence(self, n_ctx: int | None = None) -> Sequence:
+        """A new empty sequence on this model's context (n_ctx cells, default the model's n_ctx), with no
+        adapter active; decode it with decode_batch, alone or with other sequences."""
+        seq = Sequence(self, self.n_ctx if n_ctx is None else n_ctx)
+        self._sequences.add(seq)
+        return seq
+
+    def decode_batch(self, segments) -> list[np.ndarray]:
+        """One decode of several sequences' tokens together (n_batch tokens at most in all): each segment
+        (sequence, tokens, all_logits) appends its tokens to its sequence, under that sequence's adapter set.
+        Returns each segment's logits: [n_tokens, n_vocab] with all_logits, else [n_vocab] (its last token).
+        A sequence's cached tokens computed under another adapter set are re-evaluated first, alone."""
+        segs = [(seq, [int(t) for t in ids], bool(all_logits)) for seq, ids, all_logits in segments]
+        for i, (seq, ids, _) in enumerate(segs):
+            if not isinstance(seq, Sequence) or seq.model is not self:
+                raise HotLoraError(f"decode_batch: segment {i} is not a sequence of this model")
+            if not ids:
+                raise HotLoraError(f"decode_batch: segment {i} has no token")
+        for seq, ids, _ in segs:
+            seq._recompute_stale()
+            seq._check_room(len(ids))
+        outs = self._decode_segments(segs)
+        return [out if all_logits else out[0] for out, (_, _, all_logits) in zip(outs, segs)]
+
+    def _decode_segments(self, segs: list[tuple[Sequence, list[int], bool]]) -> list[np.ndarray]:
+        """One hl_decode_batch; on non-finite logits the batch is dropped from every sequence and raised."""
+        outs = [np.empty((len(ids) if all_logits else 1, self.n_vocab), np.float32) for _, ids, all_logits in segs]
+        tokens = [ffi.new("int32_t[]", ids) for _, ids, _ in segs]
+        csegs = ffi.new("hl_segment[]", len(segs))
+        for cseg, (seq, ids, all_logits), tok, out in zip(csegs, segs, tokens, outs):
+            cseg.seq, cseg.tokens, cseg.n_tokens = seq.handle, tok, len(ids)
+            cseg.logits, cseg.all_logits = ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)
+        n_before = [seq.n_past for seq, _, _ in segs]
+        self._abort_flag[0] = 0
+        check(lib.hl_decode_batch(self._live_ctx(), csegs, len(segs)), "decode_batch")
+        bad = [i for i, out in enumerate(outs) if not np.isfinite(out).all()]
+        if bad:
+            for (seq, _, _), n in zip(segs, n_before):
+                seq.keep(n)
+            raise NonFiniteError(f"{self.path}: non-finite logits (NaN or infinity) in segment {bad[0]} of a batch")
+        for seq, ids, _ in segs:
+            seq._history.extend(ids)
+        return outs
+
     # ---- KV cache ---------------------------------------------------------------------------------
     def kv_shift(self, n_keep: int, n_discard: int) -> None:
         """Context shift: drops the cached tokens n_keep .. n_keep+n_discard-1; the later ones move down
@@ -277,6 +325,12 @@ class Model:
         Takes effect at the next evaluated token; cached tokens computed under another
         set are re-evaluated first unless lora_keep_cache is set. Base weights stay put.
         """
+        handles, values = self._adapter_list(scales)
+        check(lib.hl_context_set_adapters(self._live_ctx(), handles, values, len(scales)), "set_adapters")
+        self._active = {a: float(s) for a, s in scales.items()}
+
+    def _adapter_list(self, scales: dict[Adapter, float]):
+        """The core's (adapter handles, scales) arrays of an adapter set, checked against this model."""
         for adapter, scale in scales.items():
             if adapter not in self._loaded:
                 raise HotLoraError(f"adapter {adapter!r} is not loaded in this model")
@@ -284,13 +338,16 @@ class Model:
                 raise HotLoraError(f"adapter {adapter.id}: scale {scale} is not finite")
         handles = ffi.new("hl_adapter *[]", [a.handle for a in scales] or [ffi.NULL])
         values = ffi.new("float[]", [float(s) for s in scales.values()] or [0.0])
-        check(lib.hl_context_set_adapters(self._live_ctx(), handles, values, len(scales)), "set_adapters")
-        self._active = {a: float(s) for a, s in scales.items()}
+        return handles, values
 
     def unload_adapter(self, adapter: Adapter) -> None:
-        """Deactivates (if active) and frees an adapter."""
+        """Deactivates (if active in the default sequence) and frees an adapter; refused while another
+        sequence has it active."""
         if adapter not in self._loaded:
             raise HotLoraError(f"adapter {adapter!r} is not loaded in this model")
+        if any(adapter in seq.adapters for seq in self._sequences):
+            raise HotLoraError(f"adapter {adapter.id} ({adapter.path}) is active in a sequence; "
+                               "remove it from that sequence's adapters first")
         if adapter in self._active:
             self.set_adapters({a: s for a, s in self._active.items() if a is not adapter})
         adapter.free()

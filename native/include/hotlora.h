@@ -7,6 +7,13 @@
  * hl_status; hl_last_error() then holds a specific message (per thread).
  * Buffers passed in (logits, outputs) belong to the caller.
  *
+ * Threading: one thread at a time drives a context and its sequences (decode, KV and adapter-set calls);
+ * the context's own thread pool does the compute. Different contexts may run on different threads, and
+ * may share a model and adapters (read only; an adapter's users count is atomic).
+ *
+ * Ownership: a context owns its sequences (hl_context_free frees those left); a sequence's active set
+ * holds its adapters, so hl_adapter_free refuses an adapter still active in any sequence.
+ *
  * Shapes use ggml order: ne[0] is the contiguous row length, ne[1] the number
  * of rows. A weight W with ne = [n_in, n_out] maps n_in inputs to n_out outputs.
  */
@@ -81,7 +88,7 @@ typedef struct {
 } hl_model_desc;
 
 typedef struct {
-    int32_t n_ctx;      /* KV cells */
+    int32_t n_ctx;      /* KV cells of the default sequence */
     int32_t n_batch;    /* most tokens one hl_decode call may take */
     int32_t n_threads;  /* >= 1 */
     int32_t cache_type; /* HL_TYPE_F16 or HL_TYPE_F32 */
@@ -118,6 +125,18 @@ typedef struct {
 typedef struct hl_model hl_model;
 typedef struct hl_context hl_context;
 typedef struct hl_adapter hl_adapter;
+/* A sequence: a KV cache (K [n_ctx][n_embd_kv] and V transposed [n_embd_kv][n_ctx] per layer), the cells in
+ * use, the adapter set each cell was computed under, and its own active adapter set. */
+typedef struct hl_sequence hl_sequence;
+
+/* A run of tokens from one sequence in a batch (hl_decode_batch), appended to that sequence. */
+typedef struct {
+    hl_sequence *seq;
+    const int32_t *tokens;
+    int32_t n_tokens;   /* >= 1 */
+    float *logits;      /* caller buffer: n_vocab floats (last token), or n_tokens*n_vocab when all_logits */
+    int32_t all_logits;
+} hl_segment;
 
 /* Message of the last failed call on this thread ("" if none). */
 const char *hl_last_error(void);
@@ -134,22 +153,43 @@ void hl_context_free(hl_context *ctx);
 
 /* Checks every pair against the model (target, layer, shapes, types). */
 hl_status hl_adapter_create(const hl_model *model, const hl_adapter_desc *desc, hl_adapter **out);
-/* The caller removes the adapter from every context's active set first. */
-void hl_adapter_free(hl_adapter *adapter);
+/* Frees an adapter; HL_ERR_INVALID (nothing freed) while any sequence's active set holds it. NULL: HL_OK. */
+hl_status hl_adapter_free(hl_adapter *adapter);
 /*
- * Makes these adapters active from the next decode, applied in this order;
+ * Makes these adapters active in the sequence from its next decode, applied in this order;
  * entries with scale 0 are skipped (they cost nothing). n = 0 means none.
  */
+hl_status hl_sequence_set_adapters(hl_sequence *seq, hl_adapter *const *adapters, const float *scales, int32_t n);
+/* hl_sequence_set_adapters on the context's default sequence. */
 hl_status hl_context_set_adapters(hl_context *ctx, hl_adapter *const *adapters, const float *scales, int32_t n);
 
+/* A new empty sequence of n_ctx cells (cache type of ctx), owned by ctx. */
+hl_status hl_sequence_create(hl_context *ctx, int32_t n_ctx, hl_sequence **out);
+/* Frees a sequence (not the default one) and drops its adapter set. NULL is ignored. */
+void hl_sequence_free(hl_sequence *seq);
+/* Number of cells of seq in use (= position of its next token). */
+int32_t hl_sequence_used(const hl_sequence *seq);
+/* First cell of seq computed under another adapter set than its active one (hl_sequence_used() if none). */
+int32_t hl_sequence_first_stale(const hl_sequence *seq);
+/* Keeps the first n cells of seq and drops the rest. */
+hl_status hl_sequence_keep(hl_sequence *seq, int32_t n);
+
 /*
- * Appends n_tokens tokens (1..n_batch) at the next cache cells and computes them.
+ * Computes a batch of segments in one pass: each segment's tokens are appended to its sequence (positions
+ * continue from its cells in use) under that sequence's adapter set. Mat-muls run over the concatenated
+ * tokens (1..n_batch in all); RoPE, the KV store and attention run per segment on its own cache. Every
+ * segment needs its own sequence of this context, at most once per batch. Nothing is appended on error.
+ */
+hl_status hl_decode_batch(hl_context *ctx, const hl_segment *segments, int32_t n_segments);
+
+/*
+ * Appends n_tokens tokens (1..n_batch) at the next cells of the default sequence and computes them.
  * logits: caller buffer of n_vocab floats (last token only) or n_tokens*n_vocab
  * floats when all_logits != 0. Positions continue from hl_kv_used().
  */
 hl_status hl_decode(hl_context *ctx, const int32_t *tokens, int32_t n_tokens,
                     float *logits, int32_t all_logits);
-/* Number of cache cells in use (= position of the next token). */
+/* The hl_kv_* calls work on the default sequence. Number of its cells in use (= position of the next token). */
 int32_t hl_kv_used(const hl_context *ctx);
 /* First cache cell computed under another adapter set than the active one (hl_kv_used() if none). */
 int32_t hl_kv_first_stale(const hl_context *ctx);
@@ -171,15 +211,15 @@ hl_status hl_kv_state_write(hl_context *ctx, const void *buf, size_t size, int32
 void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
 
 /*
- * Writes the graph of one decode of n_tokens (layer >= 0: that block only; -1: all)
+ * Writes the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all)
  * as Graphviz DOT into buf (cap bytes, NUL-terminated); *needed gets the full
  * length + 1 (cap = 0 asks only for that). LoRA nodes carry lora=1. Nothing is computed.
  */
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
 
 /*
- * Counts of the graph of one decode of n_tokens (layer >= 0: that block only; -1: all): its nodes and its
- * barriers (one after every phase of every node). Nothing is computed.
+ * Counts of the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all):
+ * its nodes and its barriers (one after every phase of every node). Nothing is computed.
  */
 hl_status hl_graph_stats(hl_context *ctx, int32_t n_tokens, int32_t layer, int32_t *n_nodes, int32_t *n_barriers);
 
@@ -210,8 +250,8 @@ hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows,
 hl_status hl_check_tensor(int32_t type, const void *data, int64_t n_cols, int64_t n_rows, int32_t n_threads,
                           int64_t *bad_row);
 /*
- * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch: recomputes
- * the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
+ * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch (default
+ * sequence only; hl_decode_batch has no finder): recomputes the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
  * residual it adds to, the KV cache rows it stores). *position gets that token's position (-1 if no node
  * did), name its node, e.g. "blk.0.attn_qkv (attn_k)" (cap bytes, NUL-terminated). The cache keeps only the
  * cells it had; hl_decode's graph is not changed by this check.

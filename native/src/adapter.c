@@ -126,12 +126,17 @@ hl_status hl_adapter_create(const hl_model *model, const hl_adapter_desc *desc, 
     return HL_OK;
 }
 
-void hl_adapter_free(hl_adapter *adapter) {
-    if (!adapter) return;
+hl_status hl_adapter_free(hl_adapter *adapter) {
+    if (!adapter) return HL_OK;
+    const int users = atomic_load(&adapter->users);
+    if (users > 0)
+        return hl_fail(HL_ERR_INVALID, "hl_adapter_free: the adapter is still active in %d sequence adapter set%s",
+                       users, users == 1 ? "" : "s");
     if (adapter->layers)
         for (int64_t i = 0; i < (int64_t)adapter->model->hp.n_layer * HL_LORA_LAYER_TARGETS; i++)
             free(adapter->layers[i].bt);
     free(adapter->output.bt);
     free(adapter->layers);
     free(adapter);
+    return HL_OK;
 }

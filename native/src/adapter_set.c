@@ -1,8 +1,9 @@
 /*
- * The active adapter set of a context: hl_context_set_adapters copies the
- * list (skipping scale 0), sizes the graph's term storage for it, and gives
- * the set a signature. Each KV cell records the signature it was computed
- * under, so the library can find cells a swap made stale (hl_kv_first_stale).
+ * The active adapter set of a sequence: hl_sequence_set_adapters copies the list (skipping scale 0),
+ * counts its pairs and ranks (what the graph's term storage needs per token), counts each entry as a
+ * user of its adapter (hl_adapter_free refuses an adapter in use), and gives the set a signature. Each
+ * KV cell records the signature it was computed under, so the library can find cells a swap made stale
+ * (hl_kv_first_stale).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -23,7 +24,7 @@ static uint64_t set_signature(const hl_active_adapter *set, int32_t n) {
     return h ? h : 1;
 }
 
-/* Terms and t floats a graph can need with this set: every pair of every adapter, for n_batch tokens. */
+/* Terms and t floats per token a graph can need with this set: every pair of every adapter. */
 static void count_terms(const hl_model *m, const hl_active_adapter *set, int32_t n, int32_t *terms, size_t *ranks) {
     *terms = 0;
     *ranks = 0;
@@ -41,38 +42,43 @@ static void count_terms(const hl_model *m, const hl_active_adapter *set, int32_t
 
 static hl_status check_list(const hl_context *c, hl_adapter *const *adapters, const float *scales, int32_t n) {
     if (n < 0 || (n > 0 && (!adapters || !scales)))
-        return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: bad list (n = %d)", n);
+        return hl_fail(HL_ERR_INVALID, "hl_sequence_set_adapters: bad list (n = %d)", n);
     for (int32_t i = 0; i < n; i++) {
-        if (!adapters[i]) return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: adapter %d is NULL", i);
+        if (!adapters[i]) return hl_fail(HL_ERR_INVALID, "hl_sequence_set_adapters: adapter %d is NULL", i);
         if (adapters[i]->model != c->model)
-            return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: adapter %d was made for another model", i);
+            return hl_fail(HL_ERR_INVALID, "hl_sequence_set_adapters: adapter %d was made for another model", i);
         if (!isfinite(scales[i])) return hl_fail(HL_ERR_INVALID, "adapter %d: scale is not finite", i);
     }
     return HL_OK;
 }
 
-hl_status hl_context_set_adapters(hl_context *c, hl_adapter *const *adapters, const float *scales, int32_t n) {
-    if (!c) return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: NULL context");
-    hl_status st = check_list(c, adapters, scales, n);
+void hl_sequence_clear_set(hl_sequence *seq) {
+    for (int32_t i = 0; i < seq->n_active; i++) atomic_fetch_sub(&seq->active[i].adapter->users, 1);
+    free(seq->active);
+    seq->active = NULL;
+    seq->n_active = seq->set_terms = 0;
+    seq->set_ranks = 0;
+    seq->set_sig = 0;
+}
+
+hl_status hl_sequence_set_adapters(hl_sequence *seq, hl_adapter *const *adapters, const float *scales, int32_t n) {
+    if (!seq) return hl_fail(HL_ERR_INVALID, "hl_sequence_set_adapters: NULL sequence");
+    hl_status st = check_list(seq->ctx, adapters, scales, n);
     if (st != HL_OK) return st;
     hl_active_adapter *set = calloc((size_t)(n > 0 ? n : 1), sizeof *set);
     if (!set) return hl_fail(HL_ERR_NOMEM, "out of memory for an adapter set");
     int32_t n_set = 0;
     for (int32_t i = 0; i < n; i++)
         if (scales[i] != 0.0f) set[n_set++] = (hl_active_adapter){adapters[i], scales[i]};
-    int32_t n_terms;
-    size_t ranks;
-    count_terms(c->model, set, n_set, &n_terms, &ranks);
-    hl_lora_term *terms = calloc((size_t)(n_terms > 0 ? n_terms : 1), sizeof *terms);
-    float *t = malloc((ranks > 0 ? ranks : 1) * (size_t)c->params.n_batch * sizeof(float));
-    if (!terms || !t) {
-        free(set), free(terms), free(t);
-        return hl_fail(HL_ERR_NOMEM, "out of memory for %d LoRA terms", n_terms);
-    }
-    free(c->active), free(c->terms), free(c->lora_t);
-    c->active = set, c->n_active = n_set;
-    c->terms = terms, c->max_terms = n_terms;
-    c->lora_t = t, c->lora_t_floats = ranks * (size_t)c->params.n_batch;
-    c->set_sig = set_signature(set, n_set);
+    for (int32_t i = 0; i < n_set; i++) atomic_fetch_add(&set[i].adapter->users, 1);
+    hl_sequence_clear_set(seq);
+    seq->active = set, seq->n_active = n_set;
+    count_terms(seq->ctx->model, set, n_set, &seq->set_terms, &seq->set_ranks);
+    seq->set_sig = set_signature(set, n_set);
     return HL_OK;
+}
+
+hl_status hl_context_set_adapters(hl_context *c, hl_adapter *const *adapters, const float *scales, int32_t n) {
+    if (!c) return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: NULL context");
+    return hl_sequence_set_adapters(c->seq0, adapters, scales, n);
 }

@@ -2,7 +2,7 @@
  * Causal self-attention over the KV cache for a batch of T query tokens, tiled so that the cache is read
  * by the multi-token kernel (hl_gemm) of the cache type rather than by one dot product per (token, cell).
  *
- * For query head h (KV head g = h / (n_head / n_head_kv)) and a block of up to ATTN_BLOCK tokens t0..:
+ * The node's segment's cache (nd->seq). For query head h (KV head g = h / (n_head / n_head_kv)) and a block of up to ATTN_BLOCK tokens t0..:
  *
  *   S = Q_h . K_g^T    [block, n_kv]      K cached as rows per cell:  k_cache [n_ctx][n_embd_kv]
  *   P = softmax(S * 1/sqrt(head_dim)), row t over its causal cells 0..pos0+t only, zero beyond
@@ -31,9 +31,9 @@ static void attend_block(hl_context *ctx, const hl_node *nd, int h, int64_t t0, 
     const int hd = m->hp.head_dim, g = h / (m->hp.n_head / m->hp.n_head_kv);
     const int32_t type = ctx->params.cache_type;
     const hl_type_traits *ct = hl_get_type_traits(type);
-    const int64_t n_ctx = ctx->params.n_ctx, n_kv = nd->pos0 + t0 + nt;
-    const char *k = (const char *)ctx->k_cache[nd->il] + hl_row_size(type, (int64_t)g * hd);
-    const char *vt = (const char *)ctx->v_cache[nd->il] + hl_row_size(type, (int64_t)g * hd * n_ctx);
+    const int64_t n_ctx = nd->seq->n_ctx, n_kv = nd->pos0 + t0 + nt;
+    const char *k = (const char *)nd->seq->k_cache[nd->il] + hl_row_size(type, (int64_t)g * hd);
+    const char *vt = (const char *)nd->seq->v_cache[nd->il] + hl_row_size(type, (int64_t)g * hd * n_ctx);
     const float *q = hl_row_f32(&nd->src0, t0) + (size_t)h * hd;  /* [nt] rows of head_dim */
     float *out = hl_row_f32(&nd->dst, t0) + (size_t)h * hd;       /* [nt] rows of head_dim */
 

@@ -1,7 +1,8 @@
 /*
- * A context: the KV cache, activation and work buffers for n_batch tokens,
- * the thread pool, and the decode entry point.
+ * A context: activation and work buffers for n_batch tokens, the thread pool, its sequences (a default
+ * one for the single-sequence calls), and the decode entry points.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core.h"
@@ -22,17 +23,9 @@ static void *alloc_floats(int64_t n, int64_t n_tokens) { return malloc((size_t)n
 static hl_status alloc_buffers(hl_context *c) {
     const hl_model *m = c->model;
     const int64_t B = c->params.n_batch;
-    const size_t cache_bytes = hl_row_size(c->params.cache_type, m->n_embd_kv) * (size_t)c->params.n_ctx;
-    c->k_cache = calloc((size_t)m->hp.n_layer, sizeof(void *));
-    c->v_cache = calloc((size_t)m->hp.n_layer, sizeof(void *));
-    if (!c->k_cache || !c->v_cache) return HL_ERR_NOMEM;
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        c->k_cache[il] = calloc(1, cache_bytes);
-        c->v_cache[il] = calloc(1, cache_bytes);
-        if (!c->k_cache[il] || !c->v_cache[il]) return HL_ERR_NOMEM;
-    }
     c->x = alloc_floats(m->hp.n_embd, B);
     c->xn = alloc_floats(m->hp.n_embd, B);
+    c->xg = alloc_floats(m->hp.n_embd, B);
     c->proj = alloc_floats(m->hp.n_embd, B);
     c->q = alloc_floats(m->n_q, B);
     c->attn = alloc_floats(m->n_q, B);
@@ -42,11 +35,12 @@ static hl_status alloc_buffers(hl_context *c) {
     c->up = alloc_floats(m->hp.n_ff, B);
     c->rope_cs = alloc_floats(m->hp.head_dim, B);
     c->tokens = malloc((size_t)B * sizeof(int32_t));
-    c->cell_sig = calloc((size_t)c->params.n_ctx, sizeof(uint64_t));
-    c->max_nodes = hl_graph_max_nodes(m);
-    c->nodes = calloc((size_t)c->max_nodes, sizeof(hl_node));
-    if (!c->x || !c->xn || !c->proj || !c->q || !c->attn || !c->k || !c->v || !c->gate || !c->up ||
-        !c->rope_cs || !c->tokens || !c->cell_sig || !c->nodes)
+    c->segs = calloc((size_t)B, sizeof *c->segs);
+    c->out_rows = malloc((size_t)B * sizeof(int32_t));
+    c->tok_seq = calloc((size_t)B, sizeof *c->tok_seq);
+    c->tok_pos = malloc((size_t)B * sizeof(int32_t));
+    if (!c->x || !c->xn || !c->xg || !c->proj || !c->q || !c->attn || !c->k || !c->v || !c->gate || !c->up ||
+        !c->rope_cs || !c->tokens || !c->segs || !c->out_rows || !c->tok_seq || !c->tok_pos)
         return HL_ERR_NOMEM;
     return HL_OK;
 }
@@ -60,7 +54,7 @@ hl_status hl_context_create(hl_model *model, const hl_context_params *params, hl
     if (!c) return hl_fail(HL_ERR_NOMEM, "out of memory for a context");
     c->model = model;
     c->params = *params;
-    if (alloc_buffers(c) != HL_OK) {
+    if (alloc_buffers(c) != HL_OK || hl_sequence_alloc(c, params->n_ctx, &c->seq0) != HL_OK) {
         hl_context_free(c);
         return hl_fail(HL_ERR_NOMEM, "out of memory for a context of %d cells and batch %d", params->n_ctx,
                        params->n_batch);
@@ -77,61 +71,129 @@ hl_status hl_context_create(hl_model *model, const hl_context_params *params, hl
 void hl_context_free(hl_context *c) {
     if (!c) return;
     hl_pool_free(c->pool);
-    for (int il = 0; il < c->model->hp.n_layer; il++) {
-        if (c->k_cache) free(c->k_cache[il]);
-        if (c->v_cache) free(c->v_cache[il]);
-    }
-    free(c->k_cache);
-    free(c->v_cache);
-    void *bufs[] = {c->x,      c->xn,     c->proj,     c->q,     c->attn,   c->k,      c->v,     c->gate,
-                    c->up,     c->rope_cs, c->tokens,  c->work,  c->nodes,  c->cell_sig, c->active, c->terms,
-                    c->lora_t};
+    hl_sequence_free_all(c);
+    void *bufs[] = {c->x,      c->xn,     c->xg,       c->proj,    c->q,       c->attn,   c->k,
+                    c->v,      c->gate,   c->up,       c->rope_cs, c->tokens,  c->work,   c->nodes,
+                    c->terms,  c->lora_t, c->segs,     c->out_rows, c->tok_seq, c->tok_pos, c->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(c);
+}
+
+void hl_batch_layout(hl_context *c) {
+    int32_t t = 0, out = 0;
+    for (int32_t s = 0; s < c->n_segs; s++) {
+        hl_batch_seg *sg = &c->segs[s];
+        sg->t0 = t, sg->out0 = out, sg->pos0 = sg->seq->n_used;
+        for (int32_t i = 0; i < sg->n; i++) {
+            c->tok_seq[t + i] = sg->seq;
+            c->tok_pos[t + i] = sg->pos0 + i;
+        }
+        for (int32_t i = 0; i < sg->n_out; i++) c->out_rows[out + i] = t + sg->n - sg->n_out + i;
+        t += sg->n, out += sg->n_out;
+    }
+    c->n_tokens = t, c->n_out = out;
+}
+
+/* Segment i's checks; where: "" (hl_decode) or "segment i: " (hl_decode_batch). Copies its tokens to c->tokens. */
+static hl_status check_segment(hl_context *c, const hl_segment *sg, int32_t i, int32_t t0, const char *where) {
+    hl_sequence *seq = sg->seq;
+    if (!seq || !sg->tokens || !sg->logits) return hl_fail(HL_ERR_INVALID, "%sNULL sequence, tokens or logits", where);
+    if (seq->ctx != c) return hl_fail(HL_ERR_INVALID, "%sthe sequence belongs to another context", where);
+    for (int32_t j = 0; j < i; j++)
+        if (c->segs[j].seq == seq) return hl_fail(HL_ERR_INVALID, "%sthe sequence is also in segment %d", where, j);
+    if (sg->n_tokens > seq->n_ctx - seq->n_used)
+        return hl_fail(HL_ERR_CONTEXT_FULL, "%scontext full: %d cells used of %d, %d more requested", where,
+                       seq->n_used, seq->n_ctx, sg->n_tokens);
+    for (int32_t k = 0; k < sg->n_tokens; k++) {
+        if (sg->tokens[k] < 0 || sg->tokens[k] >= c->model->hp.n_vocab)
+            return hl_fail(HL_ERR_INVALID, "%stoken id %d at index %d is outside the vocabulary [0, %d)", where,
+                           sg->tokens[k], k, c->model->hp.n_vocab);
+        c->tokens[t0 + k] = sg->tokens[k];
+    }
+    c->segs[i] = (hl_batch_seg){.seq = seq, .logits = sg->logits, .n = sg->n_tokens,
+                                .n_out = sg->all_logits ? sg->n_tokens : 1};
+    return HL_OK;
+}
+
+/* The logits buffer of a batch of several segments: n_out rows of n_vocab. */
+static hl_status grow_logits(hl_context *c) {
+    const size_t need = (size_t)c->n_out * (size_t)c->model->hp.n_vocab;
+    if (need <= c->logits_floats) return HL_OK;
+    float *l = realloc(c->logits, need * sizeof(float));
+    if (!l) return hl_fail(HL_ERR_NOMEM, "out of memory for the logits of %d rows", c->n_out);
+    c->logits = l, c->logits_floats = need;
+    return HL_OK;
+}
+
+/* Checks, layout, graph build and plan of a batch (fn names the caller in messages). */
+static hl_status prepare_batch(hl_context *c, const hl_segment *segments, int32_t n_segments, const char *fn) {
+    if (!c || !segments || n_segments < 1) return hl_fail(HL_ERR_INVALID, "%s: NULL argument or no segment", fn);
+    int64_t total = 0;
+    for (int32_t i = 0; i < n_segments; i++) {
+        if (segments[i].n_tokens < 1 && n_segments > 1)
+            return hl_fail(HL_ERR_INVALID, "%s: segment %d: %d tokens, expected 1 or more", fn, i, segments[i].n_tokens);
+        total += segments[i].n_tokens;
+    }
+    if (total < 1 || total > c->params.n_batch)
+        return hl_fail(HL_ERR_INVALID, n_segments == 1 ? "%s: %lld tokens, expected 1 to n_batch = %d"
+                                                       : "%s: %lld tokens in all, expected 1 to n_batch = %d",
+                       fn, (long long)total, c->params.n_batch);
+    char where[48] = "";
+    for (int32_t i = 0, t0 = 0; i < n_segments; t0 += segments[i++].n_tokens) {
+        if (n_segments > 1) snprintf(where, sizeof where, "%s: segment %d: ", fn, i);
+        hl_status st = check_segment(c, &segments[i], i, t0, where);
+        if (st != HL_OK) return st;
+    }
+    c->n_segs = n_segments;
+    hl_batch_layout(c);
+    hl_status st = n_segments > 1 ? grow_logits(c) : HL_OK;
+    if (st == HL_OK) st = hl_graph_build(c, n_segments > 1 ? c->logits : c->segs[0].logits);
+    return st == HL_OK ? hl_graph_plan(c) : st;
 }
 
 hl_status hl_decode_prepare(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits,
                             int32_t all_logits) {
     if (!c || !tokens || !logits) return hl_fail(HL_ERR_INVALID, "hl_decode: NULL argument");
-    if (n_tokens < 1 || n_tokens > c->params.n_batch)
-        return hl_fail(HL_ERR_INVALID, "hl_decode: %d tokens, expected 1 to n_batch = %d", n_tokens,
-                       c->params.n_batch);
-    if (n_tokens > c->params.n_ctx - c->n_used)
-        return hl_fail(HL_ERR_CONTEXT_FULL, "context full: %d cells used of %d, %d more requested", c->n_used,
-                       c->params.n_ctx, n_tokens);
-    for (int32_t i = 0; i < n_tokens; i++) {
-        if (tokens[i] < 0 || tokens[i] >= c->model->hp.n_vocab)
-            return hl_fail(HL_ERR_INVALID, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i],
-                           i, c->model->hp.n_vocab);
-        c->tokens[i] = tokens[i];
+    const hl_segment seg = {c->seq0, tokens, n_tokens, logits, all_logits};
+    return prepare_batch(c, &seg, 1, "hl_decode");
+}
+
+/* After compute: the segments' logits out of the batch buffer (several segments), their cells taken. */
+static void finish_batch(hl_context *c) {
+    const size_t n_vocab = (size_t)c->model->hp.n_vocab;
+    for (int32_t s = 0; s < c->n_segs; s++) {
+        const hl_batch_seg *sg = &c->segs[s];
+        if (c->n_segs > 1)
+            memcpy(sg->logits, c->logits + (size_t)sg->out0 * n_vocab, (size_t)sg->n_out * n_vocab * sizeof(float));
+        for (int32_t i = 0; i < sg->n; i++) sg->seq->cell_sig[sg->pos0 + i] = sg->seq->set_sig;
+        sg->seq->n_used += sg->n;
     }
-    hl_status st = hl_graph_build(c, n_tokens, logits, all_logits);
-    return st == HL_OK ? hl_graph_plan(c) : st;
+}
+
+/* Computes a prepared batch (st: how preparing it went) and takes its cells. */
+static hl_status run_batch(hl_context *c, hl_status st) {
+    if (st == HL_OK) st = hl_graph_compute(c);
+    if (st == HL_OK) finish_batch(c);
+    return st;
+}
+
+hl_status hl_decode_batch(hl_context *c, const hl_segment *segments, int32_t n_segments) {
+    return run_batch(c, prepare_batch(c, segments, n_segments, "hl_decode_batch"));
 }
 
 hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits) {
-    hl_status st = hl_decode_prepare(c, tokens, n_tokens, logits, all_logits);
-    if (st == HL_OK) st = hl_graph_compute(c);
-    if (st != HL_OK) return st;
-    for (int32_t i = 0; i < n_tokens; i++) c->cell_sig[c->n_used + i] = c->set_sig;
-    c->n_used += n_tokens;
-    return HL_OK;
+    return run_batch(c, hl_decode_prepare(c, tokens, n_tokens, logits, all_logits));
 }
 
-int32_t hl_kv_used(const hl_context *c) { return c ? c->n_used : 0; }
+int32_t hl_kv_used(const hl_context *c) { return c ? hl_sequence_used(c->seq0) : 0; }
 
-int32_t hl_kv_first_stale(const hl_context *c) {
-    if (!c) return 0;
-    int32_t i = 0;
-    while (i < c->n_used && c->cell_sig[i] == c->set_sig) i++;
-    return i;
-}
+int32_t hl_kv_first_stale(const hl_context *c) { return c ? hl_sequence_first_stale(c->seq0) : 0; }
 
 hl_status hl_kv_keep(hl_context *c, int32_t n) {
     if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_keep: NULL context");
-    if (n < 0 || n > c->n_used)
-        return hl_fail(HL_ERR_INVALID, "hl_kv_keep: %d cells requested, %d in use", n, c->n_used);
-    c->n_used = n;
+    if (n < 0 || n > c->seq0->n_used)
+        return hl_fail(HL_ERR_INVALID, "hl_kv_keep: %d cells requested, %d in use", n, c->seq0->n_used);
+    c->seq0->n_used = n;
     return HL_OK;
 }
 

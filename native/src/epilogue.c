@@ -2,9 +2,9 @@
  * Mat-mul epilogues (mul_mat.c): what a thread does to the output rows it just wrote, in the same phase.
  * Each works on rows [r0, r1) of every token, so no other thread's rows are needed:
  *
- *   EPI_ROPE_STORE_KV  RoPE on q and k (the split gives threads whole heads), then k's rows into the
- *                      cache cells pos0.. ([cell][feature]) and v's rows into the transposed V cache
- *                      ([feature][cell])
+ *   EPI_ROPE_STORE_KV  RoPE on q and k at each token's position (the split gives threads whole heads),
+ *                      then k's rows into the token's sequence's cache cell ([cell][feature]) and v's rows
+ *                      into its transposed V cache ([feature][cell])
  *   EPI_SWIGLU         gate = silu(gate) * up
  *   EPI_ADD            residual += dst
  */
@@ -14,13 +14,12 @@
 #include "ops_internal.h"
 #include "quants.h"
 
-void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens) {
+void hl_rope_table(hl_context *ctx, int32_t row0, int32_t pos0, int32_t n_tokens) {
     const hl_model *m = ctx->model;
     const int hd = m->hp.head_dim;
     const float *freqs = m->rope_freqs.data;
-    ctx->rope_pos0 = pos0;
     for (int32_t t = 0; t < n_tokens; t++) {
-        float *cs = ctx->rope_cs + (size_t)t * hd;
+        float *cs = ctx->rope_cs + (size_t)(row0 + t) * hd;
         for (int i = 0; i < hd / 2; i++) {
             /* theta_i = p * base^(-2i/hd) / rope_freqs[i] * freq_scale, in double */
             double theta = (double)(pos0 + t) * pow((double)m->hp.rope_freq_base, -2.0 * i / hd);
@@ -32,13 +31,13 @@ void hl_rope_table(hl_context *ctx, int32_t pos0, int32_t n_tokens) {
     }
 }
 
-/* Rotates heads r0/hd .. r1/hd of every token of x (positions pos0..) with the table of hl_rope_table;
- * NORM pairs (2i, 2i+1), NEOX pairs (i, i + head_dim/2). */
-static void rope_rows(hl_context *ctx, const hl_tensor *x, int32_t pos0, int64_t r0, int64_t r1) {
+/* Rotates heads r0/hd .. r1/hd of every token t of x (the batch's tokens) by row t of the table of
+ * hl_rope_table (token t's position); NORM pairs (2i, 2i+1), NEOX pairs (i, i + head_dim/2). */
+static void rope_rows(hl_context *ctx, const hl_tensor *x, int64_t r0, int64_t r1) {
     const int hd = ctx->model->hp.head_dim, half = hd / 2;
     const int neox = ctx->model->hp.rope_mode == HL_ROPE_NEOX;
     for (int64_t t = 0; t < x->ne[1]; t++) {
-        const float *cs = ctx->rope_cs + (size_t)(pos0 - ctx->rope_pos0 + t) * hd; /* [half][cos, sin] */
+        const float *cs = ctx->rope_cs + (size_t)t * hd; /* [half][cos, sin] */
         for (int64_t h0 = r0; h0 < r1; h0 += hd) {
             float *v = hl_row_f32(x, t) + h0;
             for (int i = 0; i < half; i++) {
@@ -56,13 +55,15 @@ static void store_value(int32_t type, void *dst, size_t i, float x) {
     else ((uint16_t *)dst)[i] = hl_fp32_to_fp16(x);
 }
 
-/* Features [r0, r1) of k (as cell rows) or v (transposed) of every token into cells pos0.. of layer il. */
+/* Features [r0, r1) of k (as cell rows) or v (transposed) of every token into its sequence's cell (= its
+ * position) of layer il. */
 static void store_kv_rows(hl_context *ctx, const hl_node *nd, const hl_tensor *x, int is_v, int64_t r0, int64_t r1) {
     const int32_t type = ctx->params.cache_type;
-    const size_t n_kv = (size_t)ctx->model->n_embd_kv, n_ctx = (size_t)ctx->params.n_ctx;
-    void *cache = is_v ? ctx->v_cache[nd->il] : ctx->k_cache[nd->il];
+    const size_t n_kv = (size_t)ctx->model->n_embd_kv;
     for (int64_t t = 0; t < x->ne[1]; t++) {
-        const size_t cell = (size_t)(nd->pos0 + t);
+        const hl_sequence *seq = ctx->tok_seq[t];
+        const size_t cell = (size_t)ctx->tok_pos[t], n_ctx = (size_t)seq->n_ctx;
+        void *cache = is_v ? seq->v_cache[nd->il] : seq->k_cache[nd->il];
         const float *row = hl_row_f32(x, t);
         for (int64_t i = r0; i < r1; i++)
             store_value(type, cache, is_v ? (size_t)i * n_ctx + cell : cell * n_kv + (size_t)i, row[i]);
@@ -90,8 +91,8 @@ void hl_epilogue_rows(hl_context *ctx, const hl_node *nd, const int64_t *r0, con
     switch (nd->epi) {
     case EPI_NONE: break;
     case EPI_ROPE_STORE_KV: /* projections q, k, v */
-        rope_rows(ctx, &p[0].dst, nd->pos0, r0[0], r1[0]);
-        rope_rows(ctx, &p[1].dst, nd->pos0, r0[1], r1[1]);
+        rope_rows(ctx, &p[0].dst, r0[0], r1[0]);
+        rope_rows(ctx, &p[1].dst, r0[1], r1[1]);
         store_kv_rows(ctx, nd, &p[1].dst, 0, r0[1], r1[1]);
         store_kv_rows(ctx, nd, &p[2].dst, 1, r0[2], r1[2]);
         break;

@@ -18,11 +18,12 @@ static int64_t bad_token_f32(const hl_tensor *t, int32_t n_tokens) {
 
 /* The first batch token whose K or V cache cells of layer il are non-finite; *which gets "k" or "v". */
 static int64_t bad_token_cache(const hl_context *ctx, int32_t il, int32_t pos0, int32_t n_tokens, const char **which) {
-    const int32_t type = ctx->params.cache_type, n_kv = ctx->model->n_embd_kv, n_ctx = ctx->params.n_ctx;
+    const hl_sequence *s = ctx->seq0;
+    const int32_t type = ctx->params.cache_type, n_kv = ctx->model->n_embd_kv, n_ctx = s->n_ctx;
     const size_t k_row = hl_row_size(type, n_kv), elem = hl_row_size(type, 1);
     for (int32_t t = 0; t < n_tokens; t++) {
-        const char *k = (const char *)ctx->k_cache[il] + k_row * (size_t)(pos0 + t);
-        const char *v = (const char *)ctx->v_cache[il] + elem * (size_t)(pos0 + t); /* [n_kv][n_ctx]: a column */
+        const char *k = (const char *)s->k_cache[il] + k_row * (size_t)(pos0 + t);
+        const char *v = (const char *)s->v_cache[il] + elem * (size_t)(pos0 + t); /* [n_kv][n_ctx]: a column */
         *which = "k cache";
         if (hl_first_bad_row(type, k, k_row, n_kv, 1) >= 0) return t;
         *which = "v cache";
@@ -60,9 +61,9 @@ hl_status hl_find_nonfinite(hl_context *ctx, const int32_t *tokens, int32_t n_to
         if (ctx->abort_flag && *ctx->abort_flag) return hl_fail(HL_ERR_ABORTED, "compute aborted");
         hl_graph_compute_node(ctx, i);
         const char *what;
-        const int64_t t = bad_token_of_node(ctx, &ctx->nodes[i], ctx->n_used, n_tokens, &what);
+        const int64_t t = bad_token_of_node(ctx, &ctx->nodes[i], ctx->seq0->n_used, n_tokens, &what);
         if (t >= 0) {
-            *position = ctx->n_used + (int32_t)t;
+            *position = ctx->seq0->n_used + (int32_t)t;
             snprintf(name, cap, what[0] ? "%s (%s)" : "%s%s", ctx->nodes[i].name, what);
             return HL_OK;
         }

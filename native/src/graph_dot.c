@@ -25,7 +25,8 @@ __attribute__((format(printf, 2, 3))) static void emit(dot_writer *w, const char
 }
 
 static const char *OP_NAMES[OP_COUNT] = {
-    [OP_GET_ROWS] = "get_rows", [OP_RMS_NORM] = "rms_norm", [OP_MUL_MAT] = "mul_mat", [OP_ATTENTION] = "attention"};
+    [OP_GET_ROWS] = "get_rows", [OP_RMS_NORM] = "rms_norm", [OP_MUL_MAT] = "mul_mat", [OP_ATTENTION] = "attention",
+    [OP_GATHER] = "gather"};
 static const char *EPILOGUES[] = {[EPI_NONE] = "", [EPI_ROPE_STORE_KV] = " + rope + kv store",
                                   [EPI_SWIGLU] = " + swiglu", [EPI_ADD] = " + residual"};
 
@@ -131,7 +132,7 @@ hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *b
     dot_writer w = {buf, cap, 0};
     emit(&w, "digraph hotlora {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
     emit(&w, "  label=\"decode of %d token%s, %d adapter%s active\";\n", n_tokens, n_tokens > 1 ? "s" : "",
-         ctx->n_active, ctx->n_active == 1 ? "" : "s");
+         ctx->seq0->n_active, ctx->seq0->n_active == 1 ? "" : "s");
     for (int32_t i = 0; i < ctx->n_nodes; i++)
         if (shown(&ctx->nodes[i], layer)) emit_node(&w, i, &ctx->nodes[i]);
     for (int32_t i = 0; i < ctx->n_nodes; i++)

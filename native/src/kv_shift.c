@@ -45,10 +45,11 @@ static void rotate_k_row(const hl_context *c, void *row, const float *cs) {
 static void shift_layer(const shift_job *job, int il) {
     const hl_context *c = job->ctx;
     const size_t es = c->params.cache_type == HL_TYPE_F32 ? 4 : 2;
-    const size_t n_kv = (size_t)c->model->n_embd_kv, n_ctx = (size_t)c->params.n_ctx;
+    const hl_sequence *s = c->seq0;
+    const size_t n_kv = (size_t)c->model->n_embd_kv, n_ctx = (size_t)s->n_ctx;
     const size_t keep = (size_t)job->n_keep, from = keep + (size_t)job->n_discard;
-    const size_t n_move = (size_t)c->n_used - from;
-    char *k = c->k_cache[il], *v = c->v_cache[il];
+    const size_t n_move = (size_t)s->n_used - from;
+    char *k = s->k_cache[il], *v = s->v_cache[il];
     memmove(k + keep * n_kv * es, k + from * n_kv * es, n_move * n_kv * es);
     for (size_t cell = keep; cell < keep + n_move; cell++) rotate_k_row(c, k + cell * n_kv * es, job->cs);
     for (size_t i = 0; i < n_kv; i++) memmove(v + (i * n_ctx + keep) * es, v + (i * n_ctx + from) * es, n_move * es);
@@ -61,10 +62,11 @@ static void shift_job_run(void *arg, int ith, int nth) {
 
 hl_status hl_kv_shift(hl_context *c, int32_t n_keep, int32_t n_discard) {
     if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_shift: NULL context");
-    if (n_keep < 0 || n_discard < 1 || n_discard > c->n_used - n_keep)
+    hl_sequence *s = c->seq0;
+    if (n_keep < 0 || n_discard < 1 || n_discard > s->n_used - n_keep)
         return hl_fail(HL_ERR_INVALID, "hl_kv_shift: cannot keep %d cells and drop %d of %d in use", n_keep,
-                       n_discard, c->n_used);
-    hl_rope_table(c, -n_discard, 1);
+                       n_discard, s->n_used);
+    hl_rope_table(c, 0, -n_discard, 1);
     const float af = c->model->hp.rope_attn_factor;
     const int half = c->model->hp.head_dim / 2;
     if (af != 0.0f && af != 1.0f)
@@ -72,7 +74,7 @@ hl_status hl_kv_shift(hl_context *c, int32_t n_keep, int32_t n_discard) {
     shift_job job = {c, n_keep, n_discard, c->rope_cs};
     hl_pool_run(c->pool, shift_job_run, &job);
     const int32_t from = n_keep + n_discard;
-    memmove(c->cell_sig + n_keep, c->cell_sig + from, (size_t)(c->n_used - from) * sizeof *c->cell_sig);
-    c->n_used -= n_discard;
+    memmove(s->cell_sig + n_keep, s->cell_sig + from, (size_t)(s->n_used - from) * sizeof *s->cell_sig);
+    s->n_used -= n_discard;
     return HL_OK;
 }

@@ -38,11 +38,18 @@ static void op_rms_norm(hl_context *ctx, const hl_node *nd, int phase, int ith, 
     }
 }
 
+/* dst[:, k] = src0[:, out_rows[k]] (the last layer's wanted rows, packed). */
+static void op_gather(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
+    int64_t t0, t1;
+    hl_split(nd->dst.ne[1], ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) memcpy(ROW(&nd->dst, t), ROW(&nd->src0, ctx->out_rows[t]), nd->dst.row_bytes);
+}
+
 typedef void (*op_fn)(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth);
 
 static const op_fn OPS[OP_COUNT] = {
     [OP_GET_ROWS] = op_get_rows, [OP_RMS_NORM] = op_rms_norm, [OP_MUL_MAT] = hl_op_mul_mat,
-    [OP_ATTENTION] = hl_op_attention,
+    [OP_ATTENTION] = hl_op_attention, [OP_GATHER] = op_gather,
 };
 
 int hl_op_phases(const hl_node *node) { return node->op == OP_MUL_MAT ? hl_mul_mat_phases(node) : 1; }

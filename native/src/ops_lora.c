@@ -6,6 +6,9 @@
  *                                         just wrote (float B: t_i holds s_i * A_i.x and B_i^T's rows are
  *                                         axpy'd; quantized B: s_i * dot(B_i[j], t_i))
  *
+ * Each term covers its token range t0 .. t0+n_tok-1 of the node (the segments whose adapter set holds
+ * it): A.x is computed and B.t added for those tokens only (the CPU analogue of Punica's SGMV).
+ *
  * A and B stay in their stored type; t is converted to B's vec_dot_type like
  * any activation, and every sum is in f32. Never (B.A).x, never a merge.
  */
@@ -25,9 +28,10 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 /* ---- the lora_a phase of a mat-mul node: t_i = A_i . x --------------------------------------- */
 
 void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
-    const int64_t n_tok = nd->src1.ne[1], n_in = nd->src1.ne[0];
-    for (int32_t i = 0; i < nd->n_terms; i++) { /* t_i [T][rank] = A_i . x, rank rows split among threads */
+    const int64_t n_in = nd->src1.ne[0];
+    for (int32_t i = 0; i < nd->n_terms; i++) { /* t_i [n_tok][rank] = A_i . x, rank rows split among threads */
         const hl_lora_term *term = &nd->terms[i];
+        const int64_t n_tok = term->n_tok;
         const hl_tensor *a = &term->lora->a;
         size_t stride;
         const char *x = hl_mul_mat_input(ctx, nd, a->type, &stride);
@@ -35,7 +39,7 @@ void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
         hl_split(term->lora->rank, ith, nth, &k0, &k1);
         if (k1 <= k0) continue;
         hl_gemm(hl_get_type_traits(a->type), 0, n_in, k1 - k0, n_tok, (const char *)a->data + k0 * a->row_bytes,
-                a->row_bytes, x, stride, term->t + k0, (size_t)term->lora->rank);
+                a->row_bytes, x + (size_t)term->t0 * stride, stride, term->t + k0, (size_t)term->lora->rank);
         if (!term->lora->bt) continue;
         for (int64_t t = 0; t < n_tok; t++) /* float B: t scaled here, the axpy coefficients of the B half */
             for (int64_t k = k0; k < k1; k++) term->t[t * term->lora->rank + k] *= term->scale;
@@ -45,8 +49,8 @@ void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
 /* ---- the dot phase: the B half ----------------------------------------------------------------- */
 
 /* Bytes of term's t converted to its quantized B's vec_dot_type (0 for float B). */
-static size_t b_conv_bytes(const hl_lora_term *term, int64_t n_tokens) {
-    return align64(converted_size(&term->lora->b, term->lora->rank, n_tokens));
+static size_t b_conv_bytes(const hl_lora_term *term) {
+    return align64(converted_size(&term->lora->b, term->lora->rank, term->n_tok));
 }
 
 /* Quantized B goes through the multi-token kernel in tiles of this many tokens x rows, into a scratch tile. */
@@ -62,14 +66,16 @@ static size_t b_tile_bytes(const hl_node *nd) {
 /* Per thread: each quantized-B term's converted t, then the tile that B . t is computed into. */
 size_t hl_lora_b_scratch_size(const hl_node *nd) {
     size_t size = b_tile_bytes(nd);
-    for (int32_t i = 0; i < nd->n_terms; i++) size += b_conv_bytes(&nd->terms[i], nd->src1.ne[1]);
+    for (int32_t i = 0; i < nd->n_terms; i++) size += b_conv_bytes(&nd->terms[i]);
     return size;
 }
 
-/* y[t][r0..r1) += s * B[r0..r1) . t_conv[t] for every token, quantized B, through the multi-token kernel. */
-static void add_quantized_b(const hl_lora_term *term, const char *t_conv, int64_t n_tok, int64_t r0, int64_t r1,
+/* y[t][r0..r1) += s * B[r0..r1) . t_conv[t] for every token of the term, quantized B, through the
+ * multi-token kernel. */
+static void add_quantized_b(const hl_lora_term *term, const char *t_conv, int64_t r0, int64_t r1,
                             const hl_tensor *dst, float *tile) {
     const hl_lora *lora = term->lora;
+    const int64_t n_tok = term->n_tok;
     const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
     const size_t stride = hl_row_size(bt->vec_dot_type, lora->rank);
     for (int64_t t0 = 0; t0 < n_tok; t0 += B_TILE_TOKENS) {
@@ -79,52 +85,51 @@ static void add_quantized_b(const hl_lora_term *term, const char *t_conv, int64_
             hl_gemm(bt, 0, lora->rank, nr, nt, (const char *)lora->b.data + j0 * lora->b.row_bytes, lora->b.row_bytes,
                     t_conv + t0 * stride, stride, tile, (size_t)nr);
             for (int64_t t = 0; t < nt; t++) {
-                float *y = hl_row_f32(dst, t0 + t) + j0;
+                float *y = hl_row_f32(dst, term->t0 + t0 + t) + j0;
                 for (int64_t r = 0; r < nr; r++) y[r] += term->scale * tile[t * nr + r];
             }
         }
     }
 }
 
-/* Each thread converts every quantized-B term's t (all tokens) into its own scratch, in term order. */
+/* Each thread converts every quantized-B term's t (all its tokens) into its own scratch, in term order. */
 void hl_lora_b_convert(const hl_node *nd, char *scratch) {
-    const int64_t n_tok = nd->src1.ne[1];
     scratch += b_tile_bytes(nd);
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
         if (!needs_conversion(&lora->b)) continue;
         const int32_t vdt = hl_get_type_traits(lora->b.type)->vec_dot_type;
         const size_t stride = hl_row_size(vdt, lora->rank);
-        for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t t = 0; t < nd->terms[i].n_tok; t++)
             hl_get_type_traits(vdt)->from_float(nd->terms[i].t + t * lora->rank, scratch + t * stride, lora->rank);
-        scratch += b_conv_bytes(&nd->terms[i], n_tok);
+        scratch += b_conv_bytes(&nd->terms[i]);
     }
 }
 
-/* y[t][r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[t] for every token t and every term of projection p.
+/* y[t][r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[t] for every term of projection p and every token t of it.
  * Float B: axpys over the rows of B transposed, all tokens at once (t_i already holds s_i * A_i.x);
  * quantized B: the multi-token kernel against t converted to B's vec_dot_type (in scratch). */
 void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1, char *scratch) {
-    const int64_t n_tok = nd->src1.ne[1];
     const size_t y_stride = p->dst.row_bytes / sizeof(float);
     float *tile = (float *)scratch;
     const char *t_conv = scratch + b_tile_bytes(nd);
-    for (const hl_lora_term *term = nd->terms; term < p->terms; term++) t_conv += b_conv_bytes(term, n_tok);
+    for (const hl_lora_term *term = nd->terms; term < p->terms; term++) t_conv += b_conv_bytes(term);
     for (int32_t i = 0; i < p->n_terms; i++) {
-        const hl_lora *lora = p->terms[i].lora;
+        const hl_lora_term *term = &p->terms[i];
+        const hl_lora *lora = term->lora;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
         if (lora->bt) {
             const size_t bt_stride = (size_t)lora->b.ne[1] * bt->type_size;
-            hl_axpy_rows(bt, r1 - r0, lora->rank, n_tok, (const char *)lora->bt + (size_t)r0 * bt->type_size,
-                         bt_stride, p->terms[i].t, (size_t)lora->rank, (float *)p->dst.data + r0, y_stride);
+            hl_axpy_rows(bt, r1 - r0, lora->rank, term->n_tok, (const char *)lora->bt + (size_t)r0 * bt->type_size,
+                         bt_stride, term->t, (size_t)lora->rank, hl_row_f32(&p->dst, term->t0) + r0, y_stride);
             continue;
         }
-        add_quantized_b(&p->terms[i], t_conv, n_tok, r0, r1, &p->dst, tile);
-        t_conv += b_conv_bytes(&p->terms[i], n_tok);
+        add_quantized_b(term, t_conv, r0, r1, &p->dst, tile);
+        t_conv += b_conv_bytes(term);
     }
 }
 
-/* ---- OP_GET_ROWS with terms: x[t] += s * B . a[id] ------------------------------------------ */
+/* ---- OP_GET_ROWS with terms: x[t] += s * B . a[id] for the terms covering token t ------------- */
 
 static size_t embd_scratch(const hl_lora *lora) {
     return align64((size_t)lora->rank * sizeof(float)) + align64(converted_size(&lora->b, lora->rank, 1));
@@ -142,6 +147,7 @@ void hl_lora_embd_add(hl_context *ctx, const hl_node *nd, int64_t t, float *x, i
     float *a_row = (float *)((char *)ctx->work + per_thread * (size_t)ith);
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
+        if (t < nd->terms[i].t0 || t >= nd->terms[i].t0 + nd->terms[i].n_tok) continue;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
         hl_get_type_traits(lora->a.type)->to_float((const char *)lora->a.data + ctx->tokens[t] * lora->a.row_bytes,
                                                    a_row, lora->rank);
