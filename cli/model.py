@@ -121,8 +121,6 @@ class Model:
     """Bytes of all tensors in the file (what one decode step reads, up to the embedding table)."""
     n_past = property(lambda self: lib.hl_kv_used(self._live_ctx()))
     """Tokens in the KV cache (the position of the next token)."""
-    cached_tokens = property(lambda self: list(self._history))
-    """The tokens in the KV cache, in order (a copy)."""
 
     def _live_ctx(self):
         if self._ctx is None:

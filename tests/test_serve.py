@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     os.symlink(outside / "secret.gguf", lora_dir / "escape.gguf")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "hotlora", "serve", "-m", str(MODEL), "--port", str(port),
-                             "-c", "512", "-t", "1", "--lora", str(NUMBERS), "--lora-init-without-apply",
+                             "-c", "8192", "-t", "1", "--lora", str(NUMBERS), "--lora-init-without-apply",
                              "--lora-dir", str(lora_dir), "--api-key", KEY, "--max-body-bytes", "20000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -200,3 +200,21 @@ def test_global_scales_through_post_lora_adapters(server):
         post(server, "/lora-adapters", [])
     assert complete(server) == base
     assert post(server, "/lora-adapters", {"id": 0}).status_code == 400
+
+
+def test_unloading_an_adapter_in_use_is_refused(server):
+    assert post(server, "/v1/load_lora_adapter", {"lora_name": "busy", "lora_path": "concurrency.gguf"}).status_code == 200
+    # runs until its slot of 2048 cells is full (about a second): the unload below comes while it runs
+    body = {"prompt": "Once upon a time", "model": "busy", "temperature": 0, "stream": True, **NO_EOS}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as streaming:
+        lines = streaming.iter_lines()  # kept: a dropped line iterator closes the stream (and the request)
+        assert next(lines).startswith("data: ")  # generating now
+        refused = post(server, "/v1/unload_lora_adapter", {"lora_name": "busy"})
+        assert refused.status_code == 409 and "busy" in refused.json()["error"]["message"]
+    for _ in range(50):  # the closed stream's request leaves its slot at the next step
+        if post(server, "/v1/unload_lora_adapter", {"lora_name": "busy"}).status_code == 200:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the adapter stayed in use after its request ended")

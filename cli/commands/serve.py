@@ -23,7 +23,7 @@ def serve(
     host: Annotated[str, Opt("--host", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, int_option("--port", help="port to listen on", low=0, high=65535)] = 8080,
     ctx_size: Annotated[int, int_option("-c", "--ctx-size", help="context size (0 = from the model)", low=0)] = 4096,
-    parallel: Annotated[int, int_option("-np", "--parallel", help="slots (requests are served one at a time in this version)", low=1, high=256)] = 1,
+    parallel: Annotated[int, int_option("-np", "--parallel", help="slots: requests decoded together, each with n_ctx / slots cells", low=1, high=256)] = 4,
     threads: Threads = None,
     hot_lora: HotLora = None,
     hot_lora_scaled: HotLoraScaled = None,
@@ -45,25 +45,26 @@ def serve(
     if lora_dir is not None and not lora_dir.is_dir():
         raise HotLoraError(f"--lora-dir '{lora_dir}' is not a folder")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
-    m = Model(model, n_ctx=ctx_size, n_threads=threads)
-    registry = Registry(m, lora_dir)
-    try:
+    with Model(model, n_ctx=ctx_size, n_threads=threads) as m:
+        registry = Registry(m, lora_dir)
         for path, scale in adapters:
-            registry.add(str(path), adapter_name(path), 0.0 if lora_init_without_apply else scale)
-    except Exception as e:  # APIError on a bad launch adapter: the CLI's one error line
-        m.close()
-        raise HotLoraError(getattr(e, "message", str(e))) from None
-    try:
+            _add_launch_adapter(registry, path, 0.0 if lora_init_without_apply else scale)
         template = load_chat_template(chat_template, m.file.get_str(TEMPLATE_KEY), m.path, m.tokenizer)
-    except HotLoraError:
-        m.close()
-        raise
-    engine = Engine(m, registry, m.path.name)
-    settings = ServerSettings(model_name=m.path.name, api_key=api_key, max_body_bytes=max_body, timeout_s=timeout,
-                              chat_template=template)
-    sys.stderr.write(f"main: serving {m.path.name} with {len(adapters)} adapter(s) on http://{host}:{port}\n")
+        engine = Engine(m, registry, m.path.name, parallel)
+        settings = ServerSettings(model_name=m.path.name, api_key=api_key, max_body_bytes=max_body,
+                                  timeout_s=timeout, chat_template=template)
+        sys.stderr.write(f"main: serving {m.path.name} with {len(adapters)} adapter(s) and {parallel} slot(s) of "
+                         f"{engine.slot_ctx} cells on http://{host}:{port}\n")
+        try:
+            uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="warning")
+        finally:
+            engine.close()
+
+
+def _add_launch_adapter(registry, path: Path, scale: float) -> None:
+    """An adapter of --lora/--lora-scaled; a bad one is the CLI's one error line."""
+    from ..server.errors import APIError
     try:
-        uvicorn.run(create_app(engine, settings), host=host, port=port, log_level="warning")
-    finally:
-        engine.close()
-        m.close()
+        registry.add(str(path), adapter_name(path), scale)
+    except APIError as e:
+        raise HotLoraError(e.message) from None

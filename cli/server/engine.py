@@ -1,15 +1,18 @@
-"""The generation worker: one thread owns the model and runs, in arrival order, every job the HTTP side submits.
+"""The generation worker: one thread owns the model and runs every job the HTTP side submits, batching the
+requests in flight into one decode per step (continuous batching), whatever their adapters.
 
-A generation job streams `Piece` events and ends with one `Done` or `Failed` event, delivered through its
-`emit` callback (the HTTP side hands them to its event loop). The KV cache is kept between jobs: a job whose
-prompt starts with the cached tokens evaluates only the rest, and cells computed under another adapter set
-are recomputed first (the model's cell signatures), so a cached prefix is reused only under the same adapters
-and scales. Model work of other kinds (adapter loading, tokenizing) runs on the same thread through `call`.
+Each slot is a `Sequence` of the model (its own KV cache of n_ctx / n_slots cells and adapter set). Between
+steps the worker runs queued model work (adapter loading, listings), admits waiting requests into free slots
+(the slot whose cached tokens share the longest prefix with the prompt), and retires finished ones. A step is one
+`Model.decode_batch`: each slot contributes its next prompt chunk or its last sampled token, under its own
+adapter set (the core groups the tokens by adapter). A cached prefix is reused only under the same adapters and
+scales: cells computed under another set are recomputed first (the sequences' cell signatures).
 
-This engine runs one sequence at a time: concurrent requests queue (`requests_deferred` in /metrics).
+A generation job streams `Piece` events and ends with one `Done` or `Failed` event, through its `emit` callback.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import queue
 import secrets
@@ -19,10 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from ..errors import HotLoraError
 from ..model import Model
-from ..session import Session
+from ..sampling import Sampler
+from ..sequence import Sequence
 from ..timings import PerfCounters, timings_json
+from ..tokenizer import StreamDecoder
 from .errors import APIError
 from .registry import Registry
 
@@ -60,124 +67,231 @@ class Stats:
     prompt_tokens_total: int = 0
     tokens_predicted_total: int = 0
     requests_total: int = 0
-    processing: int = 0
+    decode_steps: int = 0
+
+
+@dataclass
+class Running:
+    """One request in a slot: what is left to feed, its sampler, its text so far and its counters."""
+    job: GenerationJob
+    entries: list            # registry entries in use
+    sampler: Sampler
+    decoder: StreamDecoder
+    stops: "StopScanner"
+    to_feed: list[int]       # prompt tokens not evaluated yet, or the last sampled token
+    limit: int               # tokens to generate (-1: until the end or a full slot)
+    start: float = field(default_factory=time.perf_counter)
+    first_token_at: float = 0.0
+    n_prompt_fed: int = 0
+    n_generated: int = 0
 
 
 class Engine:
-    def __init__(self, model: Model, registry: Registry, base_name: str):
+    def __init__(self, model: Model, registry: Registry, base_name: str, n_slots: int = 1):
         self.model, self.registry, self.base_name = model, registry, base_name
         self.stats = Stats()
-        self._jobs: queue.Queue = queue.Queue()
+        self.slot_ctx = model.n_ctx // n_slots
+        if self.slot_ctx < 8:
+            raise HotLoraError(f"--ctx-size {model.n_ctx} over --parallel {n_slots} leaves {self.slot_ctx} cells "
+                               f"per slot; give each slot at least 8")
+        self.slots: list[Sequence] = [model.sequence(self.slot_ctx) for _ in range(n_slots)]
+        self.running: dict[int, Running] = {}        # slot index -> its request
+        self._waiting: collections.deque = collections.deque()
+        self._calls: queue.Queue = queue.Queue()      # (fn, future); (None, None) stops the worker
+        self._stopping = False
         self._thread = threading.Thread(target=self._work, name="hotlora-engine", daemon=True)
         self._thread.start()
 
+    # ---- the HTTP side's entry points ---------------------------------------------------------------------
+    def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """Runs fn on the worker thread between two decode steps."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, future))
+        return future
+
+    def submit(self, job: GenerationJob) -> None:
+        self._calls.put((job, None))
+
+    def unload_adapter(self, name: str) -> None:
+        """vLLM's unload_lora_adapter (on the worker): refused while a request uses the adapter; idle slots whose
+        cached set holds it drop it first (their cells then count as stale)."""
+        entry = self.registry.by_name(name)
+        if entry is not None and not entry.in_use:
+            for seq in self.slots:
+                if entry.adapter in seq.adapters:
+                    seq.set_adapters({a: s for a, s in seq.adapters.items() if a is not entry.adapter})
+        self.registry.unload(name)
+
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        self._calls.put((None, None))
+        self._thread.join()
+        for seq in self.slots:
+            seq.close()
+
     # ---- the worker ---------------------------------------------------------------------------------------
     def _work(self) -> None:
+        while not self._stopping:
+            self._take_calls(block=not self.running and not self._waiting)
+            self._admit()
+            if self.running:
+                self._step()
+
+    def _take_calls(self, block: bool) -> None:
         while True:
-            fn, future = self._jobs.get()
-            if fn is None:
+            try:
+                fn, future = self._calls.get(block=block)
+            except queue.Empty:
                 return
-            if future.set_running_or_notify_cancel():
+            block = False
+            if fn is None:
+                self._stopping = True
+                return
+            if isinstance(fn, GenerationJob):
+                self._waiting.append(fn)
+            elif future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
                 except BaseException as e:  # handed to the caller, who turns it into a response
                     future.set_exception(e)
 
-    def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
-        """Runs fn on the worker thread after the jobs before it."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        return future
+    def _admit(self) -> None:
+        """Starts waiting jobs in free slots, the slot sharing the longest cached prefix first."""
+        while self._waiting and len(self.running) < len(self.slots):
+            job = self._waiting.popleft()
+            if job.cancelled.is_set():
+                continue
+            free = [i for i in range(len(self.slots)) if i not in self.running]
+            slot = max(free, key=lambda i: _common_prefix(self.slots[i].history, job.prompt_ids))
+            self._guarded(job, lambda: self._start(slot, job))
 
-    def queued(self) -> int:
-        return self._jobs.qsize()
-
-    def close(self) -> None:
-        self._jobs.put((None, None))
-        self._thread.join()
-
-    def submit(self, job: GenerationJob) -> concurrent.futures.Future:
-        return self.call(lambda: self._run(job))
-
-    # ---- one generation ---------------------------------------------------------------------------------
-    def _run(self, job: GenerationJob) -> None:
-        if job.cancelled.is_set():
-            return
+    def _guarded(self, job: GenerationJob, fn) -> None:
+        """Runs fn; any error ends the job with a Failed event (and frees its slot), never the worker."""
         try:
-            scales = self.registry.scales_for(job.request.lora, job.request.model, self.base_name)
-            self._check_prompt(job.prompt_ids)
+            fn()
         except APIError as e:
-            job.emit(Failed(e))
-            return
-        entries = [self.registry.entries[i] for i in scales]
-        for entry in entries:
-            entry.in_use += 1
-        self.stats.processing = 1
-        try:
-            job.emit(self._generate(job, {e.adapter: scales[e.adapter.id] for e in entries}))
-        except APIError as e:
-            job.emit(Failed(e))
+            self._fail(job, e)
         except HotLoraError as e:
-            job.emit(Failed(APIError(500, str(e))))
+            self._fail(job, APIError(500, str(e)))
         except Exception as e:  # a bug: the request still gets an answer, and the log one line
             sys.stderr.write(f"error: request failed: {type(e).__name__}: {e}\n")
-            job.emit(Failed(APIError(500, f"internal error ({type(e).__name__}: {e})")))
-        finally:
-            for entry in entries:
-                entry.in_use -= 1
-            self.stats.processing = 0
+            self._fail(job, APIError(500, f"internal error ({type(e).__name__}: {e})"))
+
+    def _fail(self, job: GenerationJob, error: APIError) -> None:
+        for slot, run in list(self.running.items()):
+            if run.job is job:
+                self._retire(slot)
+        job.emit(Failed(error))
+
+    def _start(self, slot: int, job: GenerationJob) -> None:
+        request = job.request
+        scales = self.registry.scales_for(request.lora, request.model, self.base_name)
+        self._check_prompt(job.prompt_ids)
+        seq = self.slots[slot]
+        entries = [self.registry.entries[i] for i in scales]
+        seq.set_adapters({e.adapter: scales[e.adapter.id] for e in entries})
+        n_cached = min(_common_prefix(seq.history, job.prompt_ids), len(job.prompt_ids) - 1)
+        seq.keep(n_cached)
+        seed = request.seed if request.seed not in (None, -1) else secrets.randbits(32)
+        sampler = self.model.sampler(**vars(request.sampler_params(seed)))
+        for token in job.prompt_ids:
+            sampler.accept(token)
+        for entry in entries:
+            entry.in_use += 1
+        self.running[slot] = Running(job, entries, sampler, StreamDecoder(self.model.tokenizer),
+                                     StopScanner(request.stop), job.prompt_ids[n_cached:], request.token_limit())
 
     def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
             raise APIError(400, "prompt: empty after tokenization")
-        limit = self.model.n_ctx - 4
+        limit = self.slot_ctx - 4
         if len(ids) > limit:
-            raise APIError(400, f"prompt: {len(ids)} tokens, more than the context allows ({limit})")
+            raise APIError(400, f"prompt: {len(ids)} tokens, more than a slot's context allows ({limit})")
         bad = next((t for t in ids if not 0 <= t < self.model.n_vocab), None)
         if bad is not None:
             raise APIError(400, f"prompt: token id {bad} is outside the vocabulary (0..{self.model.n_vocab - 1})")
 
-    def _reuse_prefix(self, ids: list[int]) -> int:
-        """Keeps the cached tokens this prompt starts with (at least its last token is evaluated again)."""
-        cached = self.model.cached_tokens
-        n = 0
-        while n < min(len(cached), len(ids) - 1) and cached[n] == ids[n]:
-            n += 1
-        self.model.kv_keep(n)
-        return n
+    def _step(self) -> None:
+        """One decode of every running slot's next tokens (prompt chunks share n_batch), then sampling."""
+        budget, segments, fed = self.model.n_batch, [], {}
+        for slot, run in self.running.items():
+            if run.job.cancelled.is_set() or time.monotonic() > run.job.deadline or budget == 0:
+                continue
+            chunk = run.to_feed[:budget]
+            budget -= len(chunk)
+            segments.append((self.slots[slot], chunk, False))
+            fed[slot] = len(chunk)
+        self._drop_cancelled()
+        if not segments:
+            return
+        try:
+            logits = self.model.decode_batch(segments)
+        except HotLoraError as e:
+            for slot in list(fed):
+                self._fail(self.running[slot].job, APIError(500, str(e)))
+            return
+        self.stats.decode_steps += 1
+        for (slot, n), row in zip(fed.items(), logits):
+            run = self.running[slot]
+            run.to_feed = run.to_feed[n:]
+            if run.to_feed:
+                continue  # more of the prompt next step
+            self._guarded(run.job, lambda: self._sample(slot, run, row))
 
-    def _generate(self, job: GenerationJob, adapters: dict) -> Done:
-        request, start = job.request, time.perf_counter()
-        self.model.set_adapters(adapters)
-        self.model.perf = PerfCounters()
-        seed = request.seed if request.seed not in (None, -1) else secrets.randbits(32)
-        session = Session(self.model, self.model.sampler(**vars(request.sampler_params(seed))))
-        session.feed(job.prompt_ids, self._reuse_prefix(job.prompt_ids))
-        stops = StopScanner(request.stop)
-        finish, n_generated = "length", 0
-        for _token, piece in session.steps(request.token_limit()):
-            n_generated += 1
-            if job.cancelled.is_set():
-                break
-            if time.monotonic() > job.deadline:
-                raise APIError(408, "the request ran past the server's --timeout")
-            safe, stopped = stops.push(piece)
-            if safe:
-                job.emit(Piece(safe))
-            if stopped:
-                finish = "stop"
-                break
-        if session.stop == "eog":
-            finish = "stop"
-        tail = stops.flush() if finish != "stop" or session.stop == "eog" else ""
-        if tail:
-            job.emit(Piece(tail))
-        self.model.perf.total_ms = (time.perf_counter() - start) * 1e3
-        self.model.perf.add_sampling(session.sampler.sample_ms, session.sampler.n_accept)
+    def _drop_cancelled(self) -> None:
+        for slot, run in list(self.running.items()):
+            if run.job.cancelled.is_set():
+                self._retire(slot)
+            elif time.monotonic() > run.job.deadline:
+                self._fail(run.job, APIError(408, "the request ran past the server's --timeout"))
+
+    def _sample(self, slot: int, run: Running, logits: np.ndarray) -> None:
+        if not run.first_token_at:
+            run.first_token_at = time.perf_counter()
+            run.n_prompt_fed = len(run.job.prompt_ids)
+        token = run.sampler.sample(logits)
+        run.sampler.accept(token)
+        run.n_generated += 1
+        eog = self.model.tokenizer.is_eog(token)
+        piece = "" if eog else run.decoder.push(token)
+        safe, stopped = run.stops.push(piece)
+        if safe:
+            run.job.emit(Piece(safe))
+        full = self.slots[slot].n_past + 1 >= self.slot_ctx
+        if stopped or eog or run.n_generated == run.limit or full:
+            if not stopped:  # what the decoder and the stop scanner still hold
+                rest, stopped = run.stops.push(run.decoder.flush())
+                rest += "" if stopped else run.stops.flush()
+                if rest:
+                    run.job.emit(Piece(rest))
+            self._finish(slot, run, "stop" if stopped or eog else "length")
+        else:
+            run.to_feed = [token]
+
+    def _finish(self, slot: int, run: Running, reason: str) -> None:
+        perf = PerfCounters(prompt_ms=(run.first_token_at - run.start) * 1e3, prompt_n=run.n_prompt_fed,
+                            eval_ms=(time.perf_counter() - run.first_token_at) * 1e3, eval_n=run.n_generated - 1,
+                            sample_ms=run.sampler.sample_ms, sample_n=run.sampler.n_accept,
+                            total_ms=(time.perf_counter() - run.start) * 1e3)
         self.stats.requests_total += 1
-        self.stats.prompt_tokens_total += len(job.prompt_ids)
-        self.stats.tokens_predicted_total += n_generated
-        return Done(stops.text, finish, len(job.prompt_ids), n_generated, timings_json(self.model.perf))
+        self.stats.prompt_tokens_total += len(run.job.prompt_ids)
+        self.stats.tokens_predicted_total += run.n_generated
+        self._retire(slot)
+        run.job.emit(Done(run.stops.text, reason, len(run.job.prompt_ids), run.n_generated, timings_json(perf)))
+
+    def _retire(self, slot: int) -> None:
+        run = self.running.pop(slot)
+        for entry in run.entries:
+            entry.in_use -= 1
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 class StopScanner:

@@ -10,7 +10,7 @@ class _EngineCollector:
         self.engine = engine
 
     def collect(self):
-        stats, model = self.engine.stats, self.engine.model
+        engine, stats = self.engine, self.engine.stats
         yield CounterMetricFamily("llamacpp:prompt_tokens", "Number of prompt tokens processed.",
                                   value=stats.prompt_tokens_total)
         yield CounterMetricFamily("llamacpp:tokens_predicted", "Number of generation tokens processed.",
@@ -18,11 +18,13 @@ class _EngineCollector:
         yield CounterMetricFamily("llamacpp:requests", "Number of generation requests finished.",
                                   value=stats.requests_total)
         yield GaugeMetricFamily("llamacpp:requests_processing", "Number of requests processing.",
-                                value=stats.processing)
+                                value=len(engine.running))
         yield GaugeMetricFamily("llamacpp:requests_deferred", "Number of requests deferred.",
-                                value=self.engine.queued())
+                                value=engine.queued())
         yield GaugeMetricFamily("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.",
-                                value=len(model.cached_tokens) / model.n_ctx)
+                                value=sum(len(seq.history) for seq in engine.slots) / engine.model.n_ctx)
+        yield CounterMetricFamily("llamacpp:n_decode", "Number of decode steps (one batch each).",
+                                  value=stats.decode_steps)
 
 
 def metrics_text(engine) -> bytes:

@@ -78,8 +78,11 @@ def _token_text(tok, token: int | None) -> str:
 
 
 async def _on_engine(request: Request, fn):
-    """Runs fn on the engine's thread (the model's owner) and awaits it."""
-    return await asyncio.wrap_future(request.app.state.engine.call(fn))
+    """Runs fn on the engine's thread (the model's owner) and awaits it; a refusal from the model is a 400."""
+    try:
+        return await asyncio.wrap_future(request.app.state.engine.call(fn))
+    except HotLoraError as e:
+        raise APIError(400, str(e)) from None
 
 
 # ---- information -----------------------------------------------------------------------------------------------
@@ -102,15 +105,16 @@ def _install_info_routes(app: FastAPI) -> None:
     @app.get("/props")
     async def props():
         tok = model.tokenizer
-        return {"default_generation_settings": {"n_ctx": model.n_ctx, "params": Sampling().model_dump(exclude={"lora"})},
-                "total_slots": 1, "model_path": str(model.path),
+        return {"default_generation_settings": {"n_ctx": engine.slot_ctx, "params": Sampling().model_dump(exclude={"lora"})},
+                "total_slots": len(engine.slots), "model_path": str(model.path),
                 "chat_template": settings.chat_template.text if settings.chat_template else "",
                 "bos_token": _token_text(tok, tok.bos_id), "eos_token": _token_text(tok, tok.eos_id),
                 "build_info": f"hotlora {__version__}"}
 
     @app.get("/slots")
     async def slots():
-        return [{"id": 0, "n_ctx": model.n_ctx, "is_processing": bool(engine.stats.processing)}]
+        return [{"id": i, "n_ctx": engine.slot_ctx, "is_processing": i in engine.running}
+                for i in range(len(engine.slots))]
 
     @app.get("/metrics")
     async def metrics():
@@ -159,7 +163,7 @@ def _install_adapter_routes(app: FastAPI) -> None:
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_adapter(body: UnloadAdapterRequest, request: Request):
-        await _on_engine(request, lambda: registry.unload(body.lora_name))
+        await _on_engine(request, lambda: request.app.state.engine.unload_adapter(body.lora_name))
         return {"success": True}
 
 
