@@ -132,7 +132,8 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback(module):
 
 @pytest.mark.parametrize("delay", [0.02, 0.1, 0.25, 0.5])
 def test_sigint_at_any_point_of_a_run_is_never_a_traceback(delay):
-    """A real Ctrl-C `delay` seconds after the interpreter is up: exit 130, or 0 when the run was already over.
+    """A real Ctrl-C `delay` seconds after the interpreter is up: exit 130, or 0 (or death by SIGINT, at exit)
+    when the run was already over.
     (A Ctrl-C inside CPython's own start-up, while it imports `site`, is CPython's fatal error, before any
     code of ours runs; so the clock starts once the child says it is running.)"""
     start = ("import runpy, sys\nsys.stderr.write('up\\n'); sys.stderr.flush()\n"
@@ -143,9 +144,11 @@ def test_sigint_at_any_point_of_a_run_is_never_a_traceback(delay):
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode in (130, 0), (proc.returncode, err)
+    # -SIGINT: the signal landed while the interpreter was exiting after a finished run; CPython then ends by
+    # the signal itself, which a shell reports as 130, as for any Ctrl-C'd program
+    assert proc.returncode in (130, 0, -signal.SIGINT), (proc.returncode, err)
     assert "Traceback" not in err, err
-    assert proc.returncode == 0 or "Interrupted by user" in out
+    assert proc.returncode != 130 or "Interrupted by user" in out
 
 
 # ---- the demo ----------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Load test of `hotlora serve`: N concurrent clients over K adapters, against one adapter and one at a time.
+
+Starts one server (all adapters loaded at launch, global scale 0), then runs, interleaved for --rounds rounds:
+
+* `mixed`: N clients at once, client i on adapter i mod K;
+* `one adapter`: N clients at once, all on adapter 0;
+* `sequential`: the same N requests as `mixed`, one after another.
+
+Each request streams --tokens tokens (greedy, end of generation ignored) after a prompt of --prompt-tokens
+random token ids. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
+time of the scenario), time to first token and request latency p50/p90, and the issue-9 ratios: mixed against
+what the bytes allow (one-adapter throughput × (base + 1 adapter bytes) / (base + K adapter bytes)) and against
+sequential.
+
+    python benches/serve_load.py -m MODEL.gguf --adapters A1.gguf,...,A8.gguf --clients 8 --tokens 64
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hotlora", "serve", "-m", args.model, "--port", str(port), "-c", str(args.ctx),
+           "-np", str(args.clients), "-t", str(args.threads), "--lora-init-without-apply"]
+    for adapter in args.adapters:
+        cmd += ["--lora", adapter]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"the server did not start: {proc.communicate()[1][-2000:]}")
+
+
+def one_request(base: str, prompt: list[int], adapter: int, n_tokens: int) -> tuple[float, float, int]:
+    """(time to first token, latency, completion tokens) of one streamed completion."""
+    body = {"prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+            "lora": [{"id": adapter, "scale": 1.0}]}
+    start, first, n = time.perf_counter(), 0.0, 0
+    with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+            first = first or time.perf_counter() - start
+            if chunk["choices"][0]["finish_reason"] is None:
+                n += 1
+    return first, time.perf_counter() - start, max(n, 1)
+
+
+def scenario(base: str, prompts: list[list[int]], adapters: list[int], n_tokens: int, together: bool) -> dict:
+    start = time.perf_counter()
+    if together:
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda pa: one_request(base, pa[0], pa[1], n_tokens), zip(prompts, adapters)))
+    else:
+        results = [one_request(base, p, a, n_tokens) for p, a in zip(prompts, adapters)]
+    wall = time.perf_counter() - start
+    return {"tokens_per_s": n_tokens * len(prompts) / wall, "ttft": [r[0] for r in results],
+            "latency": [r[1] for r in results]}
+
+
+def client_prompts(base: str, n: int, n_tokens: int) -> list[list[int]]:
+    """n different prompts of n_tokens tokens: windows of the tokenized project corpus (data/corpus.txt)."""
+    text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")
+    ids = httpx.post(f"{base}/tokenize", json={"content": text}, timeout=60).json()["tokens"]
+    return [ids[i * n_tokens:(i + 1) * n_tokens] for i in range(n)]
+
+
+def summary(runs: list[dict]) -> dict:
+    ttft = [t for r in runs for t in r["ttft"]]
+    latency = [t for r in runs for t in r["latency"]]
+    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+            "ttft_p50_ms": 1e3 * float(np.percentile(ttft, 50)), "ttft_p90_ms": 1e3 * float(np.percentile(ttft, 90)),
+            "latency_p50_ms": 1e3 * float(np.percentile(latency, 50)),
+            "latency_p90_ms": 1e3 * float(np.percentile(latency, 90))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("--adapters", required=True, type=lambda s: s.split(","))
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--ctx", type=int, default=0, help="server -c (default: clients × (prompt + tokens + 8))")
+    args = ap.parse_args()
+    args.ctx = args.ctx or args.clients * (args.prompt_tokens + args.tokens + 8)
+    port = free_port()
+    server = start_server(args, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        prompts = client_prompts(base, args.clients, args.prompt_tokens)
+        mixed = [i % len(args.adapters) for i in range(args.clients)]
+        plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
+        scenario(base, prompts, mixed, 4, True)  # warm-up
+        runs: dict[str, list[dict]] = {name: [] for name in plans}
+        for _ in range(args.rounds):
+            for name, (adapters, together) in plans.items():
+                runs[name].append(scenario(base, prompts, adapters, args.tokens, together))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    report(args, {name: summary(r) for name, r in runs.items()})
+
+
+def report(args, results: dict[str, dict]) -> None:
+    print(f"model {Path(args.model).name}, {len(args.adapters)} adapters, {args.clients} clients, "
+          f"{args.prompt_tokens}-token prompts, {args.tokens} tokens each, {args.threads} threads, "
+          f"{args.rounds} rounds (medians)\n")
+    print("| scenario | tokens/s | TTFT p50 | TTFT p90 | latency p50 | latency p90 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} ms | {r['ttft_p90_ms']:.0f} ms | "
+              f"{r['latency_p50_ms']:.0f} ms | {r['latency_p90_ms']:.0f} ms |")
+    base_bytes = Path(args.model).stat().st_size
+    adapter_bytes = [Path(a).stat().st_size for a in args.adapters]
+    allowed = results["one adapter"]["tokens_per_s"] * (base_bytes + adapter_bytes[0]) / (base_bytes + sum(adapter_bytes))
+    print(f"\nmixed / bytes-allowed ({allowed:.1f} tokens/s): {results['mixed']['tokens_per_s'] / allowed:.2f}x; "
+          f"mixed / sequential: {results['mixed']['tokens_per_s'] / results['sequential']['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
