@@ -57,7 +57,7 @@ def check_any_file(path: Path, n_threads: int) -> None:
 
 
 def check_run_files(model_file: GGUFFile, adapter_paths: Iterable[Path], n_threads: int) -> None:
-    """`hotlora run --check-tensors`: the model's tensors, then each adapter's."""
+    """`hotlora run` and `serve --check-tensors`: the model's tensors, then each adapter's."""
     check_model_file(model_file, n_threads)
     for path in adapter_paths:
         check_any_file(path, n_threads)

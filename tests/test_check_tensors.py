@@ -73,7 +73,8 @@ def test_clean_model_passes():
 
 
 @pytest.mark.parametrize("command", [("inspect", "--check-tensors"),
-                                     ("run", "--check-tensors", "-p", "hi", "-n", "1", "--temp", "0", "-m")])
+                                     ("run", "--check-tensors", "-p", "hi", "-n", "1", "--temp", "0", "-m"),
+                                     ("serve", "--port", "0", "--check-tensors", "-m")])  # refused before listening
 def test_bad_row_named(nan_row_model, command):
     assert_one_line_error(hotlora(*command, nan_row_model), 1, str(nan_row_model), "'blk.1.attn_v.weight'", "row 3")
 

@@ -33,6 +33,7 @@ def serve(
     chat_template: Annotated[Optional[str], Opt("--chat-template", help="chat template: a built-in name or a Jinja file (default: the model's)")] = None,
     timeout: Annotated[int, int_option("-to", "--timeout", help="seconds a request may run", low=1)] = 600,
     max_body: Annotated[int, int_option("--max-body-bytes", help="largest request body", low=1)] = 1 << 20,
+    check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
 ) -> None:
     """Serve the model over HTTP (OpenAI and llama-server endpoints), each request choosing its adapters."""
     from ..chat_template import TEMPLATE_KEY, load_chat_template
@@ -46,6 +47,9 @@ def serve(
         raise HotLoraError(f"--lora-dir '{lora_dir}' is not a folder")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
     with Model(model, n_ctx=ctx_size, n_threads=threads) as m:
+        if check_tensors:
+            from ..check_tensors import check_run_files
+            check_run_files(m.file, [path for path, _ in adapters], m.n_threads)
         registry = Registry(m, lora_dir)
         for path, scale in adapters:
             _add_launch_adapter(registry, path, 0.0 if lora_init_without_apply else scale)
