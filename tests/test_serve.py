@@ -120,6 +120,11 @@ def test_concurrent_requests_with_different_adapters_equal_each_alone(server):
     assert together == alone
 
 
+def test_zero_max_tokens_generates_nothing(server):
+    done = post(server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 0}).json()
+    assert done["choices"][0]["text"] == "" and done["usage"]["completion_tokens"] == 0
+
+
 def test_stop_strings_cut_the_completion(server):
     text = complete(server)
     stop = text.strip().split()[1]

@@ -198,10 +198,14 @@ class Engine:
         sampler = self.model.sampler(**vars(request.sampler_params(seed)))
         for token in job.prompt_ids:
             sampler.accept(token)
+        limit = request.token_limit()
+        if limit == 0:  # nothing to generate: no decode at all
+            job.emit(Done("", "length", len(job.prompt_ids), 0, timings_json(PerfCounters())))
+            return
         for entry in entries:
             entry.in_use += 1
         self.running[slot] = Running(job, entries, sampler, StreamDecoder(self.model.tokenizer),
-                                     StopScanner(request.stop), job.prompt_ids[n_cached:], request.token_limit())
+                                     StopScanner(request.stop), job.prompt_ids[n_cached:], limit)
 
     def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
@@ -228,9 +232,10 @@ class Engine:
             return
         try:
             logits = self.model.decode_batch(segments)
-        except HotLoraError as e:
+        except Exception as e:  # HotLoraError (e.g. non-finite logits) or a bug: the batch's requests end, not the worker
+            message = str(e) if isinstance(e, HotLoraError) else f"internal error ({type(e).__name__}: {e})"
             for slot in list(fed):
-                self._fail(self.running[slot].job, APIError(500, str(e)))
+                self._fail(self.running[slot].job, APIError(500, message))
             return
         self.stats.decode_steps += 1
         for (slot, n), row in zip(fed.items(), logits):
