@@ -86,7 +86,7 @@ def scenario(base: str, prompts: list[list[int]], adapters: list[int], n_tokens:
 
 def client_prompts(base: str, n: int, n_tokens: int) -> list[list[int]]:
     """n different prompts of n_tokens tokens: windows of the tokenized project corpus (data/corpus.txt)."""
-    text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")[:50000]
     ids = httpx.post(f"{base}/tokenize", json={"content": text}, timeout=60).json()["tokens"]
     return [ids[i * n_tokens:(i + 1) * n_tokens] for i in range(n)]
 

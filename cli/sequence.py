@@ -34,6 +34,8 @@ class Sequence:
     n_past = property(lambda self: lib.hl_sequence_used(self.handle))
     """Tokens in the KV cache (the position of the next token)."""
     history = property(lambda self: list(self._history))
+    first_stale = property(lambda self: lib.hl_sequence_first_stale(self.handle))
+    """The first cached cell computed under another adapter set than the active one (n_past if none)."""
     adapters = property(lambda self: dict(self._active))
     """The active set with its scales, in application order."""
 
@@ -70,7 +72,7 @@ class Sequence:
 
     def _recompute_stale(self) -> None:
         """Re-evaluates, alone, the cached tokens computed under another adapter set (unless lora_keep_cache)."""
-        stale = lib.hl_sequence_first_stale(self.handle)
+        stale = self.first_stale
         if self.model.lora_keep_cache or stale >= self.n_past:
             return
         redo = self._history[stale:]

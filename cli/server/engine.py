@@ -158,14 +158,12 @@ class Engine:
                     future.set_exception(e)
 
     def _admit(self) -> None:
-        """Starts waiting jobs in free slots, the slot sharing the longest cached prefix first."""
+        """Starts waiting jobs in free slots."""
         while self._waiting and len(self.running) < len(self.slots):
             job = self._waiting.popleft()
             if job.cancelled.is_set():
                 continue
-            free = [i for i in range(len(self.slots)) if i not in self.running]
-            slot = max(free, key=lambda i: _common_prefix(self.slots[i].history, job.prompt_ids))
-            self._guarded(job, lambda: self._start(slot, job))
+            self._guarded(job, lambda: self._start(job))
 
     def _guarded(self, job: GenerationJob, fn) -> None:
         """Runs fn; any error ends the job with a Failed event (and frees its slot), never the worker."""
@@ -185,14 +183,25 @@ class Engine:
                 self._retire(slot)
         job.emit(Failed(error))
 
-    def _start(self, slot: int, job: GenerationJob) -> None:
+    def _reusable(self, slot: int, ids: list[int], scales: dict[int, float]) -> int:
+        """Cached tokens of a free slot that a prompt under these adapter scales can reuse."""
+        seq = self.slots[slot]
+        same_set = {a.id: s for a, s in seq.adapters.items()} == scales
+        return _common_prefix(seq.history, ids) if same_set else 0
+
+    def _start(self, job: GenerationJob) -> None:
+        """Puts a job in the free slot whose cache it reuses most (same tokens under the same adapters)."""
         request = job.request
         scales = self.registry.scales_for(request.lora, request.model, self.base_name)
         self._check_prompt(job.prompt_ids)
+        free = [i for i in range(len(self.slots)) if i not in self.running]
+        slot = max(free, key=lambda i: self._reusable(i, job.prompt_ids, scales))
         seq = self.slots[slot]
         entries = [self.registry.entries[i] for i in scales]
         seq.set_adapters({e.adapter: scales[e.adapter.id] for e in entries})
-        n_cached = min(_common_prefix(seq.history, job.prompt_ids), len(job.prompt_ids) - 1)
+        # cells made under another adapter set are not reused: the prompt's rest is fed in the batch (recomputing
+        # them alone, as decode_batch would, would stall every other slot)
+        n_cached = min(_common_prefix(seq.history, job.prompt_ids), seq.first_stale, len(job.prompt_ids) - 1)
         seq.keep(n_cached)
         seed = request.seed if request.seed not in (None, -1) else secrets.randbits(32)
         sampler = self.model.sampler(**vars(request.sampler_params(seed)))
