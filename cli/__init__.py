@@ -5,9 +5,10 @@ gguf and the C core.
 """
 from importlib import import_module
 
-__all__ = ["Adapter", "HotLoraError", "Model", "Tokenizer", "__version__"]
+__all__ = ["Adapter", "HotLoraError", "Model", "Sequence", "Session", "Tokenizer", "__version__"]
 __version__ = "0.1.0"
-_HOMES = {"Adapter": ".lora", "HotLoraError": ".errors", "Model": ".model", "Tokenizer": ".tokenizer"}
+_HOMES = {"Adapter": ".lora", "HotLoraError": ".errors", "Model": ".model", "Sequence": ".sequence",
+          "Session": ".session", "Tokenizer": ".tokenizer"}
 
 
 def __getattr__(name: str):
