@@ -39,3 +39,16 @@ def rewrite(src: Path, dst: Path, kv: dict | None = None, drop_keys=(), tensors:
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+F16_NAN = np.array([0x7E00], dtype=np.uint16).view(np.uint8)  # the two bytes of an F16 NaN
+
+
+def with_nan_bytes(src: Path, dst: Path, tensor: str, row: int, byte: int) -> Path:
+    """A copy of src whose `tensor` has an F16 NaN at bytes [byte, byte + 2) of row `row` (e.g. a block scale)."""
+    def poison(name, data, qtype):
+        if name == tensor:
+            data = data.copy()
+            data[row, byte:byte + 2] = F16_NAN
+        return data, qtype
+    return rewrite(src, dst, tensors=poison)

@@ -7,12 +7,11 @@ import pytest
 
 from cli_util import assert_one_line_error, hotlora
 from factory import random_kquant, write_adapter_file
-from gguf_edit import rewrite
+from gguf_edit import F16_NAN, with_nan_bytes
 from hotlora.check_tensors import first_bad_row
 from hotlora.model import default_model_path
 
 N_ROWS, N_COLS = 10, 512
-F16_NAN = np.array([0x7E00], dtype=np.uint16).view(np.uint8)
 F16_INF = np.array([0x7C00], dtype=np.uint16).view(np.uint8)
 
 
@@ -58,13 +57,9 @@ def test_quant_block_scales(type_name, scale_offset, block_bytes, bad):
 
 @pytest.fixture(scope="module")
 def nan_row_model(tmp_path_factory):
-    """The bundled model with a NaN Q8_0 scale in row 3 of blk.1.attn_v.weight."""
-    def poison(name, data, qtype):
-        if name == "blk.1.attn_v.weight":
-            data = data.copy()
-            data[3, 34:36] = F16_NAN
-        return data, qtype
-    return rewrite(default_model_path(), tmp_path_factory.mktemp("m") / "nan_row.gguf", tensors=poison)
+    """The bundled model with a NaN Q8_0 scale in row 3 of blk.1.attn_v.weight (its second block's scale)."""
+    return with_nan_bytes(default_model_path(), tmp_path_factory.mktemp("m") / "nan_row.gguf",
+                          "blk.1.attn_v.weight", 3, 34)
 
 
 def test_clean_model_passes():

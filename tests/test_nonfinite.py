@@ -6,12 +6,11 @@ import pytest
 
 from cli_util import assert_one_line_error, hotlora
 from factory import write_adapter_file
-from gguf_edit import rewrite
+from gguf_edit import with_nan_bytes
 from hotlora.errors import NonFiniteError
 from hotlora.model import Model, default_model_path
 
 N_EMBD, N_KV = 256, 128  # the bundled model's n_embd and head_dim * n_head_kv
-NAN_F16 = np.array([0x7E00], dtype=np.uint16).view(np.uint8)
 
 
 def _attn_k_adapter(path, b_value=None):
@@ -38,12 +37,8 @@ def big_adapter(tmp_path_factory):
 @pytest.fixture(scope="module")
 def nan_scale_model(tmp_path_factory):
     """The bundled model with the F16 scale of row 3's first Q8_0 block of blk.1.ffn_down set to NaN."""
-    def poison(name, data, qtype):
-        if name == "blk.1.ffn_down.weight":
-            data = data.copy()
-            data[3, 0:2] = NAN_F16
-        return data, qtype
-    return rewrite(default_model_path(), tmp_path_factory.mktemp("m") / "nan_scale.gguf", tensors=poison)
+    return with_nan_bytes(default_model_path(), tmp_path_factory.mktemp("m") / "nan_scale.gguf",
+                          "blk.1.ffn_down.weight", 3, 0)
 
 
 def _run(*args):
