@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_util import assert_one_line_error, hotlora
+
 httpx = pytest.importorskip("httpx", reason="the test extras install httpx")
 openai = pytest.importorskip("openai", reason="the test extras install the openai client")
 
@@ -223,3 +225,8 @@ def test_unloading_an_adapter_in_use_is_refused(server):
         time.sleep(0.1)
     else:
         pytest.fail("the adapter stayed in use after its request ended")
+
+
+def test_a_port_in_use_is_one_error_line(server):
+    port = server.rsplit(":", 1)[1]
+    assert_one_line_error(hotlora("serve", "-m", MODEL, "--port", port), 1, f"127.0.0.1:{port}", "in use")

@@ -43,6 +43,7 @@ def serve(
     from ..server.routes import ServerSettings, create_app
     import uvicorn
 
+    _check_listen(host, port)
     if lora_dir is not None and not lora_dir.is_dir():
         raise HotLoraError(f"--lora-dir '{lora_dir}' is not a folder")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
@@ -65,10 +66,23 @@ def serve(
             engine.close()
 
 
+def _check_listen(host: str, port: int) -> None:
+    """One error line, before the model loads, when the address cannot be listened on (uvicorn would log it and
+    exit with its own code)."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as e:
+        raise HotLoraError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
 def _add_launch_adapter(registry, path: Path, scale: float) -> None:
     """An adapter of --lora/--lora-scaled; a bad one is the CLI's one error line."""
     from ..server.errors import APIError
     try:
-        registry.add(str(path), adapter_name(path), scale)
+        registry.add(str(path), adapter_name(path), scale, field="--lora")
     except APIError as e:
         raise HotLoraError(e.message) from None

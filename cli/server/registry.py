@@ -31,13 +31,14 @@ class Registry:
     lora_dir: Path | None = None
     entries: dict[int, Entry] = field(default_factory=dict)
 
-    def add(self, path: str, name: str, scale: float) -> Entry:
+    def add(self, path: str, name: str, scale: float, field: str = "lora_path") -> Entry:
+        """Loads an adapter; errors name it by `field` (the request field, or the command-line option)."""
         if self.by_name(name) is not None:
             raise APIError(400, f"lora_name '{name}': an adapter with this name is already loaded")
         try:
             adapter = self.model.load_adapter(path)
         except HotLoraError as e:
-            raise APIError(400, f"lora_path '{path}': {e}") from None
+            raise APIError(400, f"{field} '{path}': {e}") from None
         entry = Entry(adapter, name, path, scale)
         self.entries[adapter.id] = entry
         return entry
