@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -230,3 +231,25 @@ def test_unloading_an_adapter_in_use_is_refused(server):
 def test_a_port_in_use_is_one_error_line(server):
     port = server.rsplit(":", 1)[1]
     assert_one_line_error(hotlora("serve", "-m", MODEL, "--port", port), 1, f"127.0.0.1:{port}", "in use")
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hotlora", "serve", "-m", str(MODEL), "--port", str(port), "-t", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    body = {"prompt": "Once upon a time", "temperature": 0, "stream": True, "max_tokens": 300, **NO_EOS}
+    with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as streaming:
+        lines = streaming.iter_lines()
+        assert next(lines).startswith("data: ")
+        proc.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]" and '"finish_reason": "length"' in rest[-2]  # all 300 tokens came
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
