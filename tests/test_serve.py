@@ -252,4 +252,5 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits():
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]" and '"finish_reason": "length"' in rest[-2]  # all 300 tokens came
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "Traceback" not in err, err
+    # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM, as it should
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, (proc.returncode, err)
