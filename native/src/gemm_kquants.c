@@ -78,8 +78,9 @@ static void kq_gemm(const kq_type *ty, const kq_isa *isa, int64_t n, int64_t nr,
         for (int64_t t = 0; t < nt; t++) memset(dst + (size_t)t * dst_stride, 0, (size_t)nr * sizeof *dst);
         return;
     }
-    if (nt == 1) {
-        isa->decode[ty->id](n, nr, w, w_stride, a, dst);
+    if (nt < HL_GEMM_BATCH_MIN) { /* decode-sized, so memory-bound: W streamed once per token beats unpacking panels */
+        for (int64_t t = 0; t < nt; t++)
+            isa->decode[ty->id](n, nr, w, w_stride, (const char *)a + (size_t)t * a_stride, dst + (size_t)t * dst_stride);
         return;
     }
     const int64_t tb = tokens_per_block(n);
