@@ -33,6 +33,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(*options) -> tuple[subprocess.Popen, str]:
+    """`hotlora serve` on the bundled model and a free port, once /health answers: (process, base URL)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hotlora", "serve", "-m", str(MODEL), "--port", str(port),
+                             *map(str, options)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"the server did not start: {proc.communicate()[1][-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     lora_dir = tmp_path_factory.mktemp("loras")
@@ -40,21 +56,8 @@ def server(tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     shutil.copy(NUMBERS, outside / "secret.gguf")
     os.symlink(outside / "secret.gguf", lora_dir / "escape.gguf")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hotlora", "serve", "-m", str(MODEL), "--port", str(port),
-                             "-c", "8192", "-t", "1", "--lora", str(NUMBERS), "--lora-init-without-apply",
-                             "--lora-dir", str(lora_dir), "--api-key", KEY, "--max-body-bytes", "20000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"the server did not start: {proc.communicate()[1][-2000:]}")
+    proc, base = start_server("-c", "8192", "-t", "1", "--lora", NUMBERS, "--lora-init-without-apply",
+                              "--lora-dir", lora_dir, "--api-key", KEY, "--max-body-bytes", "20000")
     yield base
     proc.terminate()
     _, err = proc.communicate(timeout=30)
@@ -234,16 +237,7 @@ def test_a_port_in_use_is_one_error_line(server):
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_exits():
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hotlora", "serve", "-m", str(MODEL), "--port", str(port), "-t", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    proc, base = start_server("-t", "1")
     body = {"prompt": "Once upon a time", "temperature": 0, "stream": True, "max_tokens": 300, **NO_EOS}
     with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as streaming:
         lines = streaming.iter_lines()
@@ -254,3 +248,10 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits():
     _, err = proc.communicate(timeout=30)
     # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM, as it should
     assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, (proc.returncode, err)
+
+
+def test_a_repeated_prompt_reuses_its_slots_cache(server):
+    body = {"prompt": "A prompt that only this test sends", **GREEDY, **NO_EOS}
+    first, second = (post(server, "/v1/completions", body).json() for _ in range(2))
+    assert first["choices"][0]["text"] == second["choices"][0]["text"]
+    assert second["timings"]["prompt_n"] == 1 < first["timings"]["prompt_n"]  # only the last prompt token again

@@ -80,9 +80,9 @@ class Running:
     stops: "StopScanner"
     to_feed: list[int]       # prompt tokens not evaluated yet, or the last sampled token
     limit: int               # tokens to generate (-1: until the end or a full slot)
+    n_prompt_fed: int        # prompt tokens evaluated (those not reused from the slot's cache)
     start: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
-    n_prompt_fed: int = 0
     n_generated: int = 0
 
 
@@ -214,7 +214,8 @@ class Engine:
         for entry in entries:
             entry.in_use += 1
         self.running[slot] = Running(job, entries, sampler, StreamDecoder(self.model.tokenizer),
-                                     StopScanner(request.stop), job.prompt_ids[n_cached:], limit)
+                                     StopScanner(request.stop), job.prompt_ids[n_cached:], limit,
+                                     len(job.prompt_ids) - n_cached)
 
     def _check_prompt(self, ids: list[int]) -> None:
         if not ids:
@@ -264,7 +265,6 @@ class Engine:
     def _sample(self, slot: int, run: Running, logits: np.ndarray) -> None:
         if not run.first_token_at:
             run.first_token_at = time.perf_counter()
-            run.n_prompt_fed = len(run.job.prompt_ids)
         token = run.sampler.sample(logits)
         run.sampler.accept(token)
         run.n_generated += 1

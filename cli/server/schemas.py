@@ -9,10 +9,9 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..commands.options import INT32_MAX, UINT32_MAX
 from ..sampling import SamplerParams
-
-INT32_MAX = (1 << 31) - 1
-FLOAT32_MAX = 3.4028234663852886e38
+from ..scales import FLOAT32_MAX
 
 
 class LoraScale(BaseModel):
@@ -38,7 +37,7 @@ class Sampling(BaseModel):
     repeat_last_n: int = Field(default=64, ge=-1, le=INT32_MAX)
     presence_penalty: float = Field(default=0.0, ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)
     frequency_penalty: float = Field(default=0.0, ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)
-    seed: Optional[int] = Field(default=None, ge=-1, le=(1 << 32) - 1)
+    seed: Optional[int] = Field(default=None, ge=-1, le=UINT32_MAX)
     stop: Union[str, list[str], None] = Field(default=None, validate_default=True)
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     ignore_eos: bool = False
