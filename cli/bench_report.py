@@ -24,10 +24,11 @@ ARRAY_FIELDS = ("samples_ns", "samples_ts")  # JSON only, as llama-bench
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every record repeats: the build, the machine and the KV cache type."""
+    """What every record repeats: the build, the machine, the KV cache type and whether weights are repacked."""
     build: BuildInfo
     cpu_info: str
     cache_type: str
+    repack: bool
 
 
 def record(row: BenchRow, info: RunInfo) -> dict:
@@ -39,6 +40,7 @@ def record(row: BenchRow, info: RunInfo) -> dict:
         "model_filename": row.model.filename, "model_type": row.model.type,
         "model_size": row.model.size, "model_n_params": row.model.n_params,
         "n_batch": row.n_batch, "n_threads": row.n_threads, "type_k": info.cache_type, "type_v": info.cache_type,
+        "repack": info.repack,
         "n_prompt": row.test.n_prompt, "n_gen": row.test.n_gen, "test": row.test.name,
         "adapter": v.path.name if v.path else "none", "adapter_filename": str(v.path) if v.path else None,
         "adapter_scale": v.scale if v.path else None, "adapter_size": v.n_bytes,
@@ -189,7 +191,8 @@ class MarkdownPrinter:
 
     def footer(self) -> None:
         b = self.info.build
-        self.out.write(f"\nbuild: {b.commit} ({b.number}), kernels {b.kernel_set}\n")
+        repacked = "" if self.info.repack else ", no repacking"
+        self.out.write(f"\nbuild: {b.commit} ({b.number}), kernels {b.kernel_set}{repacked}\n")
         line = f"peak RSS {_size(self.peak_rss)}"
         if self.python_ms:
             line += (f", Python {statistics.median(self.python_ms):.3f} ms per generated token outside hl_decode"

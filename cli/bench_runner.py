@@ -34,6 +34,7 @@ class BenchPlan:
     repetitions: int
     adapters: list[tuple[Path, float]]
     probe_bytes: int                       # 0: no read probe
+    repack: bool = True                    # weights in this CPU's repacked layouts (Model's repack)
 
     @property
     def n_rows(self) -> int:
@@ -71,7 +72,8 @@ class BenchRunner:
         for path in self.plan.models:
             for n_batch in self.plan.batches:
                 for n_threads in self.plan.threads:
-                    with Model(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, cache_type=CACHE_TYPE) as m:
+                    with Model(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, cache_type=CACHE_TYPE,
+                               repack=self.plan.repack) as m:
                         self._run_context(m)
 
     def _run_context(self, m: Model) -> None:

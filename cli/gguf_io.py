@@ -6,6 +6,7 @@ the file size. Tensor data stays in the memory map: nothing is copied.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -253,6 +254,21 @@ class GGUFFile:
         if info is None and required:
             raise ModelFileError(f"{self.path}: tensor '{name}' not found")
         return info
+
+    def release_pages(self, info: TensorInfo) -> None:
+        """Takes the memory map's pages that lie wholly inside the tensor's bytes out of this process (they
+        stay in the page cache, and a later read maps them again): for a tensor the core reads from a copy."""
+        whole = self.reader.data
+        mapped = whole.base
+        while mapped is not None and not hasattr(mapped, "_mmap"):
+            mapped = mapped.base
+        if mapped is None:
+            return
+        page = mmap.PAGESIZE
+        start = info.data.ctypes.data - whole.ctypes.data
+        first, end = -(-start // page) * page, (start + info.data.nbytes) // page * page
+        if end > first:
+            mapped._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 # ---- writing ---------------------------------------------------------------------------------------

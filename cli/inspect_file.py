@@ -60,7 +60,7 @@ def describe(path: str | Path) -> dict:
 
 def check_fit(adapter_path: str | Path, model_path: str | Path) -> dict:
     """Whether an adapter fits a model: every problem the loader finds, pair by pair."""
-    with Model(model_path, n_ctx=1, n_threads=1, n_batch=1) as m:
+    with Model(model_path, n_ctx=1, n_threads=1, n_batch=1, repack=False) as m:
         problems = m.adapter_problems(adapter_path)
         ratio = None
         if not problems:

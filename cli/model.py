@@ -44,10 +44,14 @@ class Model:
 
     >>> with Model("model.gguf", n_ctx=512) as m:
     ...     logits = m.eval(m.tokenize("Hello"))   # float32 [n_tokens, n_vocab]
+
+    repack: projections in the core's repacked layouts where this CPU's kernels for them are faster
+    (cli/repack.py; llama.cpp repacks the same way, and --no-repack turns it off as its option does).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 seed: int | None = None, cache_type: str = "f16", n_batch: int = 512, lora_keep_cache: bool = False):
+                 seed: int | None = None, cache_type: str = "f16", n_batch: int = 512, lora_keep_cache: bool = False,
+                 repack: bool = True):
         start = time.perf_counter()
         self._model = self._ctx = None
         self._loaded: list[Adapter] = []          # in load order
@@ -60,7 +64,7 @@ class Model:
         self._file = GGUFFile(self.path)
         self.tokenizer = Tokenizer.from_reader(self._file.reader, self.path)
         self.hparams: HParams = read_hparams(self._file, self.tokenizer.n_vocab)
-        self._desc = CoreModelDesc(self._file, self.hparams)
+        self._desc = CoreModelDesc(self._file, self.hparams, repack)
         self.seed = seed
         self._n_ctx = self.hparams.n_ctx_train if n_ctx == 0 else n_ctx
         self._n_batch = n_batch

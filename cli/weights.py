@@ -9,6 +9,7 @@ from ._native import TYPE_IDS, ffi, lib
 from .errors import ModelFileError
 from .gguf_io import GGUFFile, TensorInfo, dims_of
 from .hparams import HParams
+from .repack import repack
 
 # layer tensor suffix -> (descriptor field, kind); kind: "matrix", "vector" or "bias"
 LAYER_TENSORS = {
@@ -52,10 +53,14 @@ def check_tensor(f: GGUFFile, info: TensorInfo, shape: tuple[int, ...], kind: st
 class CoreModelDesc:
     """Fills hl_model_desc from a checked file, keeping every pointer's owner alive."""
 
-    def __init__(self, f: GGUFFile, hp: HParams):
+    def __init__(self, f: GGUFFile, hp: HParams, repack_weights: bool = True):
+        """repack_weights: projections and the output head in the core's repacked layouts where this CPU's
+        kernels for them are faster (cli/repack.py); the token embeddings always stay rows."""
         self.desc = ffi.new("hl_model_desc *")
         self.layers = ffi.new("hl_layer_desc[]", hp.n_layer)
-        self._buffers = []  # cffi buffers over the memory map; must outlive the core model
+        self._buffers = []  # cffi buffers over the memory map or repacked copies; must outlive the core model
+        self._repack = repack_weights
+        self.n_repacked = 0
         self._fill_hparams(hp)
         used = self._fill_globals(f, hp)
         shapes = layer_shapes(hp)
@@ -75,11 +80,14 @@ class CoreModelDesc:
         d.rope_freq_scale, d.rope_attn_factor = hp.rope_freq_scale, hp.rope_attn_factor
         d.layers = self.layers
 
-    def _view(self, view, info: TensorInfo) -> None:
-        buffer = ffi.from_buffer(info.data)
+    def _view(self, f: GGUFFile, view, info: TensorInfo, projection: bool) -> None:
+        packed = repack(f, info) if projection and self._repack else None
+        data, type_id = packed if packed is not None else (info.data, info.type_id)
+        self.n_repacked += packed is not None
+        buffer = ffi.from_buffer(data)
         self._buffers.append(buffer)
         view.data = buffer
-        view.type = info.type_id
+        view.type = type_id
         view.ne = list(info.ne)
 
     def _take(self, f: GGUFFile, view, name: str, shape, kind: str, required: bool) -> set[str]:
@@ -87,7 +95,7 @@ class CoreModelDesc:
         if info is None:
             return set()
         check_tensor(f, info, shape, kind)
-        self._view(view, info)
+        self._view(f, view, info, kind == "matrix" and name != "token_embd.weight")
         return {name}
 
     def _fill_globals(self, f: GGUFFile, hp: HParams) -> set[str]:

@@ -17,7 +17,7 @@ from ..bench_runner import CACHE_TYPE, BenchPlan, BenchRunner, Progress
 from ..errors import HotLoraError
 from ..sysinfo import build_info, cpu_info
 from ..system import physical_cores
-from .options import MAX_THREADS, MAX_TOKENS, HotLora, HotLoraScaled, adapter_list, int_option
+from .options import MAX_THREADS, MAX_TOKENS, HotLora, HotLoraScaled, NoRepack, adapter_list, int_option
 
 Opt = typer.Option
 DEFAULT_BATCH = 512    # the engine's n_batch; the table shows an n_batch column for any other
@@ -130,6 +130,7 @@ def bench(
     hot_lora_scaled: HotLoraScaled = None,
     probe_mib: ProbeMiB = 1024,
     progress: ShowProgress = False,
+    no_repack: NoRepack = False,
 ) -> None:
     """Measure prompt processing and generation speed like llama-bench, with and without each adapter."""
     if output not in FORMATS:
@@ -138,9 +139,9 @@ def bench(
         models=model or [None], tests=_tests(n_prompt, n_gen, pg or []),
         threads=parse_int_list(threads, "'-t' / '--threads'", 1, MAX_THREADS) if threads else [physical_cores()],
         batches=parse_int_list(batch_size, "'-b' / '--batch-size'", 1, MAX_TOKENS), repetitions=repetitions,
-        adapters=adapter_list(hot_lora, hot_lora_scaled), probe_bytes=probe_mib * 2**20)
+        adapters=adapter_list(hot_lora, hot_lora_scaled), probe_bytes=probe_mib * 2**20, repack=not no_repack)
     _check_files(model or [], plan.adapters)
-    _run(plan, _printer(output, RunInfo(build_info(), cpu_info(), CACHE_TYPE), plan),
+    _run(plan, _printer(output, RunInfo(build_info(), cpu_info(), CACHE_TYPE, not no_repack), plan),
          ProgressLine(progress or sys.stderr.isatty()))
 
 

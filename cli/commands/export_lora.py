@@ -35,7 +35,7 @@ def export_lora(
         raise typer.BadParameter("give at least one adapter", param_hint="--hot-lora")
     refuse_same_file(output, [("base model", model)] + [("adapter", path) for path, _ in adapters])
     console = Console(stderr=True)
-    with Model(model, n_ctx=1, n_threads=1, n_batch=1) as m:  # checks the adapters as run would
+    with Model(model, n_ctx=1, n_threads=1, n_batch=1, repack=False) as m:  # checks the adapters as run would
         files = [(m.load_adapter(path).file, scale) for path, scale in adapters]
         tensors = plan(m.file, files, outtype.upper() if outtype else None)
         merged = [t for t in tensors if t.deltas]

@@ -35,6 +35,8 @@ def int_option(*names: str, help: str, low: int = INT32_MIN, high: int = INT32_M
 
 Threads = Annotated[Optional[int], int_option(
     "-t", "--threads", help=f"threads, 1 to {MAX_THREADS} (default: physical cores)", low=1, high=MAX_THREADS)]
+NoRepack = Annotated[bool, typer.Option(
+    "-nr", "--no-repack", help="keep the weights as the file stores them (no load-time repacking for this CPU)")]
 HotLora = Annotated[Optional[list[Path]], typer.Option(
     "--hot-lora", "--lora", help="LoRA adapter (GGUF or ggla) at scale 1; repeatable", metavar="PATH")]
 HotLoraScaled = Annotated[Optional[list[str]], typer.Option(

@@ -20,7 +20,7 @@ from ..prompt_cache import PromptCache
 from ..session import Session, kept_tokens
 from ..text import unescape
 from ..timings import format_perf_report, timings_json
-from .options import UINT32_MAX, HotLora, HotLoraScaled, Threads, adapter_list, int_option
+from .options import UINT32_MAX, HotLora, HotLoraScaled, NoRepack, Threads, adapter_list, int_option
 
 Opt = typer.Option
 IntOpt = int_option
@@ -205,6 +205,7 @@ def run(
     cache_type: Annotated[str, Opt("--cache-type", "--cache-type-k", help="KV cache type: f16 or f32")] = "f16",
     no_escape: Annotated[bool, Opt("--no-escape", help="do not process escapes (\\n, \\t, ...) in the prompt")] = False,
     no_warmup: Annotated[bool, Opt("--no-warmup", help="skip the warm-up decode")] = False,
+    no_repack: NoRepack = False,
     check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
     as_json: Annotated[bool, Opt("--json", help="print one JSON object instead of streaming text")] = False,
     keep: Annotated[int, IntOpt("--keep", help="tokens kept on a context shift (-1 = the whole prompt); BOS is kept too", low=-1)] = 0,
@@ -231,7 +232,7 @@ def run(
     text = _read_prompt(prompt, file, not no_escape)
     start = time.perf_counter()
     with Model(model, n_ctx=ctx_size, n_threads=threads, cache_type=cache_type, n_batch=batch_size,
-               lora_keep_cache=lora_keep_cache) as m:
+               lora_keep_cache=lora_keep_cache, repack=not no_repack) as m:
         if check_tensors:
             from ..check_tensors import check_run_files
             check_run_files(m.file, [path for path, _ in adapters], m.n_threads)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import HotLoraError
-from .options import HotLora, HotLoraScaled, Threads, adapter_list, int_option
+from .options import HotLora, HotLoraScaled, NoRepack, Threads, adapter_list, int_option
 
 Opt = typer.Option
 
@@ -34,6 +34,7 @@ def serve(
     timeout: Annotated[int, int_option("-to", "--timeout", help="seconds a request may run", low=1)] = 600,
     max_body: Annotated[int, int_option("--max-body-bytes", help="largest request body", low=1)] = 1 << 20,
     check_tensors: Annotated[bool, Opt("--check-tensors", help="scan every weight for NaN/inf values and scales first")] = False,
+    no_repack: NoRepack = False,
 ) -> None:
     """Serve the model over HTTP (OpenAI and llama-server endpoints), each request choosing its adapters."""
     from ..chat_template import TEMPLATE_KEY, load_chat_template
@@ -47,7 +48,7 @@ def serve(
     if lora_dir is not None and not lora_dir.is_dir():
         raise HotLoraError(f"--lora-dir '{lora_dir}' is not a folder")
     adapters = adapter_list(hot_lora, hot_lora_scaled)
-    with Model(model, n_ctx=ctx_size, n_threads=threads) as m:
+    with Model(model, n_ctx=ctx_size, n_threads=threads, repack=not no_repack) as m:
         if check_tensors:
             from ..check_tensors import check_run_files
             check_run_files(m.file, [path for path, _ in adapters], m.n_threads)

@@ -7,6 +7,10 @@ void hl_gemm(const hl_type_traits *tt, int ref, int64_t n, int64_t nr, int64_t n
         tt->gemm(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
         return;
     }
+    if (tt->gemm_ref) { /* a panel type: no row kernel */
+        tt->gemm_ref(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+        return;
+    }
     hl_gemm_by_vec_dot(ref ? tt->vec_dot_ref : tt->vec_dot, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
 }
 

@@ -49,9 +49,12 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
     hl_quants_init();
     const hl_type_traits *t = hl_get_type_traits(type);
     if (!t) return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_mul: unknown weight type %d", (int)type);
-    if (!t->vec_dot)
+    if (!t->vec_dot && !t->panel_rows)
         return hl_fail(HL_ERR_UNSUPPORTED, "hl_mat_mul: %s is an activation-only type, not a weight type",
                        t->name);
+    if (t->panel_rows && n_rows % t->panel_rows)
+        return hl_fail(HL_ERR_INVALID, "hl_mat_mul: %s holds whole panels of %lld rows, not %lld rows", t->name,
+                       (long long)t->panel_rows, (long long)n_rows);
     if (kernel != HL_KERNEL_AUTO && kernel != HL_KERNEL_REFERENCE)
         return hl_fail(HL_ERR_INVALID, "hl_mat_mul: unknown kernel choice %d", (int)kernel);
     hl_status st = check_length("hl_mat_mul", t, n_cols);

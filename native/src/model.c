@@ -11,7 +11,8 @@
 #include "core.h"
 #include "quants.h"
 
-typedef enum { MATRIX, VECTOR_F32 } tensor_kind;
+/* MATRIX: any row type; PROJECTION (layer matrices, the output head): also a repacked panel type. */
+typedef enum { MATRIX, PROJECTION, VECTOR_F32 } tensor_kind;
 
 static hl_status take_view(const char *name, const hl_tensor_view *v, int64_t ne0, int64_t ne1,
                            tensor_kind kind, int optional, hl_tensor *out) {
@@ -20,8 +21,12 @@ static hl_status take_view(const char *name, const hl_tensor_view *v, int64_t ne
     const hl_type_traits *tt = hl_get_type_traits(v->type);
     if (kind == VECTOR_F32 && v->type != HL_TYPE_F32)
         return hl_fail(HL_ERR_UNSUPPORTED, "tensor '%s' must be F32, got type %d", name, v->type);
-    if (!tt || !tt->to_float || !tt->vec_dot)
+    const int panels = tt && tt->panel_rows && tt->gemm;
+    if (!tt || (!panels && (!tt->to_float || !tt->vec_dot)))
         return hl_fail(HL_ERR_UNSUPPORTED, "tensor '%s' has unsupported type %d", name, v->type);
+    if (panels && (kind != PROJECTION || ne1 % tt->panel_rows))
+        return hl_fail(HL_ERR_INVALID, "tensor '%s': %s rows (%lld) serve only a projection of whole panels of %lld",
+                       name, tt->name, (long long)ne1, (long long)tt->panel_rows);
     if (v->ne[0] != ne0 || v->ne[1] != ne1 || v->ne[2] != 1 || v->ne[3] != 1)
         return hl_fail(HL_ERR_INVALID,
                        "tensor '%s' has wrong shape; expected [%lld, %lld], got [%lld, %lld, %lld, %lld]", name,
@@ -68,18 +73,18 @@ static hl_status take_layer(const hl_model *m, int il, const hl_layer_desc *d, h
     char name[64];
 #define N(s) (snprintf(name, sizeof name, "blk.%d." s, il), name)
     TAKE(N("attn_norm.weight"), &d->attn_norm, e, 1, VECTOR_F32, 0, &L->attn_norm);
-    TAKE(N("attn_q.weight"), &d->wq, e, q, MATRIX, 0, &L->wq);
-    TAKE(N("attn_k.weight"), &d->wk, e, kv, MATRIX, 0, &L->wk);
-    TAKE(N("attn_v.weight"), &d->wv, e, kv, MATRIX, 0, &L->wv);
+    TAKE(N("attn_q.weight"), &d->wq, e, q, PROJECTION, 0, &L->wq);
+    TAKE(N("attn_k.weight"), &d->wk, e, kv, PROJECTION, 0, &L->wk);
+    TAKE(N("attn_v.weight"), &d->wv, e, kv, PROJECTION, 0, &L->wv);
     TAKE(N("attn_q.bias"), &d->bq, q, 1, VECTOR_F32, !need_bias, &L->bq);
     TAKE(N("attn_k.bias"), &d->bk, kv, 1, VECTOR_F32, !need_bias, &L->bk);
     TAKE(N("attn_v.bias"), &d->bv, kv, 1, VECTOR_F32, !need_bias, &L->bv);
-    TAKE(N("attn_output.weight"), &d->wo, q, e, MATRIX, 0, &L->wo);
+    TAKE(N("attn_output.weight"), &d->wo, q, e, PROJECTION, 0, &L->wo);
     TAKE(N("attn_output.bias"), &d->bo, e, 1, VECTOR_F32, 1, &L->bo);
     TAKE(N("ffn_norm.weight"), &d->ffn_norm, e, 1, VECTOR_F32, 0, &L->ffn_norm);
-    TAKE(N("ffn_gate.weight"), &d->w_gate, e, ff, MATRIX, 0, &L->w_gate);
-    TAKE(N("ffn_up.weight"), &d->w_up, e, ff, MATRIX, 0, &L->w_up);
-    TAKE(N("ffn_down.weight"), &d->w_down, ff, e, MATRIX, 0, &L->w_down);
+    TAKE(N("ffn_gate.weight"), &d->w_gate, e, ff, PROJECTION, 0, &L->w_gate);
+    TAKE(N("ffn_up.weight"), &d->w_up, e, ff, PROJECTION, 0, &L->w_up);
+    TAKE(N("ffn_down.weight"), &d->w_down, ff, e, PROJECTION, 0, &L->w_down);
     TAKE(N("ffn_gate.bias"), &d->b_gate, ff, 1, VECTOR_F32, 1, &L->b_gate);
     TAKE(N("ffn_up.bias"), &d->b_up, ff, 1, VECTOR_F32, 1, &L->b_up);
     TAKE(N("ffn_down.bias"), &d->b_down, e, 1, VECTOR_F32, 1, &L->b_down);
@@ -91,7 +96,7 @@ static hl_status take_tensors(hl_model *m, const hl_model_desc *d) {
     const int64_t e = d->n_embd, V = d->n_vocab;
     TAKE("token_embd.weight", &d->token_embd, e, V, MATRIX, 0, &m->token_embd);
     TAKE("output_norm.weight", &d->output_norm, e, 1, VECTOR_F32, 0, &m->output_norm);
-    TAKE("output.weight", &d->output, e, V, MATRIX, 1, &m->output);
+    TAKE("output.weight", &d->output, e, V, PROJECTION, 1, &m->output);
     if (!m->output.data) m->output = m->token_embd; /* tied output head */
     TAKE("rope_freqs.weight", &d->rope_freqs, d->head_dim / 2, 1, VECTOR_F32, 1, &m->rope_freqs);
     for (int il = 0; il < d->n_layer; il++) {

@@ -121,8 +121,19 @@ static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, i
     }
 }
 
+/* Where threads' rows may be cut: whole heads for RoPE + KV store, whole panels of repacked weights. */
+static int64_t row_align(const hl_context *ctx, const hl_node *nd) {
+    int64_t align = nd->epi == EPI_ROPE_STORE_KV ? ctx->model->hp.head_dim : HL_ROW_ALIGN;
+    for (int32_t i = 0; i < nd->n_proj; i++) {
+        const int64_t panel = hl_get_type_traits(nd->proj[i].w.type)->panel_rows;
+        if (panel > 1) /* align = lcm(align, panel) */
+            for (int64_t a = align; align % panel; align += a) {}
+    }
+    return align;
+}
+
 static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
-    const int64_t align = nd->epi == EPI_ROPE_STORE_KV ? ctx->model->hp.head_dim : HL_ROW_ALIGN;
+    const int64_t align = row_align(ctx, nd);
     char *b_scratch = (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)ith * hl_lora_b_scratch_size(nd);
     if (nd->n_terms) hl_lora_b_convert(nd, b_scratch);
     int64_t r0[HL_MAX_PROJ], r1[HL_MAX_PROJ];

@@ -1,0 +1,26 @@
+"""Load-time repacking of weight matrices into the core's panel layouts (hl_repack), where this CPU's kernels
+for the repacked layout are faster: Q4_0 becomes HL_TYPE_Q4_0_R16 on AVX-512 VNNI.
+
+The repacked copy has the same size as the rows it replaces; the memory map's pages of those rows are then
+released (GGUFFile.release_pages), so the process holds about the file's size, as without repacking.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._native import check, ffi, lib
+from .gguf_io import GGUFFile, TensorInfo
+
+
+def repack(f: GGUFFile, info: TensorInfo) -> tuple[np.ndarray, int] | None:
+    """The matrix in its repacked layout (bytes, type id), or None when it stays as it is: no faster layout
+    on this CPU, or a row count that is not a whole number of panels."""
+    n_cols, n_rows = info.ne[0], info.ne[1]
+    if lib.hl_repack_type(info.type_id, n_rows) == info.type_id:
+        return None
+    out = np.empty(info.data.nbytes, dtype=np.uint8)
+    kind = ffi.new("int32_t *")
+    check(lib.hl_repack(info.type_id, ffi.from_buffer(info.data), ffi.from_buffer(out), n_cols, n_rows, kind),
+          f"{f.path}: tensor '{info.name}'")
+    f.release_pages(info)
+    return out, kind[0]
