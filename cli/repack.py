@@ -1,5 +1,6 @@
 """Load-time repacking of weight matrices into the core's panel layouts (hl_repack), where this CPU's kernels
-for the repacked layout are faster: Q4_0 becomes HL_TYPE_Q4_0_R16 on AVX-512 VNNI.
+for the repacked layout are faster: Q4_0 and Q8_0 become HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16 on AVX-512
+VNNI.
 
 The repacked copy has the same size as the rows it replaces; the memory map's pages of those rows are then
 released (GGUFFile.release_pages), so the process holds about the file's size, as without repacking.

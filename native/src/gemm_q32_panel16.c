@@ -16,8 +16,8 @@
  * stored in dst and read back between block chunks (exact), so the value depends only on the row and the
  * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract).
  *
- * Q4_0 repacked at load (HL_TYPE_Q4_0_R16, gemm_q4_0_r16.c) skips the transposition and takes this path at
- * every token count. Decode-sized calls of plain Q4_0 go to gemm_q4_0_decode.c, those of the other four 32-element types row by
+ * Q4_0 and Q8_0 repacked at load (HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16; gemm_r16.c) skip the transposition
+ * and take this path at every token count. Decode-sized calls of plain Q4_0 go to gemm_q4_0_decode.c, those of the other four 32-element types row by
  * row through the type's vec_dot here (it streams memory best); batches of Q4_1, Q5_0 and Q5_1 keep
  * gemm_q32_avx512.c's tiles.
  */
@@ -34,7 +34,7 @@
 #define TOK 16   /* most tokens per pass: one float accumulator each */
 #define KB 128   /* blocks per chunk of the per-token tables */
 
-typedef enum { K_Q4_0, K_Q8_0, K_Q4_0_R16 } kind; /* K_Q4_0_R16: the panels come repacked (gemm_q4_0_r16.c) */
+typedef enum { K_Q4_0, K_Q8_0, K_Q4_0_R16, K_Q8_0_R16 } kind; /* _R16: the panels come repacked (gemm_r16.c) */
 
 /* What a pass over the panels needs of its tokens, for blocks b0 .. b0 + KB - 1. */
 typedef struct {
@@ -42,10 +42,10 @@ typedef struct {
     float d[TOK][KB];      /* the block's activation scale */
 } act_table;
 
-static AI size_t block_bytes(kind k) { return k == K_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0); }
+static AI size_t block_bytes(kind k) { return k == K_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0); } /* plain kinds */
 
 TGT static void fill_table(kind k, const char *a, size_t a_stride, int nt, int64_t b0, int64_t bn, act_table *tab) {
-    const int32_t c = k == K_Q8_0 ? 128 : 8;
+    const int32_t c = k == K_Q8_0 || k == K_Q8_0_R16 ? 128 : 8;
     for (int t = 0; t < nt; t++) {
         const block_q8_0 *blk = (const block_q8_0 *)(a + (size_t)t * a_stride) + b0;
         for (int64_t b = 0; b < bn; b++) {
@@ -97,7 +97,7 @@ TGT static AI void split_nibbles(const __m512i x[4], __m512i w[8]) {
     }
 }
 
-/* Block b of the panel's 16 rows (row pointers p; for K_Q4_0_R16 p[0] is the repacked panel): W[g] (lane r:
+/* Block b of the panel's 16 rows (row pointers p; for the _R16 kinds p[0] is the repacked panel): W[g] (lane r:
  * row r's unsigned quants 4g..4g+3) and the rows' scales d_w. */
 TGT static AI void unpack_panel(kind k, const char *const *p, __m512i vindex, int64_t b, __m512i w[8], __m512 *dw) {
     if (k == K_Q4_0_R16) { /* already transposed: 4 loads */
@@ -106,6 +106,12 @@ TGT static AI void unpack_panel(kind k, const char *const *p, __m512i vindex, in
         __m512i x[4];
         for (int j = 0; j < 4; j++) x[j] = _mm512_loadu_si512(blk->qs[j]);
         split_nibbles(x, w);
+        return;
+    }
+    if (k == K_Q8_0_R16) { /* 8 loads; q + 128 as unsigned */
+        const block_q8_0_r16 *blk = (const block_q8_0_r16 *)p[0] + b;
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+        for (int j = 0; j < 8; j++) w[j] = _mm512_xor_si512(_mm512_loadu_si512(blk->qs[j]), _mm512_set1_epi8((char)0x80));
         return;
     }
     const size_t at = (size_t)b * block_bytes(k);
@@ -207,12 +213,15 @@ static void gemm_q4_0(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w
     else if (nt < HL_GEMM_BATCH_MIN) hl_gemm_q4_0_decode_avx512(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
     else gemm_panel16(K_Q4_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
 }
-/* Repacked Q4_0: the panel path at every token count (a decode reads each block once for 16 rows). */
-static void gemm_q4_0_r16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
-                          size_t a_stride, float *dst, size_t dst_stride) {
-    if (n == 0) hl_gemm_q4_0_r16_ref(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
-    else gemm_panel16(K_Q4_0_R16, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
-}
+/* Repacked Q4_0 and Q8_0: the panel path at every token count (a decode reads each block once for 16 rows). */
+#define R16_GEMM_FN(name, k, ref)                                                                              \
+    static void name(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,         \
+                     size_t a_stride, float *dst, size_t dst_stride) {                                         \
+        if (n == 0) ref(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);                                 \
+        else gemm_panel16(k, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);                            \
+    }
+R16_GEMM_FN(gemm_q4_0_r16, K_Q4_0_R16, hl_gemm_q4_0_r16_ref)
+R16_GEMM_FN(gemm_q8_0_r16, K_Q8_0_R16, hl_gemm_q8_0_r16_ref)
 GEMM_FN(gemm_q8_0, HL_TYPE_Q8_0, gemm_panel16(K_Q8_0, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
 GEMM_FN(gemm_q4_1, HL_TYPE_Q4_1, q4_1_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
 GEMM_FN(gemm_q5_0, HL_TYPE_Q5_0, q5_0_tiles(n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride))
@@ -228,6 +237,7 @@ void hl_gemm_install_q32_panel16(const hl_cpu_features *cpu) {
     hl_traits_for_install(HL_TYPE_Q4_0)->gemm = gemm_q4_0;
     hl_traits_for_install(HL_TYPE_Q8_0)->gemm = gemm_q8_0;
     hl_traits_for_install(HL_TYPE_Q4_0_R16)->gemm = gemm_q4_0_r16;
+    hl_traits_for_install(HL_TYPE_Q8_0_R16)->gemm = gemm_q8_0_r16;
     q4_1->gemm = gemm_q4_1, q5_0->gemm = gemm_q5_0, q5_1->gemm = gemm_q5_1;
 #else
     (void)cpu;

@@ -82,10 +82,11 @@ hl_type_traits *hl_traits_for_install(int32_t type);
  * are stored as raw uint16_t bits; all structs have the exact file size.
  * ---------------------------------------------------------------------- */
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;                 /* 18 B */
-/* HL_TYPE_Q4_0_R16 (gemm_q4_0_r16.c): per panel of HL_R16_ROWS rows and block b, the rows' d, then dword j
- * (j < 4) of every row's qs, row r in lane r: 16 x 18 B, as the 16 rows' blocks b took. */
+/* HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16 (gemm_r16.c): per panel of HL_R16_ROWS rows and block b, the rows'
+ * d, then dword j of every row's qs, row r in lane r: as many bytes as the 16 rows' blocks b took. */
 #define HL_R16_ROWS 16
 typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[4][HL_R16_ROWS]; } block_q4_0_r16; /* 288 B */
+typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[8][HL_R16_ROWS]; } block_q8_0_r16; /* 544 B */
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;              /* 20 B */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;  /* 22 B */
 typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1; /* 24 B */
@@ -189,9 +190,11 @@ void hl_axpy_bf16_avx2(int64_t n, float alpha, const void *x, float *y);
 void hl_to_float_f16_avx2(const void *x, float *y, int64_t n);
 #endif
 
-/* gemm_q4_0_r16.c: the scalar kernel of HL_TYPE_Q4_0_R16 (an hl_gemm_fn over whole panels: nr a multiple of
- * HL_R16_ROWS, w_stride the bytes of one row); the SIMD one is gemm_q32_panel16.c's. */
+/* gemm_r16.c: the scalar kernels of HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16 (hl_gemm_fn over whole panels: nr a
+ * multiple of HL_R16_ROWS, w_stride the bytes of one row); the SIMD ones are gemm_q32_panel16.c's. */
 void hl_gemm_q4_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                          size_t a_stride, float *dst, size_t dst_stride);
+void hl_gemm_q8_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);
 
 #endif

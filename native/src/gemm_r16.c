@@ -1,0 +1,109 @@
+/*
+ * The R16 layouts, HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16: Q4_0 and Q8_0 weights repacked once at load into
+ * panels of 16 rows (quants.h), the layout the AVX-512 VNNI panel kernel (gemm_q32_panel16.c) otherwise builds
+ * on the fly for every block and 16 tokens: per block, the 16 rows' d, then dword j of every row's quants
+ * with row r in 32-bit lane r. A decode then reads each weight block once for 16 rows with plain loads and
+ * no transposition.
+ *
+ * This file holds the repacking (hl_repack) and the scalar reference kernels. Every kernel of a layout
+ * computes, for each (row, token), acc = fmaf(float(exact integer block dot), d_w * d_a, acc) block after
+ * block from 0, so the SIMD and scalar kernels agree bit for bit, and with the plain type's panel batch path.
+ */
+#include <math.h>
+
+#include "common.h"
+#include "gemm.h"
+#include "quants.h"
+
+/* A layout: the plain block it comes from and the dwords of quants per row and block. */
+typedef struct {
+    int32_t type, repacked;
+    size_t block_bytes; /* the plain block: d (f16), then the quants */
+    int dwords;         /* quant dwords per row and block: 4 (Q4_0) or 8 (Q8_0) */
+} r16_layout;
+
+static const r16_layout LAYOUTS[] = {
+    {HL_TYPE_Q4_0, HL_TYPE_Q4_0_R16, sizeof(block_q4_0), 4},
+    {HL_TYPE_Q8_0, HL_TYPE_Q8_0_R16, sizeof(block_q8_0), 8},
+};
+
+static const r16_layout *layout_of(int32_t type) {
+    for (size_t i = 0; i < sizeof LAYOUTS / sizeof LAYOUTS[0]; i++)
+        if (LAYOUTS[i].type == type) return &LAYOUTS[i];
+    return NULL;
+}
+
+/* Bytes of one repacked block of 16 rows: the d's, then the dwords (= 16 plain blocks). */
+static size_t panel_block_bytes(const r16_layout *l) { return HL_R16_ROWS * (2 + 4 * (size_t)l->dwords); }
+
+int32_t hl_repack_type(int32_t type, int64_t n_rows) {
+    const r16_layout *l = layout_of(type);
+    if (!l || n_rows <= 0 || n_rows % HL_R16_ROWS) return type;
+    const hl_type_traits *t = hl_get_type_traits(l->repacked);
+    return t->gemm != t->gemm_ref ? l->repacked : type; /* the SIMD installer chose a kernel for the layout */
+}
+
+/* 16 rows of nb plain blocks (src, row_bytes apart) into one repacked panel. */
+static void repack_panel(const r16_layout *l, const char *src, size_t row_bytes, int64_t nb, char *dst) {
+    for (int64_t b = 0; b < nb; b++, dst += panel_block_bytes(l))
+        for (int r = 0; r < HL_R16_ROWS; r++) {
+            const char *blk = src + (size_t)r * row_bytes + (size_t)b * l->block_bytes;
+            memcpy(dst + 2 * r, blk, 2);
+            for (int j = 0; j < l->dwords; j++) memcpy(dst + 32 + 64 * j + 4 * r, blk + 2 + 4 * j, 4);
+        }
+}
+
+hl_status hl_repack(int32_t type, const void *src, void *dst, int64_t n_cols, int64_t n_rows,
+                    int32_t *repacked_type) {
+    if (hl_repack_type(type, n_rows) == type)
+        return hl_fail(HL_ERR_UNSUPPORTED, "hl_repack: no faster layout for type %d x %lld rows with kernel set %s",
+                       (int)type, (long long)n_rows, hl_quants_simd_name());
+    if (!src || !dst || !repacked_type) return hl_fail(HL_ERR_INVALID, "hl_repack: NULL argument");
+    if (n_cols <= 0 || n_cols % QK)
+        return hl_fail(HL_ERR_INVALID, "hl_repack: row length %lld is not whole blocks of %d", (long long)n_cols, QK);
+    const r16_layout *l = layout_of(type);
+    const size_t row_bytes = hl_row_size(type, n_cols);
+    for (int64_t p = 0; p < n_rows / HL_R16_ROWS; p++)
+        repack_panel(l, (const char *)src + (size_t)p * HL_R16_ROWS * row_bytes, row_bytes, n_cols / QK,
+                     (char *)dst + (size_t)p * HL_R16_ROWS * row_bytes);
+    *repacked_type = l->repacked;
+    return HL_OK;
+}
+
+/* The exact integer dot of row r of a Q4_0_R16 block with an activation block. */
+static int32_t dot_q4_0(const block_q4_0_r16 *blk, int r, const block_q8_0 *x) {
+    int32_t sum = 0;
+    for (int i = 0; i < QK / 2; i++) { /* qs[i]: element i in the low nibble, i + 16 in the high one */
+        const int q = (int)(blk->qs[i / 4][r] >> (8 * (i % 4))) & 0xFF;
+        sum += ((q & 0x0F) - 8) * x->qs[i] + ((q >> 4) - 8) * x->qs[i + 16];
+    }
+    return sum;
+}
+
+/* The exact integer dot of row r of a Q8_0_R16 block with an activation block. */
+static int32_t dot_q8_0(const block_q8_0_r16 *blk, int r, const block_q8_0 *x) {
+    int32_t sum = 0;
+    for (int i = 0; i < QK; i++) sum += (int8_t)(blk->qs[i / 4][r] >> (8 * (i % 4))) * x->qs[i];
+    return sum;
+}
+
+#define R16_REFERENCE(name, block_t, dot)                                                                      \
+    void name(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a, size_t a_stride, \
+              float *dst, size_t dst_stride) {                                                                 \
+        const int64_t nb = n / QK;                                                                             \
+        for (int64_t p = 0; p < nr / HL_R16_ROWS; p++) {                                                       \
+            const block_t *panel = (const block_t *)((const char *)w + (size_t)p * HL_R16_ROWS * w_stride);    \
+            for (int64_t t = 0; t < nt; t++) {                                                                 \
+                const block_q8_0 *x = (const block_q8_0 *)((const char *)a + (size_t)t * a_stride);            \
+                for (int r = 0; r < HL_R16_ROWS; r++) {                                                        \
+                    float acc = 0.0f;                                                                          \
+                    for (int64_t b = 0; b < nb; b++)                                                           \
+                        acc = fmaf((float)dot(&panel[b], r, &x[b]),                                            \
+                                   hl_fp16_to_fp32(panel[b].d[r]) * hl_fp16_to_fp32(x[b].d), acc);             \
+                    dst[(size_t)t * dst_stride + (size_t)(p * HL_R16_ROWS + r)] = acc;                         \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+R16_REFERENCE(hl_gemm_q4_0_r16_ref, block_q4_0_r16, dot_q4_0)
+R16_REFERENCE(hl_gemm_q8_0_r16_ref, block_q8_0_r16, dot_q8_0)
