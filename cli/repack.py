@@ -1,9 +1,10 @@
 """Load-time repacking of weight matrices into the core's panel layouts (hl_repack), where this CPU's kernels
-for the repacked layout are faster: Q4_0 and Q8_0 become HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16 on AVX-512
-VNNI.
+for the repacked layout are faster: Q4_0, Q8_0 and Q4_K become HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16 and
+HL_TYPE_Q4_K_R16 on AVX-512 VNNI.
 
-The repacked copy has the same size as the rows it replaces; the memory map's pages of those rows are then
-released (GGUFFile.release_pages), so the process holds about the file's size, as without repacking.
+The repacked copy has the size of the rows it replaces (Q4_K: 148 bytes per super-block instead of 144); the
+memory map's pages of those rows are then released (GGUFFile.release_pages), so the process holds about the
+file's size, as without repacking.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ def repack(f: GGUFFile, info: TensorInfo) -> tuple[np.ndarray, int] | None:
     """The matrix in its repacked layout (bytes, type id), or None when it stays as it is: no faster layout
     on this CPU, or a row count that is not a whole number of panels."""
     n_cols, n_rows = info.ne[0], info.ne[1]
-    if lib.hl_repack_type(info.type_id, n_rows) == info.type_id:
+    layout = lib.hl_repack_type(info.type_id, n_rows)
+    if layout == info.type_id:
         return None
-    out = np.empty(info.data.nbytes, dtype=np.uint8)
+    out = np.empty(n_rows * lib.hl_row_size(layout, n_cols), dtype=np.uint8)
     kind = ffi.new("int32_t *")
     check(lib.hl_repack(info.type_id, ffi.from_buffer(info.data), ffi.from_buffer(out), n_cols, n_rows, kind),
           f"{f.path}: tensor '{info.name}'")

@@ -1,11 +1,11 @@
-"""Load-time repacking (hl_repack; HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16; cli/repack.py).
+"""Load-time repacking (hl_repack; HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16, HL_TYPE_Q4_K_R16; cli/repack.py).
 
-* The layouts against a numpy repacking written from the header's description (per 16-row panel and block:
-  the 16 rows' d, then dword j of every row's quants with row r in lane r).
+* The layouts against a numpy repacking written from quants.h's description (per 16-row panel and block:
+  the 16 rows' scales, then dword j of every row's quants with row r in lane r).
 * The scalar kernel of each layout (hl_mat_mul, reference) against the plain type's reference within the
   kernel tolerance, on any CPU (the layout built in numpy); where this CPU repacks, hl_repack's bytes equal
-  the numpy layout, and the SIMD kernel equals the scalar one and the plain type's batch path bit for bit on
-  ragged token counts.
+  the numpy layout, and the SIMD kernel equals the scalar one bit for bit on ragged token counts, and the
+  plain type's own kernels where they do the same arithmetic (Q4_0, Q8_0: batches; Q4_K: every call).
 * A repacked model: the same logits as without repacking (bitwise for prompts; decode within the kernel
   tolerance), and bad calls refused.
 """
@@ -16,28 +16,52 @@ from gguf import GGMLQuantizationType as QT
 
 from hotlora._core import ffi, lib
 from hotlora.model import Model
+from hotlora.quantize import encode
 from factory import TinySpec, write_tiny_model
 
 AUTO, REFERENCE = 0, 1
 # plain type -> (its repacked type, plain block bytes)
-LAYOUTS = {QT.Q4_0: (lib.HL_TYPE_Q4_0_R16, 18), QT.Q8_0: (lib.HL_TYPE_Q8_0_R16, 34)}
+LAYOUTS = {QT.Q4_0: (lib.HL_TYPE_Q4_0_R16, 18), QT.Q8_0: (lib.HL_TYPE_Q8_0_R16, 34),
+           QT.Q4_K: (lib.HL_TYPE_Q4_K_R16, 144)}
+BLOCK = {QT.Q4_0: 32, QT.Q8_0: 32, QT.Q4_K: 256}
 REPACKS = lib.hl_repack_type(lib.HL_TYPE_Q4_0, 16) == lib.HL_TYPE_Q4_0_R16  # this CPU has the SIMD kernels
 NEEDS_SIMD = pytest.mark.skipif(not REPACKS, reason="this CPU keeps the rows (no AVX-512 VNNI kernel for the layouts)")
 
 
 def quantized_rows(qtype, rng, n_rows, n_cols):
     w = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
-    return np.ascontiguousarray(gguf.quants.quantize(w, qtype))  # uint8 [n_rows, row bytes]
+    return np.ascontiguousarray(encode(w, qtype.name, n_threads=1))  # uint8 [n_rows, row bytes]
+
+
+def k4_scales_mins(scales):
+    """Q4_K's 12 packed bytes [..., 12] -> 8 scales and 8 mins [..., 8] (get_scale_min_k4, quants.md)."""
+    q = scales.astype(np.int32)
+    sc = np.concatenate([q[..., 0:4] & 63, (q[..., 8:12] & 0xF) | ((q[..., 0:4] >> 6) << 4)], axis=-1)
+    mn = np.concatenate([q[..., 4:8] & 63, (q[..., 8:12] >> 4) | ((q[..., 4:8] >> 6) << 4)], axis=-1)
+    return sc.astype(np.uint8), mn.astype(np.uint8)
 
 
 def numpy_r16(qtype, raw, n_cols):
-    """The R16 layout from the header's words: [panel][block] (d[16] as f16, then qs[dwords][16] as uint32)."""
+    """The R16 layout from quants.h's words: [panel][block] (d[16] as f16, then qs[dwords][16] as uint32;
+    Q4_K: d[16], dmin[16], sc[8][16], mn[8][16] as bytes, then qs[32][16])."""
+    if qtype == QT.Q4_K:
+        return numpy_q4_k_r16(raw, n_cols)
     block = LAYOUTS[qtype][1]
     n_panels, nb, dwords = raw.shape[0] // 16, n_cols // 32, (block - 2) // 4
     blocks = raw.reshape(n_panels, 16, nb, block).transpose(0, 2, 1, 3)  # [panel, block, row, bytes]
     d = blocks[..., :2].reshape(n_panels, nb, 32)
     qs = blocks[..., 2:].reshape(n_panels, nb, 16, dwords, 4).transpose(0, 1, 3, 2, 4).reshape(n_panels, nb, -1)
     return np.ascontiguousarray(np.concatenate([d, qs], axis=2).reshape(raw.shape))
+
+
+def numpy_q4_k_r16(raw, n_cols):
+    n_panels, nb = raw.shape[0] // 16, n_cols // 256
+    blocks = raw.reshape(n_panels, 16, nb, 144).transpose(0, 2, 1, 3)  # [panel, block, row, 144]
+    sc, mn = k4_scales_mins(blocks[..., 4:16])                           # [panel, block, row, 8]
+    parts = [blocks[..., 0:2], blocks[..., 2:4], sc.transpose(0, 1, 3, 2), mn.transpose(0, 1, 3, 2),
+             blocks[..., 16:].reshape(n_panels, nb, 16, 32, 4).transpose(0, 1, 3, 2, 4)]
+    flat = [np.ascontiguousarray(p).reshape(n_panels, nb, -1) for p in parts]
+    return np.concatenate(flat, axis=2).reshape(raw.shape[0], -1)
 
 
 def mat_mul(type_id, raw, n_cols, n_rows, x, kernel):
@@ -49,15 +73,17 @@ def mat_mul(type_id, raw, n_cols, n_rows, x, kernel):
 
 
 def c_repack(qtype, raw, n_cols, n_rows):
-    out, kind = np.empty_like(raw), ffi.new("int32_t *")
+    out = np.empty((n_rows, lib.hl_row_size(LAYOUTS[qtype][0], n_cols)), dtype=np.uint8)
+    kind = ffi.new("int32_t *")
     st = lib.hl_repack(int(qtype), ffi.from_buffer(raw), ffi.from_buffer(out), n_cols, n_rows, kind)
     assert st == 0 and kind[0] == LAYOUTS[qtype][0], ffi.string(lib.hl_last_error())
     return out
 
 
 @pytest.mark.parametrize("qtype", list(LAYOUTS), ids=lambda t: t.name)
-@pytest.mark.parametrize("n_cols", [32, 96, 4128])  # 4128: past one 128-block chunk of the panel kernel
-def test_reference_kernel_of_the_layout_matches_the_plain_type(qtype, n_cols):
+@pytest.mark.parametrize("n_blocks", [1, 3, 129])  # 129 x 32: past one 128-block chunk of the panel kernel
+def test_reference_kernel_of_the_layout_matches_the_plain_type(qtype, n_blocks):
+    n_cols = n_blocks * BLOCK[qtype]
     rng = np.random.default_rng(n_cols)
     raw = quantized_rows(qtype, rng, 48, n_cols)
     x = rng.standard_normal((5, n_cols)).astype(np.float32)
@@ -69,8 +95,9 @@ def test_reference_kernel_of_the_layout_matches_the_plain_type(qtype, n_cols):
 
 @NEEDS_SIMD
 @pytest.mark.parametrize("qtype", list(LAYOUTS), ids=lambda t: t.name)
-@pytest.mark.parametrize("n_cols", [32, 96, 4128])
-def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_cols):
+@pytest.mark.parametrize("n_blocks", [1, 3, 129])
+def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_blocks):
+    n_cols = n_blocks * BLOCK[qtype]
     rng = np.random.default_rng(100 + n_cols)
     repacked = LAYOUTS[qtype][0]
     for n_rows in (16, 64):
@@ -81,14 +108,14 @@ def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_cols):
             x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
             ref = mat_mul(repacked, packed, n_cols, n_rows, x, REFERENCE)
             assert np.array_equal(mat_mul(repacked, packed, n_cols, n_rows, x, AUTO), ref), (n_rows, n_tokens)
-            if n_tokens >= 4:  # the plain type's batch path does the same arithmetic after transposing on the fly
+            if n_tokens >= 4 or qtype == QT.Q4_K:  # the plain type's kernels doing the same arithmetic
                 assert np.array_equal(mat_mul(qtype, raw, n_cols, n_rows, x, AUTO), ref)
 
 
 def test_bad_repack_and_mat_mul_calls_are_refused():
     raw = quantized_rows(QT.Q4_0, np.random.default_rng(1), 32, 64)
     out, kind = np.empty_like(raw), ffi.new("int32_t *")
-    assert lib.hl_repack_type(lib.HL_TYPE_Q4_K, 32) == lib.HL_TYPE_Q4_K
+    assert lib.hl_repack_type(lib.HL_TYPE_Q6_K, 32) == lib.HL_TYPE_Q6_K
     assert lib.hl_repack_type(lib.HL_TYPE_Q4_0, 17) == lib.HL_TYPE_Q4_0
     assert lib.hl_repack(lib.HL_TYPE_Q4_0, ffi.from_buffer(raw), ffi.from_buffer(out), 64, 17, kind) == 3
     assert b"no faster layout" in ffi.string(lib.hl_last_error())
@@ -99,10 +126,11 @@ def test_bad_repack_and_mat_mul_calls_are_refused():
 
 
 @NEEDS_SIMD
-@pytest.mark.parametrize("weight_type", ["Q4_0", "Q8_0"])
-@pytest.mark.parametrize("n_head", [4, 8])  # head_dim 16, and 8: threads then cut q/k/v at whole panels
+@pytest.mark.parametrize("weight_type", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("n_head", [4, 8])  # head_dim 16 (Q4_K: 64), and 8 (32): q/k/v cut at whole panels
 def test_repacked_model_gives_the_same_logits(tmp_path, weight_type, n_head):
-    spec = TinySpec(weight_type=weight_type, n_embd=64, n_ff=128, n_head=n_head, n_head_kv=n_head // 2)
+    n_embd = 256 if weight_type == "Q4_K" else 64
+    spec = TinySpec(weight_type=weight_type, n_embd=n_embd, n_ff=2 * n_embd, n_head=n_head, n_head_kv=n_head // 2)
     path = write_tiny_model(tmp_path / "model.gguf", spec)
     runs = {}
     for repack in (False, True):

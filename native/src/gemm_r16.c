@@ -1,13 +1,18 @@
 /*
- * The R16 layouts, HL_TYPE_Q4_0_R16 and HL_TYPE_Q8_0_R16: Q4_0 and Q8_0 weights repacked once at load into
- * panels of 16 rows (quants.h), the layout the AVX-512 VNNI panel kernel (gemm_q32_panel16.c) otherwise builds
- * on the fly for every block and 16 tokens: per block, the 16 rows' d, then dword j of every row's quants
- * with row r in 32-bit lane r. A decode then reads each weight block once for 16 rows with plain loads and
- * no transposition.
+ * The R16 layouts: weights repacked once at load into panels of 16 rows (quants.h), so that a kernel reads
+ * each block once for 16 rows, row r in 32-bit lane r, with plain loads and no transposition.
  *
- * This file holds the repacking (hl_repack) and the scalar reference kernels. Every kernel of a layout
- * computes, for each (row, token), acc = fmaf(float(exact integer block dot), d_w * d_a, acc) block after
- * block from 0, so the SIMD and scalar kernels agree bit for bit, and with the plain type's panel batch path.
+ *   HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16: per block, the 16 rows' d, then dword j of every row's quants, the
+ *       layout the AVX-512 VNNI panel kernel (gemm_q32_panel16.c) otherwise builds on the fly for every block
+ *       and 16 tokens. Every kernel computes, for each (row, token), acc = fmaf(float(exact integer block
+ *       dot), d_w * d_a, acc) block after block from 0: SIMD and scalar agree bit for bit, and with the plain
+ *       type's panel batch path.
+ *   HL_TYPE_Q4_K_R16 (gemm_q4_k_r16.c): per super-block, the rows' d and dmin, their 6-bit scales and mins
+ *       unpacked to bytes, then dword k of every row's quants (148 bytes per row and super-block, 4 more than
+ *       Q4_K's 144).
+ *
+ * This file holds the layout table, hl_repack_type / hl_repack and the 32-element layouts' repacking and
+ * scalar reference kernels.
  */
 #include <math.h>
 
@@ -15,16 +20,35 @@
 #include "gemm.h"
 #include "quants.h"
 
-/* A layout: the plain block it comes from and the dwords of quants per row and block. */
+/* A layout: the plain type, its repacked type, and how 16 rows of nb blocks (row_bytes apart) are repacked. */
 typedef struct {
     int32_t type, repacked;
-    size_t block_bytes; /* the plain block: d (f16), then the quants */
-    int dwords;         /* quant dwords per row and block: 4 (Q4_0) or 8 (Q8_0) */
+    void (*repack_panel)(const char *src, size_t row_bytes, int64_t nb, char *dst);
 } r16_layout;
 
+/* 16 rows of nb blocks of a 32-element type (d, then `dwords` dwords of quants) into one repacked panel. */
+static void repack_q32_panel(const char *src, size_t row_bytes, int64_t nb, size_t block_bytes, int dwords,
+                             char *dst) {
+    for (int64_t b = 0; b < nb; b++, dst += HL_R16_ROWS * block_bytes)
+        for (int r = 0; r < HL_R16_ROWS; r++) {
+            const char *blk = src + (size_t)r * row_bytes + (size_t)b * block_bytes;
+            memcpy(dst + 2 * r, blk, 2);
+            for (int j = 0; j < dwords; j++) memcpy(dst + 32 + 64 * j + 4 * r, blk + 2 + 4 * j, 4);
+        }
+}
+
+static void repack_q4_0(const char *src, size_t row_bytes, int64_t nb, char *dst) {
+    repack_q32_panel(src, row_bytes, nb, sizeof(block_q4_0), 4, dst);
+}
+
+static void repack_q8_0(const char *src, size_t row_bytes, int64_t nb, char *dst) {
+    repack_q32_panel(src, row_bytes, nb, sizeof(block_q8_0), 8, dst);
+}
+
 static const r16_layout LAYOUTS[] = {
-    {HL_TYPE_Q4_0, HL_TYPE_Q4_0_R16, sizeof(block_q4_0), 4},
-    {HL_TYPE_Q8_0, HL_TYPE_Q8_0_R16, sizeof(block_q8_0), 8},
+    {HL_TYPE_Q4_0, HL_TYPE_Q4_0_R16, repack_q4_0},
+    {HL_TYPE_Q8_0, HL_TYPE_Q8_0_R16, repack_q8_0},
+    {HL_TYPE_Q4_K, HL_TYPE_Q4_K_R16, hl_repack_q4_k_panel},
 };
 
 static const r16_layout *layout_of(int32_t type) {
@@ -33,24 +57,11 @@ static const r16_layout *layout_of(int32_t type) {
     return NULL;
 }
 
-/* Bytes of one repacked block of 16 rows: the d's, then the dwords (= 16 plain blocks). */
-static size_t panel_block_bytes(const r16_layout *l) { return HL_R16_ROWS * (2 + 4 * (size_t)l->dwords); }
-
 int32_t hl_repack_type(int32_t type, int64_t n_rows) {
     const r16_layout *l = layout_of(type);
     if (!l || n_rows <= 0 || n_rows % HL_R16_ROWS) return type;
     const hl_type_traits *t = hl_get_type_traits(l->repacked);
     return t->gemm != t->gemm_ref ? l->repacked : type; /* the SIMD installer chose a kernel for the layout */
-}
-
-/* 16 rows of nb plain blocks (src, row_bytes apart) into one repacked panel. */
-static void repack_panel(const r16_layout *l, const char *src, size_t row_bytes, int64_t nb, char *dst) {
-    for (int64_t b = 0; b < nb; b++, dst += panel_block_bytes(l))
-        for (int r = 0; r < HL_R16_ROWS; r++) {
-            const char *blk = src + (size_t)r * row_bytes + (size_t)b * l->block_bytes;
-            memcpy(dst + 2 * r, blk, 2);
-            for (int j = 0; j < l->dwords; j++) memcpy(dst + 32 + 64 * j + 4 * r, blk + 2 + 4 * j, 4);
-        }
 }
 
 hl_status hl_repack(int32_t type, const void *src, void *dst, int64_t n_cols, int64_t n_rows,
@@ -59,13 +70,15 @@ hl_status hl_repack(int32_t type, const void *src, void *dst, int64_t n_cols, in
         return hl_fail(HL_ERR_UNSUPPORTED, "hl_repack: no faster layout for type %d x %lld rows with kernel set %s",
                        (int)type, (long long)n_rows, hl_quants_simd_name());
     if (!src || !dst || !repacked_type) return hl_fail(HL_ERR_INVALID, "hl_repack: NULL argument");
-    if (n_cols <= 0 || n_cols % QK)
-        return hl_fail(HL_ERR_INVALID, "hl_repack: row length %lld is not whole blocks of %d", (long long)n_cols, QK);
     const r16_layout *l = layout_of(type);
-    const size_t row_bytes = hl_row_size(type, n_cols);
+    const int64_t block = hl_get_type_traits(type)->block_size;
+    if (n_cols <= 0 || n_cols % block)
+        return hl_fail(HL_ERR_INVALID, "hl_repack: row length %lld is not whole blocks of %lld", (long long)n_cols,
+                       (long long)block);
+    const size_t row_bytes = hl_row_size(type, n_cols), packed_row_bytes = hl_row_size(l->repacked, n_cols);
     for (int64_t p = 0; p < n_rows / HL_R16_ROWS; p++)
-        repack_panel(l, (const char *)src + (size_t)p * HL_R16_ROWS * row_bytes, row_bytes, n_cols / QK,
-                     (char *)dst + (size_t)p * HL_R16_ROWS * row_bytes);
+        l->repack_panel((const char *)src + (size_t)p * HL_R16_ROWS * row_bytes, row_bytes, n_cols / block,
+                        (char *)dst + (size_t)p * HL_R16_ROWS * packed_row_bytes);
     *repacked_type = l->repacked;
     return HL_OK;
 }

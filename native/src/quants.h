@@ -87,6 +87,14 @@ typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;                 /
 #define HL_R16_ROWS 16
 typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[4][HL_R16_ROWS]; } block_q4_0_r16; /* 288 B */
 typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[8][HL_R16_ROWS]; } block_q8_0_r16; /* 544 B */
+/* HL_TYPE_Q4_K_R16 (gemm_q4_k_r16.c): per panel and super-block, the rows' d and dmin, sub-block j's 6-bit
+ * scale and min of row r as bytes, then dword k of every row's qs: 16 x 148 B. */
+typedef struct {
+    uint16_t d[HL_R16_ROWS], dmin[HL_R16_ROWS];
+    uint8_t sc[8][HL_R16_ROWS], mn[8][HL_R16_ROWS];
+    uint32_t qs[QK_K / 8][HL_R16_ROWS];
+} block_q4_K_r16;                                                                        /* 2368 B */
+#define HL_Q4_K_R16_ROW_BYTES (sizeof(block_q4_K_r16) / HL_R16_ROWS)                   /* 148 B */
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;              /* 20 B */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;  /* 22 B */
 typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1; /* 24 B */
@@ -195,6 +203,12 @@ void hl_to_float_f16_avx2(const void *x, float *y, int64_t n);
 void hl_gemm_q4_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);
 void hl_gemm_q8_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                          size_t a_stride, float *dst, size_t dst_stride);
+
+/* gemm_q4_k_r16.c: 16 Q4_K rows of nb super-blocks (row_bytes apart) into one Q4_K_R16 panel; the layout's
+ * scalar kernel (the SIMD one is gemm_q4_k_r16_avx512.c's). */
+void hl_repack_q4_k_panel(const char *src, size_t row_bytes, int64_t nb, char *dst);
+void hl_gemm_q4_k_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);
 
 #endif
