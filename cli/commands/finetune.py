@@ -118,7 +118,7 @@ def finetune(
     from ..train.finetune import Outputs, default_checkpoint, finetune as run_finetune
     from ..train.loop import Interrupted, TrainOptions, parse_targets
 
-    options = TrainOptions(rank=rank, alpha=float(rank) if alpha is None else alpha, targets=parse_targets(targets),
+    options = TrainOptions(rank=rank, alpha=alpha, targets=parse_targets(targets),
                            ctx=ctx, batch=batch, grad_acc=grad_acc, epochs=epochs, steps=steps, lr=lr, warmup=warmup,
                            weight_decay=weight_decay, clip=clip, seed=seed, val_split=val_split, jsonl=jsonl,
                            chat_template=chat_template)

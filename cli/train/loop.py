@@ -38,7 +38,7 @@ ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 @dataclass
 class TrainOptions:
     rank: int = 8
-    alpha: float = 16.0
+    alpha: float | None = None    # None: the rank (the adapter's scale alpha/rank is 1)
     targets: tuple[str, ...] = ALL_TARGETS
     ctx: int | None = None        # None: 256, or the model's context length if shorter
     batch: int = 1
@@ -65,7 +65,7 @@ class TrainOptions:
                 raise HotLoraError(f"--{name} must be at least 1, got {value}")
         if self.epochs is not None and self.steps is not None:
             raise HotLoraError("give --epochs or --steps, not both")
-        for name, value, positive in (("alpha", self.alpha, True), ("lr", self.lr, True),
+        for name, value, positive in (("alpha", self.lora_alpha, True), ("lr", self.lr, True),
                                       ("weight-decay", self.weight_decay, False), ("clip", self.clip, False)):
             if not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise HotLoraError(f"--{name} must be a finite number {'above' if positive else 'at least'} 0, "
@@ -76,6 +76,10 @@ class TrainOptions:
         if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
             raise HotLoraError(f"--targets '{','.join(self.targets)}': give distinct names among "
                                f"{','.join(ALL_TARGETS)}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank) if self.alpha is None else float(self.alpha)
 
     @property
     def windows_per_step(self) -> int:
@@ -169,7 +173,7 @@ class Trainer:
         warmup = self.total // 10 if options.warmup is None else min(options.warmup, self.total)
         self.schedule = Schedule(options.lr, warmup, self.total)
         self.rng = _generator(options.seed)
-        self.params = LoraParams.init(model, options.targets, options.rank, options.alpha, self.rng)
+        self.params = LoraParams.init(model, options.targets, options.rank, options.lora_alpha, self.rng)
         self.optimizer = AdamW(self.params.a + self.params.b, weight_decay=options.weight_decay)
         self.order = self.rng.permutation(len(data.train))
         self.position = 0      # next index into order
