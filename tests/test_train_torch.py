@@ -1,0 +1,113 @@
+"""Two training steps of hotlora finetune equal PyTorch + PEFT's on the same tiny model and state.
+
+The base is a Hugging Face-layout model (tests/hf_llama.py) written as GGUF for hotlora (q/k rows permuted for
+llama) and loaded into transformers' LlamaForCausalLM / Qwen2ForCausalLM; PEFT wraps it with the same LoRA
+(rank, alpha, every target), both start from the same random nonzero A and B, see the same tokens (some
+positions without loss) and step with AdamW at the same learning rate, weight decay and a clipping threshold
+that clips. Gradients, losses and the updated A and B agree within float32 tolerance.
+
+Needs `pip install ".[train-compare]"` (torch's CPU wheel, transformers, peft); skipped with the reason without.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train-compare]')")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[train-compare]')")
+peft = pytest.importorskip("peft", reason="PEFT is not installed (pip install '.[train-compare]')")
+
+from hotlora.convert import permute_rows  # noqa: E402
+from hotlora.model import Model  # noqa: E402
+from hotlora.train.data import Dataset, Window  # noqa: E402
+from hotlora.train.loop import Trainer, TrainOptions  # noqa: E402
+
+from hf_llama import HFConfig, random_model, write_gguf  # noqa: E402
+
+TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+GGUF_KIND = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
+             "ffn_down": "down"}
+RANK, ALPHA, LR, WD, CLIP = 4, 8.0, 1e-2, 0.1, 0.05
+
+
+def _hf_model(cfg: HFConfig, w: dict[str, np.ndarray]):
+    kwargs = dict(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.ffn,
+                  num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+                  rms_norm_eps=cfg.rms_eps, max_position_embeddings=256, tie_word_embeddings=cfg.tied)
+    if cfg.arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kwargs))
+    model.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in w.items()}, strict=not cfg.tied)
+    return model.float().eval()
+
+
+def _peft_module(name: str) -> str:
+    """blk.1.attn_q.weight -> model.layers.1.self_attn.q_proj"""
+    _, layer, kind, _ = name.split(".")
+    return f"model.layers.{layer}.{TARGETS[GGUF_KIND[kind]]}"
+
+
+def _hotlora_b(cfg: HFConfig, name: str, b: np.ndarray) -> np.ndarray:
+    """B in llama.cpp's q/k row order."""
+    kind = name.split(".")[2]
+    if cfg.arch == "llama" and kind in ("attn_q", "attn_k"):
+        return permute_rows(b, cfg.heads if kind == "attn_q" else cfg.kv_heads)
+    return b
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_two_steps_match_pytorch_and_peft(arch, tmp_path):
+    cfg = HFConfig(arch=arch)
+    w = random_model(cfg, seed=11)
+    base = write_gguf(tmp_path / "base.gguf", cfg, w)
+    rng = np.random.default_rng(5)
+    seq = rng.integers(0, cfg.vocab, 17).astype(np.int32)
+    tokens, targets = seq[:-1].copy(), seq[1:].copy()
+    targets[[0, 5]] = -1
+
+    hf = peft.get_peft_model(_hf_model(cfg, w), peft.LoraConfig(
+        r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, bias="none", target_modules=[m.split(".")[1]
+                                                                                  for m in TARGETS.values()]))
+    with Model(base, n_ctx=8, n_threads=1) as model:
+        window = Window(tokens, targets, 0)
+        trainer = Trainer(model, Dataset(base, [window], [], len(seq)),
+                          TrainOptions(rank=RANK, alpha=ALPHA, steps=1000, warmup=0, lr=LR, weight_decay=WD,
+                                       clip=CLIP, ctx=32), 1)
+        modules = dict(hf.base_model.model.named_modules())
+        lora = []
+        for name, a, b in zip(trainer.params.names, trainer.params.a, trainer.params.b):
+            module = modules[_peft_module(name)]
+            a_hf = rng.normal(0, 0.2, a.shape).astype(np.float32)
+            b_hf = rng.normal(0, 0.2, b.shape).astype(np.float32)
+            module.lora_A["default"].weight.data = torch.tensor(a_hf)
+            module.lora_B["default"].weight.data = torch.tensor(b_hf)
+            a[...] = a_hf
+            b[...] = _hotlora_b(cfg, name, b_hf)
+            lora.append((name, module))
+        params = [m.lora_A["default"].weight for _, m in lora] + [m.lora_B["default"].weight for _, m in lora]
+        opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
+        for step in range(2):
+            report = trainer.step()
+            opt.zero_grad()
+            logits = hf(input_ids=torch.tensor(tokens[None].astype(np.int64))).logits[0]
+            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(targets.astype(np.int64)),
+                                                     ignore_index=-1)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
+            for group in opt.param_groups:
+                group["lr"] = report.lr
+            opt.step()
+            assert report.loss == pytest.approx(loss.item(), rel=1e-5)
+            for (name, module), a, b, ga, gb in zip(lora, trainer.params.a, trainer.params.b, trainer.grad_a,
+                                                    trainer.grad_b):
+                a_t, b_t = module.lora_A["default"].weight, module.lora_B["default"].weight
+                scale = float(np.abs(a_t.grad.numpy()).max() + np.abs(b_t.grad.numpy()).max())
+                assert np.allclose(ga, a_t.grad.numpy(), atol=1e-4 * scale, rtol=1e-3), (step, name, "grad A")
+                assert np.allclose(gb, _hotlora_b(cfg, name, b_t.grad.numpy()), atol=1e-4 * scale, rtol=1e-3), \
+                    (step, name, "grad B")
+                assert np.allclose(a, a_t.detach().numpy(), atol=LR * 1e-3, rtol=0), (step, name, "A")
+                assert np.allclose(b, _hotlora_b(cfg, name, b_t.detach().numpy()), atol=LR * 1e-3, rtol=0), \
+                    (step, name, "B")
+        trainer.close()
