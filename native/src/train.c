@@ -1,0 +1,113 @@
+/* hl_train (hotlora.h, train.h): creation, its buffers and their size, and the thread helpers. */
+#include <stdlib.h>
+
+#include "ops_internal.h"
+#include "quants.h"
+#include "train.h"
+
+#define TILE_FLOATS (64 * 256) /* train_linear.c: ROW_TILE x COL_TILE */
+
+void tr_run(hl_train *tr, hl_job_fn job, void *arg) { hl_pool_run(tr->pool, job, arg); }
+
+float *tr_scratch(hl_train *tr, int ith) { return tr->scratch + (size_t)ith * tr->scratch_floats; }
+
+typedef struct {
+    hl_train *tr;
+    tr_token_fn fn;
+    void *arg;
+} token_job;
+
+static void token_job_run(void *arg, int ith, int nth) {
+    const token_job *j = arg;
+    int64_t t0, t1;
+    hl_split(j->tr->T, ith, nth, &t0, &t1);
+    if (t1 > t0) j->fn(j->tr, j->arg, t0, t1);
+}
+
+void tr_for_tokens(hl_train *tr, tr_token_fn fn, void *arg) {
+    token_job j = {tr, fn, arg};
+    hl_pool_run(tr->pool, token_job_run, &j);
+}
+
+/* Floats per token of one layer's intermediates and gradients (train.h). */
+static size_t act_floats(const hl_model *m) {
+    const size_t E = (size_t)m->hp.n_embd, Q = (size_t)m->n_q, K = (size_t)m->n_embd_kv, F = (size_t)m->hp.n_ff;
+    return 5 * E + 6 * Q + 4 * K + 6 * F;
+}
+
+static void place_acts(hl_train *tr, float *p) {
+    const hl_model *m = tr->model;
+    const size_t T = (size_t)tr->n_max, E = T * m->hp.n_embd, Q = T * m->n_q, K = T * m->n_embd_kv,
+                 F = T * m->hp.n_ff;
+    tr_acts *a = &tr->a;
+    float **slots[] = {&a->xn, &a->r, &a->rn, &a->dx, &a->dxn, &a->q, &a->att, &a->dq, &a->datt, &a->dkh, &a->dvh,
+                       &a->k, &a->v, &a->dk, &a->dv, &a->gate, &a->up, &a->h, &a->dg, &a->du, &a->dh};
+    const size_t sizes[] = {E, E, E, E, E, Q, Q, Q, Q, Q, Q, K, K, K, K, F, F, F, F, F, F};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) *slots[i] = p, p += sizes[i];
+}
+
+static int32_t max3(int32_t a, int32_t b, int32_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static hl_status alloc_buffers(hl_train *tr) {
+    const hl_model *m = tr->model;
+    const size_t T = (size_t)tr->n_max, E = (size_t)m->hp.n_embd, hd = (size_t)m->hp.head_dim;
+    const size_t att = 3 * T * T + hd * T;
+    tr->m_feat = max3(m->hp.n_embd, m->n_q, m->hp.n_ff);
+    tr->scratch_floats = (att > TILE_FLOATS ? att : TILE_FLOATS) + 16; /* + 64 bytes between threads */
+    tr->xq_bytes = T * (size_t)tr->m_feat * 2;
+    tr->x_saved = malloc(((size_t)m->hp.n_layer + 1) * T * E * sizeof(float));
+    tr->logits = malloc(T * (size_t)m->hp.n_vocab * sizeof(float));
+    tr->tokens = malloc(T * sizeof(int32_t));
+    tr->targets = malloc(T * sizeof(int32_t));
+    tr->tok_loss = malloc(T * sizeof(double));
+    float *acts = malloc(T * act_floats(m) * sizeof(float));
+    tr->rope_cs = malloc(T * hd * sizeof(float));
+    tr->lora = calloc((size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS, sizeof(tr_lora));
+    tr->dyt = malloc((size_t)tr->m_feat * T * sizeof(float));
+    tr->xq = malloc(tr->xq_bytes);
+    tr->scratch = malloc((size_t)hl_pool_size(tr->pool) * tr->scratch_floats * sizeof(float));
+    if (acts) place_acts(tr, acts);
+    if (!tr->x_saved || !tr->logits || !tr->tokens || !tr->targets || !tr->tok_loss || !acts || !tr->rope_cs ||
+        !tr->lora || !tr->dyt || !tr->xq || !tr->scratch)
+        return hl_fail(HL_ERR_NOMEM, "hl_train_create: out of memory for %d tokens", tr->n_max);
+    return HL_OK;
+}
+
+size_t hl_train_bytes(const hl_train *tr) {
+    if (!tr) return 0;
+    const hl_model *m = tr->model;
+    const size_t T = (size_t)tr->n_max;
+    const size_t floats = ((size_t)m->hp.n_layer + 1) * T * m->hp.n_embd + T * m->hp.n_vocab + T * act_floats(m) +
+                          T * m->hp.head_dim + (size_t)tr->m_feat * T + tr->lora_floats +
+                          (size_t)hl_pool_size(tr->pool) * tr->scratch_floats;
+    return floats * sizeof(float) + tr->xq_bytes + T * (2 * sizeof(int32_t) + sizeof(double)) +
+           (size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS * sizeof(tr_lora);
+}
+
+hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, hl_train **out) {
+    if (!model || !out) return hl_fail(HL_ERR_INVALID, "hl_train_create: NULL argument");
+    *out = NULL;
+    if (n_tokens_max < 1) return hl_fail(HL_ERR_INVALID, "hl_train_create: n_tokens_max %d < 1", n_tokens_max);
+    if (n_threads < 1) return hl_fail(HL_ERR_INVALID, "hl_train_create: n_threads %d < 1", n_threads);
+    hl_train *tr = calloc(1, sizeof *tr);
+    if (!tr) return hl_fail(HL_ERR_NOMEM, "hl_train_create: out of memory");
+    tr->model = model;
+    tr->n_max = n_tokens_max;
+    tr->pool = hl_pool_create(n_threads);
+    hl_status st = tr->pool ? alloc_buffers(tr) : hl_fail(HL_ERR_NOMEM, "hl_train_create: no %d threads", n_threads);
+    if (st != HL_OK) {
+        hl_train_free(tr);
+        return st;
+    }
+    *out = tr;
+    return HL_OK;
+}
+
+void hl_train_free(hl_train *tr) {
+    if (!tr) return;
+    if (tr->pool) hl_pool_free(tr->pool);
+    free(tr->x_saved), free(tr->logits), free(tr->tokens), free(tr->targets), free(tr->tok_loss);
+    free(tr->a.xn); /* the start of every activation buffer (place_acts) */
+    free(tr->rope_cs), free(tr->lora), free(tr->lora_ts), free(tr->dyt), free(tr->xq), free(tr->scratch);
+    free(tr);
+}

@@ -1,0 +1,174 @@
+/*
+ * A frozen projection y = W.x + s B.(A.x) + bias over the window, and its backward (train.h):
+ *
+ *   forward   x converted once to W's activation type; W.x by the engine's multi-token kernel (hl_gemm),
+ *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T as axpy rows of B^T
+ *   backward  dt = s dy.B (hl_gemm against B^T); dx += W^T.dy as tiles of W dequantized into a thread's
+ *             scratch (ROW_TILE rows x COL_TILE columns) and added as axpy rows, threads owning columns of
+ *             dx (and token ranges when columns are few); dx += dt.A; dA += dt^T.x; dB += dy^T.ts
+ *
+ * W is only read (any type with a to_float); nothing of it is copied beyond one tile per thread.
+ */
+#include "gemm.h"
+#include "ops_internal.h"
+#include "quants.h"
+#include "train.h"
+
+#define ROW_ALIGN 16
+#define ROW_TILE 64
+#define COL_TILE 256
+#define MIN_TOKENS_PER_ITEM 16
+
+static const hl_type_traits *f32_traits(void) { return hl_get_type_traits(HL_TYPE_F32); }
+
+/* Rows [r0, r1) of n for thread ith of nth, cut at multiples of align. */
+static void split_aligned(int64_t n, int64_t align, int ith, int nth, int64_t *r0, int64_t *r1) {
+    int64_t t0, t1;
+    hl_split((n + align - 1) / align, ith, nth, &t0, &t1);
+    *r0 = t0 * align < n ? t0 * align : n;
+    *r1 = t1 * align < n ? t1 * align : n;
+}
+
+typedef struct {
+    hl_train *tr;
+    const hl_tensor *w;   /* [n_in, n_out] */
+    const float *bias;    /* [n_out] or NULL */
+    const tr_lora *lora;  /* pair NULL: none */
+    const float *x;       /* [T][n_in] */
+    const float *dy;      /* backward: [T][n_out] */
+    float *y;             /* forward: [T][n_out]; backward: dx [T][n_in] */
+} lin_job;
+
+static int has_lora(const lin_job *j) { return j->lora && j->lora->pair; }
+
+/* ts rows [t0, t1) = s * A.x (forward, phase 1). */
+static void lora_a_rows(hl_train *tr, const lin_job *j, int64_t t0, int64_t t1) {
+    const hl_train_pair *p = j->lora->pair;
+    const int64_t n_in = j->w->ne[0], r = p->rank;
+    float *ts = j->lora->ts + t0 * r;
+    hl_gemm(f32_traits(), 0, n_in, r, t1 - t0, p->a, (size_t)n_in * sizeof(float), j->x + t0 * n_in,
+            (size_t)n_in * sizeof(float), ts, (size_t)r);
+    for (int64_t i = 0; i < (t1 - t0) * r; i++) ts[i] *= p->scale;
+}
+
+static void forward_job(void *arg, int ith, int nth) {
+    lin_job *j = arg;
+    hl_train *tr = j->tr;
+    const hl_tensor *w = j->w;
+    const int64_t T = tr->T, n_in = w->ne[0], n_out = w->ne[1];
+    const hl_type_traits *wt = hl_get_type_traits(w->type), *at = hl_get_type_traits(wt->vec_dot_type);
+    const int convert = wt->vec_dot_type != HL_TYPE_F32;
+    const size_t a_stride = convert ? hl_row_size(wt->vec_dot_type, n_in) : (size_t)n_in * sizeof(float);
+    int64_t t0, t1, r0, r1;
+    hl_split(T, ith, nth, &t0, &t1);
+    for (int64_t t = t0; convert && t < t1; t++) at->from_float(j->x + t * n_in, tr->xq + t * a_stride, n_in);
+    if (has_lora(j) && t1 > t0) lora_a_rows(tr, j, t0, t1);
+    hl_pool_barrier(tr->pool);
+
+    split_aligned(n_out, ROW_ALIGN, ith, nth, &r0, &r1);
+    if (r1 <= r0) return;
+    hl_gemm(wt, 0, n_in, r1 - r0, T, (const char *)w->data + (size_t)r0 * w->row_bytes, w->row_bytes,
+            convert ? (const void *)tr->xq : (const void *)j->x, a_stride, j->y + r0, (size_t)n_out);
+    if (has_lora(j)) {
+        const int64_t r = j->lora->pair->rank;
+        hl_axpy_rows(f32_traits(), r1 - r0, r, T, j->lora->bt + r0, (size_t)n_out * sizeof(float), j->lora->ts,
+                     (size_t)r, j->y + r0, (size_t)n_out);
+    }
+    for (int64_t t = 0; j->bias && t < T; t++)
+        for (int64_t i = r0; i < r1; i++) j->y[t * n_out + i] += j->bias[i];
+}
+
+void tr_linear_forward(hl_train *tr, const hl_tensor *w, const float *bias, tr_lora *lora, const float *x, float *y) {
+    lin_job j = {tr, w, bias, lora, x, NULL, y};
+    tr_run(tr, forward_job, &j);
+}
+
+/* Backward phase 1, tokens [t0, t1): dt = s dy.B, and dy transposed into dyt [n_out][T]. */
+static void lora_dt_rows(hl_train *tr, const lin_job *j, int64_t t0, int64_t t1) {
+    const hl_train_pair *p = j->lora->pair;
+    const int64_t n_out = j->w->ne[1], r = p->rank, T = tr->T;
+    float *dt = tr->dt + t0 * r;
+    hl_gemm(f32_traits(), 0, n_out, r, t1 - t0, j->lora->bt, (size_t)n_out * sizeof(float), j->dy + t0 * n_out,
+            (size_t)n_out * sizeof(float), dt, (size_t)r);
+    for (int64_t i = 0; i < (t1 - t0) * r; i++) dt[i] *= p->scale;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t o = 0; o < n_out; o++) tr->dyt[o * T + t] = j->dy[t * n_out + o];
+}
+
+/* dx[t0..t1)[c0..c1) += W[:, c0..c1)^T . dy, tile by tile of W dequantized into scratch. */
+static void weight_t_dy(hl_train *tr, const lin_job *j, int64_t c0, int64_t c1, int64_t t0, int64_t t1, float *tile) {
+    const hl_tensor *w = j->w;
+    const hl_type_traits *wt = hl_get_type_traits(w->type);
+    const int64_t n_in = w->ne[0], n_out = w->ne[1], cw = c1 - c0;
+    const size_t col_offset = (size_t)(c0 / wt->block_size) * wt->type_size;
+    for (int64_t o0 = 0; o0 < n_out; o0 += ROW_TILE) {
+        const int64_t no = n_out - o0 < ROW_TILE ? n_out - o0 : ROW_TILE;
+        for (int64_t o = 0; o < no; o++)
+            wt->to_float((const char *)w->data + (size_t)(o0 + o) * w->row_bytes + col_offset, tile + o * cw, cw);
+        hl_axpy_rows(f32_traits(), cw, no, t1 - t0, tile, (size_t)cw * sizeof(float), j->dy + t0 * n_out + o0,
+                     (size_t)n_out, j->y + t0 * n_in + c0, (size_t)n_in);
+    }
+    if (has_lora(j)) {
+        const int64_t r = j->lora->pair->rank;
+        hl_axpy_rows(f32_traits(), cw, r, t1 - t0, j->lora->pair->a + c0, (size_t)n_in * sizeof(float),
+                     tr->dt + t0 * r, (size_t)r, j->y + t0 * n_in + c0, (size_t)n_in);
+    }
+}
+
+/* Backward phase 2: work items (column tile, token range) of dx. */
+static void dx_items(hl_train *tr, const lin_job *j, int ith, int nth) {
+    const hl_type_traits *wt = hl_get_type_traits(j->w->type);
+    const int64_t n_in = j->w->ne[0], T = tr->T;
+    const int64_t col_tile = COL_TILE % wt->block_size == 0 ? COL_TILE : wt->block_size;
+    const int64_t n_cols = (n_in + col_tile - 1) / col_tile;
+    int64_t n_tok = (nth + n_cols - 1) / n_cols;
+    if (n_tok > T / MIN_TOKENS_PER_ITEM) n_tok = T / MIN_TOKENS_PER_ITEM > 1 ? T / MIN_TOKENS_PER_ITEM : 1;
+    int64_t i0, i1;
+    hl_split(n_cols * n_tok, ith, nth, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t c0 = (i % n_cols) * col_tile, c1 = c0 + col_tile < n_in ? c0 + col_tile : n_in;
+        int64_t t0, t1;
+        hl_split(T, (int)(i / n_cols), (int)n_tok, &t0, &t1);
+        if (t1 > t0) weight_t_dy(tr, j, c0, c1, t0, t1, tr_scratch(tr, ith));
+    }
+}
+
+/* Backward phase 3: grad_a columns and grad_b rows of this thread. */
+static void lora_grads(hl_train *tr, const lin_job *j, int ith, int nth) {
+    const hl_train_pair *p = j->lora->pair;
+    const int64_t n_in = j->w->ne[0], n_out = j->w->ne[1], r = p->rank, T = tr->T;
+    int64_t c0, c1, o0, o1;
+    split_aligned(n_in, ROW_ALIGN, ith, nth, &c0, &c1);
+    if (c1 > c0)
+        hl_axpy_rows(f32_traits(), c1 - c0, T, r, j->x + c0, (size_t)n_in * sizeof(float), tr->dtt, (size_t)T,
+                     p->grad_a + c0, (size_t)n_in);
+    hl_split(n_out, ith, nth, &o0, &o1);
+    if (o1 > o0)
+        hl_axpy_rows(f32_traits(), r, T, o1 - o0, j->lora->ts, (size_t)r * sizeof(float), tr->dyt + o0 * T,
+                     (size_t)T, p->grad_b + o0 * r, (size_t)r);
+}
+
+static void backward_job(void *arg, int ith, int nth) {
+    lin_job *j = arg;
+    hl_train *tr = j->tr;
+    const int lora = has_lora(j);
+    if (lora) {
+        int64_t t0, t1;
+        hl_split(tr->T, ith, nth, &t0, &t1);
+        if (t1 > t0) lora_dt_rows(tr, j, t0, t1);
+        hl_pool_barrier(tr->pool);
+        const int64_t r = j->lora->pair->rank;
+        for (int64_t t = 0; ith == 0 && t < tr->T; t++)
+            for (int64_t k = 0; k < r; k++) tr->dtt[k * tr->T + t] = tr->dt[t * r + k];
+    }
+    dx_items(tr, j, ith, nth);
+    if (!lora) return;
+    hl_pool_barrier(tr->pool);
+    lora_grads(tr, j, ith, nth);
+}
+
+void tr_linear_backward(hl_train *tr, const hl_tensor *w, const tr_lora *lora, const float *x, const float *dy,
+                        float *dx) {
+    lin_job j = {tr, w, NULL, lora, x, dy, dx};
+    tr_run(tr, backward_job, &j);
+}
