@@ -29,6 +29,7 @@ TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_p
 GGUF_KIND = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
              "ffn_down": "down"}
 RANK, ALPHA, LR, WD, CLIP = 4, 8.0, 1e-2, 0.1, 0.05
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers deprecations
 
 
 def _hf_model(cfg: HFConfig, w: dict[str, np.ndarray]):
@@ -88,6 +89,8 @@ def test_two_steps_match_pytorch_and_peft(arch, tmp_path):
             lora.append((name, module))
         params = [m.lora_A["default"].weight for _, m in lora] + [m.lora_B["default"].weight for _, m in lora]
         opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
+        noise_a = [np.zeros(a.shape, bool) for a in trainer.params.a]
+        noise_b = [np.zeros(b.shape, bool) for b in trainer.params.b]
         for step in range(2):
             report = trainer.step()
             opt.zero_grad()
@@ -100,14 +103,20 @@ def test_two_steps_match_pytorch_and_peft(arch, tmp_path):
                 group["lr"] = report.lr
             opt.step()
             assert report.loss == pytest.approx(loss.item(), rel=1e-5)
-            for (name, module), a, b, ga, gb in zip(lora, trainer.params.a, trainer.params.b, trainer.grad_a,
-                                                    trainer.grad_b):
+            for i, ((name, module), a, b, ga, gb) in enumerate(zip(lora, trainer.params.a, trainer.params.b,
+                                                                    trainer.grad_a, trainer.grad_b)):
                 a_t, b_t = module.lora_A["default"].weight, module.lora_B["default"].weight
-                scale = float(np.abs(a_t.grad.numpy()).max() + np.abs(b_t.grad.numpy()).max())
-                assert np.allclose(ga, a_t.grad.numpy(), atol=1e-4 * scale, rtol=1e-3), (step, name, "grad A")
-                assert np.allclose(gb, _hotlora_b(cfg, name, b_t.grad.numpy()), atol=1e-4 * scale, rtol=1e-3), \
-                    (step, name, "grad B")
-                assert np.allclose(a, a_t.detach().numpy(), atol=LR * 1e-3, rtol=0), (step, name, "A")
-                assert np.allclose(b, _hotlora_b(cfg, name, b_t.detach().numpy()), atol=LR * 1e-3, rtol=0), \
-                    (step, name, "B")
+                ga_t, gb_t = a_t.grad.numpy(), _hotlora_b(cfg, name, b_t.grad.numpy())
+                scale = float(np.abs(ga_t).max() + np.abs(gb_t).max())
+                assert np.allclose(ga, ga_t, atol=1e-4 * scale, rtol=1e-3), (step, name, "grad A")
+                assert np.allclose(gb, gb_t, atol=1e-4 * scale, rtol=1e-3), (step, name, "grad B")
+                # Adam moves every element by about lr whatever its gradient's size, so an element whose gradient
+                # is at float32 noise level (|g| < 1e-5 of the largest, near eps) may move differently: those
+                # are excluded from the comparison of the weights, and must be rare.
+                noise_a[i] |= np.abs(ga_t) < 1e-5 * scale
+                noise_b[i] |= np.abs(gb_t) < 1e-5 * scale
+                for what, mine, theirs, noise in (("A", a, a_t.detach().numpy(), noise_a[i]),
+                                                  ("B", b, _hotlora_b(cfg, name, b_t.detach().numpy()), noise_b[i])):
+                    assert np.allclose(mine[~noise], theirs[~noise], atol=LR * 1e-3, rtol=0), (step, name, what)
+        assert sum(int(n.sum()) for n in noise_a + noise_b) < 1e-3 * sum(n.size for n in noise_a + noise_b)
         trainer.close()

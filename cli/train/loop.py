@@ -30,16 +30,14 @@ from . import checkpoint as ckpt
 from .data import Dataset, Window
 from .gradients import LoraGradients
 from .optim import AdamW, Schedule, clip_grad_norm
-from .params import LoraParams
-
-ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+from .params import TARGETS, LoraParams, parse_targets as check_targets
 
 
 @dataclass
 class TrainOptions:
     rank: int = 8
     alpha: float | None = None    # None: the rank (the adapter's scale alpha/rank is 1)
-    targets: tuple[str, ...] = ALL_TARGETS
+    targets: tuple[str, ...] = tuple(TARGETS)
     ctx: int | None = None        # None: 256, or the model's context length if shorter
     batch: int = 1
     grad_acc: int = 1
@@ -72,10 +70,10 @@ class TrainOptions:
                                    f"got {value}")
         if not 0 <= self.val_split < 1:
             raise HotLoraError(f"--val-split must be in [0, 1), got {self.val_split}")
-        unknown = [t for t in self.targets if t not in ALL_TARGETS]
-        if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
-            raise HotLoraError(f"--targets '{','.join(self.targets)}': give distinct names among "
-                               f"{','.join(ALL_TARGETS)}")
+        try:
+            check_targets(self.targets)
+        except HotLoraError as e:
+            raise HotLoraError(f"--targets: {e}") from None
 
     @property
     def lora_alpha(self) -> float:
