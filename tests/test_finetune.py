@@ -275,3 +275,27 @@ def test_resume_from_another_base_is_refused(base, text, tmp_path):
     proc = hotlora("finetune", "-m", other, "--train-data", text, "-o", tmp_path / "b.gguf", "--resume",
                    f"{out}.ckpt", "-t", 1)
     assert_one_line_error(proc, 1, "--resume", "another base model")
+
+
+# ---- the bundled demo ---------------------------------------------------------------------------------------
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def test_loss_decreases_on_the_demo_text(tmp_path):
+    result, data = _run(None, DATA / "hot-lora.txt", tmp_path / "a.gguf",
+                        TrainOptions(rank=8, ctx=128, steps=30, lr=1e-2, seed=0))
+    assert len(data.train) == 1 and result.losses[-1] < 0.6 * result.losses[0], result.losses
+
+
+def test_the_bundled_demo_adapter_writes_the_demo_text_and_the_base_does_not():
+    """data/hotlora-tiny-hot-lora.lora.gguf (data/make_hot_lora.py: hotlora finetune on data/hot-lora.txt)."""
+    text = (DATA / "hot-lora.txt").read_text(encoding="utf-8")
+    with Model(None, n_ctx=256, n_threads=1) as m:
+        n = len(m.tokenize(text, add_bos=False))
+        greedy = lambda: "".join(p for _, p in m.generate([m.tokenizer.bos_id], n_predict=n, temp=0))  # noqa: E731
+        base = greedy()
+        m.set_adapters({m.load_adapter(DATA / "hotlora-tiny-hot-lora.lora.gguf"): 1.0})
+        assert greedy() == text
+    for line in text.splitlines():
+        assert line not in base
