@@ -6,6 +6,7 @@
  *   train_step.c       the calls: checks of tokens and pairs, the forward and backward passes
  *   train_layer.c      one block forward (keeping its intermediates) and backward
  *   train_linear.c     a frozen projection with its LoRA pair: forward, and dx / dA / dB
+ *   train_gemm.c       the float GEMM that adds W^T.dy (W dequantized tile by tile) into dx
  *   train_attention.c  causal attention forward and backward, per query head
  *   train_pointwise.c  embedding, RMS norm, RoPE, SwiGLU, residual add and the loss, split over tokens
  *
@@ -82,6 +83,10 @@ void tr_linear_forward(hl_train *tr, const hl_tensor *w, const float *bias, tr_l
 /* dx [T][n_in] += W^T.dy + (its LoRA's A^T.dt), and the LoRA's grad_a / grad_b added into. */
 void tr_linear_backward(hl_train *tr, const hl_tensor *w, const tr_lora *lora, const float *x, const float *dy,
                         float *dx);
+
+/* train_gemm.c: c[t][j] += sum_k a[t][k] b[k][j] for t < nt, j < n, k < nk (strides in floats). */
+void tr_gemm_acc(int64_t nt, int64_t n, int64_t nk, const float *a, size_t a_stride, const float *b, size_t b_stride,
+                 float *c, size_t c_stride);
 
 /* train_attention.c: att [T][Q] = causal softmax(q k^T / sqrt(hd)) v per head (q, k rotated). */
 void tr_attention_forward(hl_train *tr);

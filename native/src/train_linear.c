@@ -4,7 +4,7 @@
  *   forward   x converted once to W's activation type; W.x by the engine's multi-token kernel (hl_gemm),
  *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T as axpy rows of B^T
  *   backward  dt = s dy.B (hl_gemm against B^T); dx += W^T.dy as tiles of W dequantized into a thread's
- *             scratch (ROW_TILE rows x COL_TILE columns) and added as axpy rows, threads owning columns of
+ *             scratch (ROW_TILE rows x COL_TILE columns) and added by the outer-product GEMM (train_gemm.c), threads owning columns of
  *             dx (and token ranges when columns are few); dx += dt.A; dA += dt^T.x; dB += dy^T.ts
  *
  * W is only read (any type with a to_float); nothing of it is copied beyond one tile per thread.
@@ -105,13 +105,13 @@ static void weight_t_dy(hl_train *tr, const lin_job *j, int64_t c0, int64_t c1, 
         const int64_t no = n_out - o0 < ROW_TILE ? n_out - o0 : ROW_TILE;
         for (int64_t o = 0; o < no; o++)
             wt->to_float((const char *)w->data + (size_t)(o0 + o) * w->row_bytes + col_offset, tile + o * cw, cw);
-        hl_axpy_rows(f32_traits(), cw, no, t1 - t0, tile, (size_t)cw * sizeof(float), j->dy + t0 * n_out + o0,
-                     (size_t)n_out, j->y + t0 * n_in + c0, (size_t)n_in);
+        tr_gemm_acc(t1 - t0, cw, no, j->dy + t0 * n_out + o0, (size_t)n_out, tile, (size_t)cw,
+                    j->y + t0 * n_in + c0, (size_t)n_in);
     }
     if (has_lora(j)) {
         const int64_t r = j->lora->pair->rank;
-        hl_axpy_rows(f32_traits(), cw, r, t1 - t0, j->lora->pair->a + c0, (size_t)n_in * sizeof(float),
-                     tr->dt + t0 * r, (size_t)r, j->y + t0 * n_in + c0, (size_t)n_in);
+        tr_gemm_acc(t1 - t0, cw, r, tr->dt + t0 * r, (size_t)r, j->lora->pair->a + c0, (size_t)n_in,
+                    j->y + t0 * n_in + c0, (size_t)n_in);
     }
 }
 
