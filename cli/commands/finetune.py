@@ -60,7 +60,9 @@ def _table(result, data, output: Path, peft_dir: Optional[Path]):
         before = "-" if result.val_loss_before is None else f"{result.val_loss_before:.4f}"
         table.add_row("validation", str(len(data.val)), str(sum(w.n_loss for w in data.val)), before,
                       f"{result.val_loss:.4f}")
-    table.caption = (f"{result.steps} steps, {result.tokens_per_s:.0f} tokens/s, peak RSS {result.peak_rss_mib:.0f} MiB"
+    table.caption = (f"{result.steps} steps, {result.tokens_per_s:.0f} tokens/s; activations "
+                     f"{result.activation_bytes / 2**20:.1f} MiB, optimizer {result.optimizer_bytes / 2**20:.1f} MiB, "
+                     f"peak RSS {result.peak_rss_mib:.0f} MiB"
                      + (f"; PEFT directory {peft_dir}" if peft_dir else ""))
     return table
 
@@ -73,7 +75,8 @@ def _json(result, data, output: Path, peft_dir: Optional[Path], checkpoint: Path
         "train_loss": result.losses[-1] if result.losses else None, "losses": result.losses,
         "val_loss_before": result.val_loss_before, "val_loss": result.val_loss,
         "tokens": result.tokens, "seconds": result.seconds, "tokens_per_s": result.tokens_per_s,
-        "peak_rss_mib": result.peak_rss_mib,
+        "peak_rss_mib": result.peak_rss_mib, "activation_bytes": result.activation_bytes,
+        "optimizer_bytes": result.optimizer_bytes,
     })
 
 

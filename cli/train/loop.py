@@ -121,6 +121,8 @@ class TrainResult:
     tokens: int                  # input tokens trained on in this run (not counting a resumed run's earlier part)
     seconds: float
     peak_rss_mib: float = field(default=0.0)
+    activation_bytes: int = 0    # what the C core's trainer holds (activations, scratch)
+    optimizer_bytes: int = 0     # A, B, their gradients and AdamW's two moments: 16 bytes per trained value
 
     @property
     def tokens_per_s(self) -> float:
@@ -281,5 +283,6 @@ def train(trainer: Trainer, save_checkpoint: Callable[[], Path], checkpoint_ever
     except KeyboardInterrupt:
         raise Interrupted(save_checkpoint()) from None
     seconds = time.perf_counter() - start
+    n_values = sum(x.size for x in trainer.params.a + trainer.params.b)
     return TrainResult(trainer.params, trainer.step_count, trainer.losses, trainer.val_before, trainer.val_loss(), tokens,
-                       seconds, peak_rss_mib())
+                       seconds, peak_rss_mib(), trainer.gradients.n_bytes, 16 * n_values)
