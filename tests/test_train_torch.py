@@ -120,3 +120,29 @@ def test_two_steps_match_pytorch_and_peft(arch, tmp_path):
                     assert np.allclose(mine[~noise], theirs[~noise], atol=LR * 1e-3, rtol=0), (step, name, what)
         assert sum(int(n.sum()) for n in noise_a + noise_b) < 1e-3 * sum(n.size for n in noise_a + noise_b)
         trainer.close()
+
+
+def test_the_peft_dir_loads_in_peft_with_the_logits_of_the_gguf_adapter(tmp_path):
+    """--peft-dir output, loaded by PEFT on the Hugging Face model, gives the logits hotlora gives with the GGUF
+    adapter (llama: the q/k rows were un-permuted correctly)."""
+    from hotlora.train.export import write_gguf_adapter, write_peft_dir
+
+    cfg = HFConfig(arch="llama")
+    w = random_model(cfg, seed=12)
+    base = write_gguf(tmp_path / "base.gguf", cfg, w)
+    rng = np.random.default_rng(6)
+    tokens = rng.integers(0, cfg.vocab, 12).tolist()
+    with Model(base, n_ctx=32, n_threads=1) as model:
+        trainer = Trainer(model, Dataset(base, [Window(np.array(tokens, np.int32), np.array(tokens, np.int32), 0)],
+                                         [], 12), TrainOptions(rank=RANK, alpha=ALPHA, steps=1, ctx=32), 1)
+        for x in trainer.params.a + trainer.params.b:
+            x[...] = rng.normal(0, 0.2, x.shape)
+        write_gguf_adapter(trainer.params, model, tmp_path / "a.gguf")
+        write_peft_dir(trainer.params, model, tmp_path / "peft")
+        trainer.close()
+        model.set_adapters({model.load_adapter(tmp_path / "a.gguf"): 1.0})
+        ours = model.eval(tokens)
+    hf = peft.PeftModel.from_pretrained(_hf_model(cfg, w), str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor([tokens])).logits[0].numpy()
+    assert np.allclose(ours, theirs, atol=2e-3 * np.abs(theirs).max()), np.abs(ours - theirs).max()
