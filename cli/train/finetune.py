@@ -44,6 +44,8 @@ def _check_outputs(outputs: Outputs, inputs: list[Path]) -> None:
         if not Path(path).parent.is_dir():
             raise HotLoraError(f"{what} '{path}': folder '{Path(path).parent}' does not exist")
         refuse_same_file(Path(path), [("input", p) for p in inputs])
+    if outputs.peft_dir is not None and Path(outputs.peft_dir).exists() and not Path(outputs.peft_dir).is_dir():
+        raise HotLoraError(f"--peft-dir '{outputs.peft_dir}' exists and is not a folder")
 
 
 def finetune(base: Path | None, train_data: Path, outputs: Outputs, options: TrainOptions,

@@ -7,9 +7,9 @@ tokens of the whole step), clips the global norm and applies AdamW at the schedu
 
 A step is a transaction: the parameters, moments, step count and data position change together at its end,
 with Ctrl-C held back for those few milliseconds, so a checkpoint is always the state after a whole step.
-Ctrl-C anywhere else abandons the step in progress; `train` then writes the checkpoint and re-raises.
-Resuming from a checkpoint restores every array and the generator, so the run continues bit for bit (on the
-same build and thread count).
+Ctrl-C anywhere else abandons the step in progress; `train` then writes the checkpoint and raises Interrupted
+(a KeyboardInterrupt). Resuming from a checkpoint restores every array and the generator, so the run continues
+bit for bit on the same build (the core's gradients do not depend on the thread count).
 """
 from __future__ import annotations
 
