@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -33,15 +34,11 @@ def _progress_reporter():
         progress.start()
         state["task"] = progress.add_task("train", total=trainer.total, completed=trainer.step_count,
                                           loss="-", speed="-")
-        state["tokens"], state["start"] = 0, None
+        state["tokens"], state["start"] = 0, time.perf_counter()
 
     def on_step(report) -> None:
-        import time
-        now = time.perf_counter()
-        if state["start"] is None:
-            state["start"] = now - 1e-9
         state["tokens"] += report.tokens
-        speed = state["tokens"] / max(now - state["start"], 1e-9)
+        speed = state["tokens"] / max(time.perf_counter() - state["start"], 1e-9)
         progress.update(state["task"], completed=report.step, loss=f"{report.loss:.4f}", speed=f"{speed:.0f}")
 
     return on_start, on_step, progress.stop, console
