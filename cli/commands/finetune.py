@@ -20,7 +20,7 @@ Opt = typer.Option
 
 
 def _progress_reporter():
-    """(on_start, on_step, finish) for a Rich progress bar on stderr."""
+    """(on_start, on_step, stop, console): a Rich progress bar on stderr and its console."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
