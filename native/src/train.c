@@ -5,7 +5,7 @@
 #include "quants.h"
 #include "train.h"
 
-#define TILE_FLOATS (64 * 256) /* train_linear.c: ROW_TILE x COL_TILE */
+#define WD_FLOATS(m_feat) (2 * 64 * (size_t)(m_feat)) /* train_linear.c: two blocks of BLOCK_ROWS rows */
 
 void tr_run(hl_train *tr, hl_job_fn job, void *arg) { hl_pool_run(tr->pool, job, arg); }
 
@@ -53,7 +53,7 @@ static hl_status alloc_buffers(hl_train *tr) {
     const size_t T = (size_t)tr->n_max, E = (size_t)m->hp.n_embd, hd = (size_t)m->hp.head_dim;
     const size_t att = 3 * T * T + hd * T;
     tr->m_feat = max3(m->hp.n_embd, m->n_q, m->hp.n_ff);
-    tr->scratch_floats = (att > TILE_FLOATS ? att : TILE_FLOATS) + 16; /* + 64 bytes between threads */
+    tr->scratch_floats = att + 16; /* + 64 bytes between threads */
     tr->xq_bytes = T * (size_t)tr->m_feat * 2;
     tr->x_saved = malloc(((size_t)m->hp.n_layer + 1) * T * E * sizeof(float));
     tr->logits = malloc(T * (size_t)m->hp.n_vocab * sizeof(float));
@@ -65,10 +65,11 @@ static hl_status alloc_buffers(hl_train *tr) {
     tr->lora = calloc((size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS, sizeof(tr_lora));
     tr->dyt = malloc((size_t)tr->m_feat * T * sizeof(float));
     tr->xq = malloc(tr->xq_bytes);
+    tr->wd = malloc(WD_FLOATS(tr->m_feat) * sizeof(float));
     tr->scratch = malloc((size_t)hl_pool_size(tr->pool) * tr->scratch_floats * sizeof(float));
     if (acts) place_acts(tr, acts);
     if (!tr->x_saved || !tr->logits || !tr->tokens || !tr->targets || !tr->tok_loss || !acts || !tr->rope_cs ||
-        !tr->lora || !tr->dyt || !tr->xq || !tr->scratch)
+        !tr->lora || !tr->dyt || !tr->xq || !tr->wd || !tr->scratch)
         return hl_fail(HL_ERR_NOMEM, "hl_train_create: out of memory for %d tokens", tr->n_max);
     return HL_OK;
 }
@@ -78,7 +79,7 @@ size_t hl_train_bytes(const hl_train *tr) {
     const hl_model *m = tr->model;
     const size_t T = (size_t)tr->n_max;
     const size_t floats = ((size_t)m->hp.n_layer + 1) * T * m->hp.n_embd + T * m->hp.n_vocab + T * act_floats(m) +
-                          T * m->hp.head_dim + (size_t)tr->m_feat * T + tr->lora_floats +
+                          T * m->hp.head_dim + (size_t)tr->m_feat * T + tr->lora_floats + WD_FLOATS(tr->m_feat) +
                           (size_t)hl_pool_size(tr->pool) * tr->scratch_floats;
     return floats * sizeof(float) + tr->xq_bytes + T * (2 * sizeof(int32_t) + sizeof(double)) +
            (size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS * sizeof(tr_lora);
@@ -108,6 +109,6 @@ void hl_train_free(hl_train *tr) {
     if (tr->pool) hl_pool_free(tr->pool);
     free(tr->x_saved), free(tr->logits), free(tr->tokens), free(tr->targets), free(tr->tok_loss);
     free(tr->a.xn); /* the start of every activation buffer (place_acts) */
-    free(tr->rope_cs), free(tr->lora), free(tr->lora_ts), free(tr->dyt), free(tr->xq), free(tr->scratch);
+    free(tr->rope_cs), free(tr->lora), free(tr->lora_ts), free(tr->dyt), free(tr->xq), free(tr->wd), free(tr->scratch);
     free(tr);
 }

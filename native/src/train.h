@@ -19,7 +19,8 @@
  *   T (6 E + 4 Q + 4 K + 6 F)   one layer's intermediates and their gradients
  *   2 T Q                       per-head K and V gradients before the GQA sum
  *   T R + O R + 2 T M           LoRA: s A.x per pair, B transposed per pair, dy transposed, dt (grown per call)
- *   N (3 T^2 + 2 hd T + 64 256) per-thread attention scratch and a dequantized weight tile
+ *   N (3 T^2 + hd T)            per-thread attention scratch
+ *   2 64 M                      two blocks of 64 rows of a weight, dequantized
  *   2 T M bytes                 the input converted to a quantized weight's activation type
  *
  * The activation memory is linear in L only through the (L + 1) T E kept inputs.
@@ -62,6 +63,7 @@ struct hl_train {
     float *dyt;          /* [m_feat][n_max] dy transposed */
     float *dt, *dtt;     /* [n_max][rank] and [rank][n_max] of the projection in backward (rank <= n_max) */
     int32_t max_rank;
+    float *wd;           /* [2][64][m_feat] two blocks of W's rows dequantized (train_linear.c) */
     char *xq;            /* the input in a quantized weight's activation type */
     size_t xq_bytes;
     float *scratch;      /* [n_threads][scratch_floats] */
