@@ -2,7 +2,7 @@
  * A frozen projection y = W.x + s B.(A.x) + bias over the window, and its backward (train.h):
  *
  *   forward   x converted once to W's activation type; W.x by the engine's multi-token kernel (hl_gemm),
- *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T as axpy rows of B^T
+ *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T (train_gemm.c)
  *   backward  dt = s dy.B (hl_gemm against B^T); dx += W^T.dy by blocks of W's rows dequantized into a
  *             shared buffer and added by the outer-product GEMM (train_gemm.c), each thread owning items
  *             (columns x tokens) of dx; dx += dt.A; dA += dt^T.x; dB += dy^T.ts
@@ -72,8 +72,7 @@ static void forward_job(void *arg, int ith, int nth) {
             convert ? (const void *)tr->xq : (const void *)j->x, a_stride, j->y + r0, (size_t)n_out);
     if (has_lora(j)) {
         const int64_t r = j->lora->pair->rank;
-        hl_axpy_rows(f32_traits(), r1 - r0, r, T, j->lora->bt + r0, (size_t)n_out * sizeof(float), j->lora->ts,
-                     (size_t)r, j->y + r0, (size_t)n_out);
+        tr_gemm_acc(T, r1 - r0, r, j->lora->ts, (size_t)r, j->lora->bt + r0, (size_t)n_out, j->y + r0, (size_t)n_out);
     }
     for (int64_t t = 0; j->bias && t < T; t++)
         for (int64_t i = r0; i < r1; i++) j->y[t * n_out + i] += j->bias[i];
@@ -153,12 +152,10 @@ static void lora_grads(hl_train *tr, const lin_job *j, int ith, int nth) {
     int64_t c0, c1, o0, o1;
     split_aligned(n_in, ROW_ALIGN, ith, nth, &c0, &c1);
     if (c1 > c0)
-        hl_axpy_rows(f32_traits(), c1 - c0, T, r, j->x + c0, (size_t)n_in * sizeof(float), tr->dtt, (size_t)T,
-                     p->grad_a + c0, (size_t)n_in);
+        tr_gemm_acc(r, c1 - c0, T, tr->dtt, (size_t)T, j->x + c0, (size_t)n_in, p->grad_a + c0, (size_t)n_in);
     hl_split(n_out, ith, nth, &o0, &o1);
     if (o1 > o0)
-        hl_axpy_rows(f32_traits(), r, T, o1 - o0, j->lora->ts, (size_t)r * sizeof(float), tr->dyt + o0 * T,
-                     (size_t)T, p->grad_b + o0 * r, (size_t)r);
+        tr_gemm_acc(o1 - o0, r, T, tr->dyt + o0 * T, (size_t)T, j->lora->ts, (size_t)r, p->grad_b + o0 * r, (size_t)r);
 }
 
 static void backward_job(void *arg, int ith, int nth) {
