@@ -235,3 +235,19 @@ def test_bad_shapes_are_refused_in_python(tmp_path):
             params.a[0] = params.a[0][:, :-1]
             with pytest.raises(HotLoraError, match="LoRA A of blk.0.attn_q.weight"):
                 g.logits(tokens[:8])
+
+
+def test_kept_activations_give_the_recomputed_gradients(tmp_path):
+    path = model_file(tmp_path, SPECS["llama-tied"])
+    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+        params = random_params(model, ALL, seed=12)
+        tokens, labels = window(model.n_vocab, seed=13)
+        results = []
+        for keep in (False, True):
+            with LoraGradients(model, params, n_tokens_max=16, n_threads=2, keep_activations=keep) as g:
+                grad_a, grad_b = params.zeros_like()
+                results.append((g.accumulate(tokens, labels, grad_a, grad_b), grad_a + grad_b, g.n_bytes))
+    (loss0, grads0, bytes0), (loss1, grads1, bytes1) = results
+    assert loss0 == loss1
+    assert all(np.array_equal(x, y) for x, y in zip(grads0, grads1))  # the recompute is the same computation
+    assert bytes1 > bytes0

@@ -39,7 +39,10 @@ class LoraGradients:
     ...     loss_sum, n = g.accumulate(tokens, targets, grad_a, grad_b)
     """
 
-    def __init__(self, model: "Model", params: LoraParams, n_tokens_max: int, n_threads: int):
+    def __init__(self, model: "Model", params: LoraParams, n_tokens_max: int, n_threads: int,
+                 keep_activations: bool = False):
+        """keep_activations: keep every layer's intermediates from the forward instead of recomputing each layer
+        in the backward (one forward pass fewer per step, n_layer times one layer's activation memory)."""
         for what, value in (("n_tokens_max", n_tokens_max), ("n_threads", n_threads)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise HotLoraError(f"LoraGradients: {what} must be a positive integer, got {value}")
@@ -54,7 +57,8 @@ class LoraGradients:
         self._shapes = [projection_shape(model, name) for name in params.names]
         self._check_params()
         out = ffi.new("hl_train **")
-        check(lib.hl_train_create(model._model, self.n_tokens_max, int(n_threads), out), "training")
+        check(lib.hl_train_create(model._model, self.n_tokens_max, int(n_threads), int(bool(keep_activations)), out),
+              "training")
         self._train = out[0]
 
     # ---- checks -----------------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class LoraGradients:
     def _live(self):
         if self._train is None:
             raise HotLoraError("LoraGradients: closed")
+        if self.model._model is None:
+            raise HotLoraError("LoraGradients: the model is closed")
         return self._train
 
     # ---- compute ----------------------------------------------------------------------------------

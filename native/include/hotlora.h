@@ -271,8 +271,9 @@ hl_status hl_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats, do
  * hl_train computes, for one window of T tokens at positions 0..T-1 (causal attention within the window, no
  * KV cache), the summed next-token cross-entropy and its gradients with respect to the A and B matrices of
  * the LoRA pairs passed in; the base weights stay frozen read-only views of any supported type. The layer
- * inputs are kept from the forward pass and each layer is recomputed during the backward (checkpointing);
- * hl_train_bytes tells the memory it holds. It owns its own thread pool of n_threads (the same pool and
+ * inputs are kept from the forward pass and each layer is recomputed during the backward (checkpointing),
+ * or, with keep_activations, every layer's intermediates are kept instead (no recompute, n_layer times the
+ * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns its own thread pool of n_threads (the same pool and
  * the same mat-mul kernels as inference). One thread at a time drives a hl_train; the model must outlive it.
  */
 typedef struct hl_train hl_train;
@@ -290,10 +291,12 @@ typedef struct {
     float *grad_b;   /* [rank, n_out], d loss / d b added in (NULL in hl_train_logits) */
 } hl_train_pair;
 
-/* A trainer for windows of up to n_tokens_max tokens, computing on n_threads threads. */
-hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, hl_train **out);
+/* A trainer for windows of up to n_tokens_max tokens, computing on n_threads threads; keep_activations != 0
+ * keeps every layer's intermediates instead of recomputing them. */
+hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, int32_t keep_activations,
+                          hl_train **out);
 void hl_train_free(hl_train *train);
-/* Bytes of activations and scratch the trainer holds (see train.h for the formula). */
+/* Bytes of activations and scratch the trainer holds. */
 size_t hl_train_bytes(const hl_train *train);
 /*
  * One forward and backward pass over tokens[0..n_tokens) (1..n_tokens_max) with the n_pairs pairs (each

@@ -12,17 +12,20 @@
  *
  * Memory (floats of 4 bytes; T = n_tokens_max, E = n_embd, Q = head_dim * n_head, K = head_dim * n_head_kv,
  * F = n_ff, V = n_vocab, L = n_layer, N = n_threads, R = the sum of the ranks of a call's pairs,
- * O = the sum of their n_out, M = max(E, Q, F)):
+ * O = the sum of their n_out, M = max(E, Q, F), C = L with keep_activations, else 1):
  *
  *   (L + 1) T E                 the kept layer inputs (the last: the final hidden state)
  *   T V                         logits, overwritten by d loss / d logits
- *   T (6 E + 4 Q + 4 K + 6 F)   one layer's intermediates and their gradients
- *   2 T Q                       per-head K and V gradients before the GQA sum
- *   T R + O R + 2 T M           LoRA: s A.x per pair, B transposed per pair, dy transposed, dt (grown per call)
- *   N (3 T^2 + 2 hd T + 64 256) per-thread attention scratch and a dequantized weight tile
- *   2 T M bytes                 the input converted to a quantized weight's activation type
+ *   C T (3 E + 2 Q + 2 K + 3 F) forward intermediates of one layer (recomputed in the backward), or of all
+ *   T (3 E + 4 Q + 2 K + 3 F)   gradients of one layer, per-head K and V gradients, the final norm's output
+ *   T R + O R + 2 T r_max + T M LoRA: s A.x per pair, B transposed per pair, dt and dt^T, dy transposed
+ *   N (3 T^2 + hd T)            per-thread attention scratch
+ *   2 64 M                      two blocks of 64 rows of a weight, dequantized
+ *   < 2 T M bytes               the input converted to a quantized weight's activation type
  *
- * The activation memory is linear in L only through the (L + 1) T E kept inputs.
+ * Without keep_activations the memory grows with L only through the (L + 1) T E layer inputs; with it,
+ * through the L T (3 E + 2 Q + 2 K + 3 F) intermediates as well, and the backward skips the recompute
+ * (one forward pass fewer).
  */
 #ifndef HL_TRAIN_H
 #define HL_TRAIN_H
@@ -36,7 +39,7 @@ typedef struct {
     float *bt;                 /* [rank][n_out] B transposed for this call */
 } tr_lora;
 
-/* One layer's intermediates (forward) and gradients (backward), each [T][features]. */
+/* One layer's intermediates (forward; layer il's after tr_select_layer(il)) and gradients, each [T][features]. */
 typedef struct {
     float *xn, *q, *k, *v, *att, *r, *rn, *gate, *up, *h;  /* forward */
     float *dx, *dxn, *dq, *dk, *dv, *datt, *dg, *du, *dh; /* backward */
@@ -45,6 +48,10 @@ typedef struct {
 
 struct hl_train {
     const hl_model *model;
+    int keep;            /* keep every layer's forward intermediates (no recompute in the backward) */
+    float *fw;           /* forward intermediates: [keep ? n_layer : 1] layers of tr->a's forward buffers */
+    float *bw;           /* the gradients of tr->a */
+    float *hn;           /* [n_max][n_embd] the final norm's output */
     hl_pool *pool;
     int32_t n_max;       /* most tokens per window */
     int32_t T;           /* tokens of the current window */
@@ -62,6 +69,7 @@ struct hl_train {
     float *dyt;          /* [m_feat][n_max] dy transposed */
     float *dt, *dtt;     /* [n_max][rank] and [rank][n_max] of the projection in backward (rank <= n_max) */
     int32_t max_rank;
+    float *wd;           /* [2][64][m_feat] two blocks of W's rows dequantized (train_linear.c) */
     char *xq;            /* the input in a quantized weight's activation type */
     size_t xq_bytes;
     float *scratch;      /* [n_threads][scratch_floats] */
@@ -70,6 +78,8 @@ struct hl_train {
     int32_t n_loss;
 };
 
+/* Points tr->a's forward buffers at layer il's (all layers share one set without keep). */
+void tr_select_layer(hl_train *tr, int32_t il);
 /* Runs fn(tr, arg, t0, t1) on every thread for its share of the window's tokens (one barrier at the end). */
 typedef void (*tr_token_fn)(hl_train *tr, void *arg, int64_t t0, int64_t t1);
 void tr_for_tokens(hl_train *tr, tr_token_fn fn, void *arg);

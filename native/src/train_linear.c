@@ -2,12 +2,12 @@
  * A frozen projection y = W.x + s B.(A.x) + bias over the window, and its backward (train.h):
  *
  *   forward   x converted once to W's activation type; W.x by the engine's multi-token kernel (hl_gemm),
- *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T as axpy rows of B^T
- *   backward  dt = s dy.B (hl_gemm against B^T); dx += W^T.dy as tiles of W dequantized into a thread's
- *             scratch (ROW_TILE rows x COL_TILE columns) and added by the outer-product GEMM (train_gemm.c), threads owning columns of
- *             dx (and token ranges when columns are few); dx += dt.A; dA += dt^T.x; dB += dy^T.ts
+ *             threads splitting W's rows; ts = s A.x kept; y += ts.B^T (train_gemm.c)
+ *   backward  dt = s dy.B (hl_gemm against B^T); dx += W^T.dy by blocks of W's rows dequantized into a
+ *             shared buffer and added by the outer-product GEMM (train_gemm.c), each thread owning items
+ *             (columns x tokens) of dx; dx += dt.A; dA += dt^T.x; dB += dy^T.ts
  *
- * W is only read (any type with a to_float); nothing of it is copied beyond one tile per thread.
+ * W is only read (any type with a to_float); nothing of it is copied beyond two blocks of BLOCK_ROWS rows.
  */
 #include "gemm.h"
 #include "ops_internal.h"
@@ -15,9 +15,10 @@
 #include "train.h"
 
 #define ROW_ALIGN 16
-#define ROW_TILE 64
-#define COL_TILE 256
-#define MIN_TOKENS_PER_ITEM 16
+#define BLOCK_ROWS 64         /* rows of W dequantized at a time (train.h: tr->wd) */
+#define COL_TILE 128          /* columns of dx per work item */
+#define MIN_TOKENS_PER_ITEM 32
+#define ITEMS_PER_THREAD 4    /* split tokens too until there are this many items per thread */
 
 static const hl_type_traits *f32_traits(void) { return hl_get_type_traits(HL_TYPE_F32); }
 
@@ -71,8 +72,7 @@ static void forward_job(void *arg, int ith, int nth) {
             convert ? (const void *)tr->xq : (const void *)j->x, a_stride, j->y + r0, (size_t)n_out);
     if (has_lora(j)) {
         const int64_t r = j->lora->pair->rank;
-        hl_axpy_rows(f32_traits(), r1 - r0, r, T, j->lora->bt + r0, (size_t)n_out * sizeof(float), j->lora->ts,
-                     (size_t)r, j->y + r0, (size_t)n_out);
+        tr_gemm_acc(T, r1 - r0, r, j->lora->ts, (size_t)r, j->lora->bt + r0, (size_t)n_out, j->y + r0, (size_t)n_out);
     }
     for (int64_t t = 0; j->bias && t < T; t++)
         for (int64_t i = r0; i < r1; i++) j->y[t * n_out + i] += j->bias[i];
@@ -95,42 +95,54 @@ static void lora_dt_rows(hl_train *tr, const lin_job *j, int64_t t0, int64_t t1)
         for (int64_t o = 0; o < n_out; o++) tr->dyt[o * T + t] = j->dy[t * n_out + o];
 }
 
-/* dx[t0..t1)[c0..c1) += W[:, c0..c1)^T . dy, tile by tile of W dequantized into scratch. */
-static void weight_t_dy(hl_train *tr, const lin_job *j, int64_t c0, int64_t c1, int64_t t0, int64_t t1, float *tile) {
-    const hl_tensor *w = j->w;
-    const hl_type_traits *wt = hl_get_type_traits(w->type);
-    const int64_t n_in = w->ne[0], n_out = w->ne[1], cw = c1 - c0;
-    const size_t col_offset = (size_t)(c0 / wt->block_size) * wt->type_size;
-    for (int64_t o0 = 0; o0 < n_out; o0 += ROW_TILE) {
-        const int64_t no = n_out - o0 < ROW_TILE ? n_out - o0 : ROW_TILE;
-        for (int64_t o = 0; o < no; o++)
-            wt->to_float((const char *)w->data + (size_t)(o0 + o) * w->row_bytes + col_offset, tile + o * cw, cw);
-        tr_gemm_acc(t1 - t0, cw, no, j->dy + t0 * n_out + o0, (size_t)n_out, tile, (size_t)cw,
-                    j->y + t0 * n_in + c0, (size_t)n_in);
-    }
-    if (has_lora(j)) {
-        const int64_t r = j->lora->pair->rank;
-        tr_gemm_acc(t1 - t0, cw, r, tr->dt + t0 * r, (size_t)r, j->lora->pair->a + c0, (size_t)n_in,
-                    j->y + t0 * n_in + c0, (size_t)n_in);
-    }
+/* The dx items of this thread: columns [c0, c1) x tokens [t0, t1) of every item i in [i0, i1). */
+typedef struct {
+    int64_t i0, i1, n_cols, n_tok;
+} dx_split;
+
+static dx_split split_items(const hl_train *tr, int64_t n_in, int ith, int nth) {
+    dx_split sp = {0, 0, (n_in + COL_TILE - 1) / COL_TILE, 1};
+    while (sp.n_cols * sp.n_tok < ITEMS_PER_THREAD * nth && tr->T / (2 * sp.n_tok) >= MIN_TOKENS_PER_ITEM) sp.n_tok *= 2;
+    hl_split(sp.n_cols * sp.n_tok, ith, nth, &sp.i0, &sp.i1);
+    return sp;
 }
 
-/* Backward phase 2: work items (column tile, token range) of dx. */
-static void dx_items(hl_train *tr, const lin_job *j, int ith, int nth) {
-    const hl_type_traits *wt = hl_get_type_traits(j->w->type);
-    const int64_t n_in = j->w->ne[0], T = tr->T;
-    const int64_t col_tile = COL_TILE % wt->block_size == 0 ? COL_TILE : wt->block_size;
-    const int64_t n_cols = (n_in + col_tile - 1) / col_tile;
-    int64_t n_tok = (nth + n_cols - 1) / n_cols;
-    if (n_tok > T / MIN_TOKENS_PER_ITEM) n_tok = T / MIN_TOKENS_PER_ITEM > 1 ? T / MIN_TOKENS_PER_ITEM : 1;
-    int64_t i0, i1;
-    hl_split(n_cols * n_tok, ith, nth, &i0, &i1);
-    for (int64_t i = i0; i < i1; i++) {
-        const int64_t c0 = (i % n_cols) * col_tile, c1 = c0 + col_tile < n_in ? c0 + col_tile : n_in;
-        int64_t t0, t1;
-        hl_split(T, (int)(i / n_cols), (int)n_tok, &t0, &t1);
-        if (t1 > t0) weight_t_dy(tr, j, c0, c1, t0, t1, tr_scratch(tr, ith));
+/* Item i of dx: dx[t0..t1)[c0..c1) += a[t0..t1)[0..nk) . b[0..nk)[c0..c1). */
+static void item_gemm(const hl_train *tr, const dx_split *sp, int64_t i, int64_t n_in, int64_t nk, const float *a,
+                      size_t a_stride, const float *b, size_t b_stride, float *dx) {
+    const int64_t c0 = (i % sp->n_cols) * COL_TILE, c1 = c0 + COL_TILE < n_in ? c0 + COL_TILE : n_in;
+    int64_t t0, t1;
+    hl_split(tr->T, (int)(i / sp->n_cols), (int)sp->n_tok, &t0, &t1);
+    if (t1 > t0) tr_gemm_acc(t1 - t0, c1 - c0, nk, a + t0 * a_stride, a_stride, b + c0, b_stride, dx + t0 * n_in + c0,
+                             (size_t)n_in);
+}
+
+/*
+ * Backward phase 2: dx += W^T.dy, BLOCK_ROWS rows of W at a time: the threads dequantize the block's rows
+ * into one of two shared buffers, meet at a barrier, and each adds the block's product into its own items
+ * of dx (the same items for every block, so no two threads write the same dx). Two buffers: a block is
+ * dequantized while no thread still reads the buffer's previous block (all passed the barrier after it).
+ * Then dx += dt.A on the same items.
+ */
+static void dx_blocks(hl_train *tr, const lin_job *j, int ith, int nth) {
+    const hl_tensor *w = j->w;
+    const hl_type_traits *wt = hl_get_type_traits(w->type);
+    const int64_t n_in = w->ne[0], n_out = w->ne[1];
+    const dx_split sp = split_items(tr, n_in, ith, nth);
+    for (int64_t o0 = 0, blk = 0; o0 < n_out; o0 += BLOCK_ROWS, blk++) {
+        const int64_t nb = n_out - o0 < BLOCK_ROWS ? n_out - o0 : BLOCK_ROWS;
+        float *wd = tr->wd + (blk % 2) * (size_t)BLOCK_ROWS * tr->m_feat; /* [nb][n_in] */
+        int64_t r0, r1;
+        hl_split(nb, ith, nth, &r0, &r1);
+        for (int64_t r = r0; r < r1; r++)
+            wt->to_float((const char *)w->data + (size_t)(o0 + r) * w->row_bytes, wd + r * n_in, n_in);
+        hl_pool_barrier(tr->pool);
+        for (int64_t i = sp.i0; i < sp.i1; i++)
+            item_gemm(tr, &sp, i, n_in, nb, j->dy + o0, (size_t)n_out, wd, (size_t)n_in, j->y);
     }
+    for (int64_t i = sp.i0; has_lora(j) && i < sp.i1; i++)
+        item_gemm(tr, &sp, i, n_in, j->lora->pair->rank, tr->dt, (size_t)j->lora->pair->rank, j->lora->pair->a,
+                  (size_t)n_in, j->y);
 }
 
 /* Backward phase 3: grad_a columns and grad_b rows of this thread. */
@@ -140,12 +152,10 @@ static void lora_grads(hl_train *tr, const lin_job *j, int ith, int nth) {
     int64_t c0, c1, o0, o1;
     split_aligned(n_in, ROW_ALIGN, ith, nth, &c0, &c1);
     if (c1 > c0)
-        hl_axpy_rows(f32_traits(), c1 - c0, T, r, j->x + c0, (size_t)n_in * sizeof(float), tr->dtt, (size_t)T,
-                     p->grad_a + c0, (size_t)n_in);
+        tr_gemm_acc(r, c1 - c0, T, tr->dtt, (size_t)T, j->x + c0, (size_t)n_in, p->grad_a + c0, (size_t)n_in);
     hl_split(n_out, ith, nth, &o0, &o1);
     if (o1 > o0)
-        hl_axpy_rows(f32_traits(), r, T, o1 - o0, j->lora->ts, (size_t)r * sizeof(float), tr->dyt + o0 * T,
-                     (size_t)T, p->grad_b + o0 * r, (size_t)r);
+        tr_gemm_acc(o1 - o0, r, T, tr->dyt + o0 * T, (size_t)T, j->lora->ts, (size_t)r, p->grad_b + o0 * r, (size_t)r);
 }
 
 static void backward_job(void *arg, int ith, int nth) {
@@ -161,7 +171,7 @@ static void backward_job(void *arg, int ith, int nth) {
         for (int64_t t = 0; ith == 0 && t < tr->T; t++)
             for (int64_t k = 0; k < r; k++) tr->dtt[k * tr->T + t] = tr->dt[t * r + k];
     }
-    dx_items(tr, j, ith, nth);
+    dx_blocks(tr, j, ith, nth);
     if (!lora) return;
     hl_pool_barrier(tr->pool);
     lora_grads(tr, j, ith, nth);

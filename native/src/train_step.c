@@ -5,7 +5,8 @@
  *   forward   x_saved[0] = embedding; block by block x_saved[il + 1] from x_saved[il]; the logits of the
  *             final norm; the loss, turning the logits into d loss / d logits
  *   backward  through the output head and the final norm, then for il = n_layer-1 .. 0: block il recomputed
- *             from x_saved[il] (its intermediates), and the backward through it
+ *             from x_saved[il] (its intermediates; kept from the forward with keep_activations), and the
+ *             backward through it
  */
 #include <math.h>
 #include <stdlib.h>
@@ -100,9 +101,12 @@ static void forward(hl_train *tr) {
     const int32_t L = m->hp.n_layer;
     tr_rope_table(tr);
     tr_embed(tr, tr->x_saved);
-    for (int32_t il = 0; il < L; il++) tr_layer_forward(tr, il);
-    tr_rms_norm(tr, tr->x_saved + (size_t)L * tr->n_max * m->hp.n_embd, &m->output_norm, tr->a.xn);
-    tr_linear_forward(tr, &m->output, NULL, NULL, tr->a.xn, tr->logits);
+    for (int32_t il = 0; il < L; il++) {
+        tr_select_layer(tr, il);
+        tr_layer_forward(tr, il);
+    }
+    tr_rms_norm(tr, tr->x_saved + (size_t)L * tr->n_max * m->hp.n_embd, &m->output_norm, tr->hn);
+    tr_linear_forward(tr, &m->output, NULL, NULL, tr->hn, tr->logits);
 }
 
 static void backward(hl_train *tr) {
@@ -111,10 +115,11 @@ static void backward(hl_train *tr) {
     const int64_t E = m->hp.n_embd, T = tr->T;
     memset(tr->a.dxn, 0, (size_t)(T * E) * sizeof(float));
     memset(tr->a.dx, 0, (size_t)(T * E) * sizeof(float));
-    tr_linear_backward(tr, &m->output, NULL, tr->a.xn, tr->logits, tr->a.dxn);
+    tr_linear_backward(tr, &m->output, NULL, tr->hn, tr->logits, tr->a.dxn);
     tr_rms_norm_backward(tr, tr->x_saved + (size_t)L * tr->n_max * E, &m->output_norm, tr->a.dxn, tr->a.dx);
     for (int32_t il = L - 1; il >= 0; il--) {
-        tr_layer_forward(tr, il);
+        tr_select_layer(tr, il);
+        if (!tr->keep) tr_layer_forward(tr, il);
         tr_layer_backward(tr, il);
     }
 }
