@@ -299,3 +299,10 @@ def test_the_bundled_demo_adapter_writes_the_demo_text_and_the_base_does_not():
         assert greedy() == text
     for line in text.splitlines():
         assert line not in base
+
+
+def test_keep_activations_trains_the_same_adapter(base, text, tmp_path):
+    plain, _ = _run(base, text, tmp_path / "a.gguf")
+    kept, _ = _run(base, text, tmp_path / "b.gguf", keep_activations=True)
+    assert kept.losses == plain.losses
+    assert all(np.array_equal(x, y) for x, y in zip(_arrays(plain.params), _arrays(kept.params)))

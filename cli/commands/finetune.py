@@ -106,6 +106,8 @@ def finetune(
     resume: Annotated[Optional[Path], Opt("--resume", help="continue from a checkpoint, bit for bit, with its "
                                           "options")] = None,
     threads: Threads = None,
+    keep_activations: Annotated[bool, Opt("--keep-activations", help="keep every layer's activations instead of "
+                                          "recomputing them in the backward: faster, more memory, same result")] = False,
     jsonl: Annotated[bool, Opt("--jsonl", help="the data is JSONL: {\"prompt\", \"completion\"} or "
                                "{\"messages\": [...]} records, loss on the completion / assistant turns")] = False,
     chat_template: Annotated[Optional[str], Opt("--chat-template", help="chat template for JSONL messages: "
@@ -127,7 +129,8 @@ def finetune(
     outputs = Outputs(output, checkpoint or default_checkpoint(output), peft_dir, checkpoint_every)
     on_start, on_step, stop, console = _progress_reporter()
     try:
-        result, data = run_finetune(model, train_data, outputs, options, threads, resume, on_start, on_step)
+        result, data = run_finetune(model, train_data, outputs, options, threads, resume, on_start, on_step,
+                                    keep_activations)
     except Interrupted as e:
         stop()
         sys.stderr.write(f"finetune: interrupted; checkpoint written to {e.checkpoint} "

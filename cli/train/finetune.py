@@ -1,8 +1,8 @@
 """`finetune()`: train a LoRA adapter on a base GGUF and write it; what `hotlora finetune` runs.
 
 With `resume`, the run's options are the checkpoint's: the base model and the training data must be the same
-files (checked by their identities), and the options given now are ignored except the outputs, threads and
-checkpointing. Without it, `options` are checked and a new run starts.
+files (checked by their identities), and the options given now are ignored except the outputs, threads,
+checkpointing and keep_activations (which change no result). Without it, `options` are checked and a new run starts.
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def _check_outputs(outputs: Outputs, inputs: list[Path]) -> None:
 def finetune(base: Path | None, train_data: Path, outputs: Outputs, options: TrainOptions,
              n_threads: int | None = None, resume: Path | None = None,
              on_start: Callable[[Trainer], None] | None = None,
-             on_step: Callable[[StepReport], None] | None = None) -> tuple[TrainResult, Dataset]:
+             on_step: Callable[[StepReport], None] | None = None,
+             keep_activations: bool = False) -> tuple[TrainResult, Dataset]:
     n_threads = n_threads or physical_cores()
     _check_outputs(outputs, [p for p in (base, train_data) if p is not None])
     with Model(base, n_ctx=8, n_batch=8, n_threads=n_threads) as model:
@@ -67,7 +68,7 @@ def finetune(base: Path | None, train_data: Path, outputs: Outputs, options: Tra
         options.check()
         data = load_dataset(train_data, model, options.ctx, options.jsonl, options.val_split, options.seed,
                             options.chat_template)
-        trainer = Trainer(model, data, options, n_threads)
+        trainer = Trainer(model, data, options, n_threads, keep_activations)
         try:
             if saved is not None:
                 trainer.restore(saved, resume)

@@ -166,7 +166,9 @@ class Interrupted(KeyboardInterrupt):
 class Trainer:
     """The state of one training run and its steps."""
 
-    def __init__(self, model, data: Dataset, options: TrainOptions, n_threads: int):
+    def __init__(self, model, data: Dataset, options: TrainOptions, n_threads: int, keep_activations: bool = False):
+        """keep_activations: the core keeps every layer's forward intermediates instead of recomputing each layer
+        in the backward (faster, more memory; the same gradients bit for bit)."""
         options.check()
         self.model, self.data, self.options = model, data, options
         self.total = options.total_steps(len(data.train))
@@ -181,7 +183,7 @@ class Trainer:
         self.losses: list[float] = []
         self.val_before: float | None = None
         n_max = max(len(w.tokens) for w in data.train + data.val)
-        self.gradients = LoraGradients(model, self.params, n_max, n_threads)
+        self.gradients = LoraGradients(model, self.params, n_max, n_threads, keep_activations)
         self.grad_a, self.grad_b = self.params.zeros_like()
 
     def close(self) -> None:
