@@ -1,4 +1,5 @@
-"""llama-cli's default sampler chain, in numpy (spec: shared/spec/sampling.md).
+"""llama-cli's default sampler chain (spec: shared/spec/sampling.md): run by the C core (native/src/sampler.c),
+and here in numpy, step by step, as the reference the core is tested against.
 
 The chain is fixed to llama-cli's default order (sampling.md §1):
 
@@ -25,6 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
+from hotlora._native import check, ffi, lib
 from hotlora.errors import HotLoraError
 
 F32 = np.float32
@@ -337,6 +339,8 @@ class Sampler:
         last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
         self._window = PenaltyWindow(n_vocab, last_n)
         self._temp = max(F32(params.temp), F32(0))
+        self._core = _core_sampler(params, self._temp, n_vocab)
+        self._bias_ids32 = self._bias_ids.astype(np.int32)
         self.seed = 0
         self.n_accept = 0
         self.sample_ms = 0.0
@@ -346,18 +350,30 @@ class Sampler:
         """Empty the penalty window, re-seed both RNGs (fresh values if the seed is random), zero the counters."""
         self._window.clear()
         self.seed = effective_seed(self.params.seed)
-        self._dist_rng = Mt19937(self.seed)
-        self._xtc_rng = Mt19937(effective_seed(self.params.seed))
+        xtc_seed = effective_seed(self.params.seed)
+        self._dist_rng, self._xtc_rng = Mt19937(self.seed), Mt19937(xtc_seed)  # the reference's streams
+        lib.hl_sampler_seed(self._core, self.seed, xtc_seed)
         self.n_accept = 0
         self.sample_ms = 0.0
 
     def sample(self, logits: np.ndarray) -> int:
-        """Run the chain on one token's logits (float32 [n_vocab]) and return the chosen id; does not accept."""
+        """Run the chain on one token's logits (float32 [n_vocab]) in the C core and return the chosen id; does
+        not accept. Draws the tokens sample_reference draws."""
         start = time.perf_counter()
-        if logits.shape != (self.n_vocab,):
-            raise ValueError(f"expected logits of shape ({self.n_vocab},), got {logits.shape}")
+        logits = self._checked(logits)
+        counts = ffi.cast("int32_t *", ffi.from_buffer(self._window.counts)) if self._window.last_n else ffi.NULL
+        token = ffi.new("int32_t *")
+        check(lib.hl_sampler_sample(self._core, ffi.cast("float *", ffi.from_buffer(logits)),
+                                    ffi.cast("int32_t *", ffi.from_buffer(self._bias_ids32)),
+                                    ffi.cast("float *", ffi.from_buffer(self._bias_values)), len(self._bias_ids32),
+                                    counts, token), "sample")
+        self.sample_ms += (time.perf_counter() - start) * 1e3
+        return int(token[0])
+
+    def sample_reference(self, logits: np.ndarray) -> int:
+        """The same chain in numpy, step by step: the reference `sample` is tested against."""
         p = self.params
-        cands = Candidates(self._ids, np.array(logits, dtype=F32))
+        cands = Candidates(self._ids, np.array(self._checked(logits), dtype=F32))
         apply_logit_bias(cands, self._bias_ids, self._bias_values)
         apply_penalties(cands, self._window, F32(p.repeat_penalty), F32(p.frequency_penalty),
                         F32(p.presence_penalty))
@@ -367,9 +383,12 @@ class Sampler:
         apply_min_p(cands, F32(p.min_p))
         apply_xtc(cands, F32(p.xtc_probability), F32(p.xtc_threshold), self._xtc_rng)
         apply_temperature_ext(cands, self._temp, F32(p.dynatemp_range), F32(p.dynatemp_exponent))
-        token = apply_dist(cands, self._dist_rng)
-        self.sample_ms += (time.perf_counter() - start) * 1e3
-        return token
+        return apply_dist(cands, self._dist_rng)
+
+    def _checked(self, logits: np.ndarray) -> np.ndarray:
+        if logits.shape != (self.n_vocab,):
+            raise ValueError(f"expected logits of shape ({self.n_vocab},), got {logits.shape}")
+        return np.ascontiguousarray(logits, dtype=F32)
 
     def accept(self, token: int) -> None:
         """Add a prompt, input or sampled token to the penalty window (§5) and count it."""
@@ -383,6 +402,18 @@ class Sampler:
     def chain_description(self) -> str:
         """The chain as llama-cli logs it after `sampler chain: ` (§1), trailing space included."""
         return "logits " + "".join(f"-> {name} " for name in CHAIN_NAMES)
+
+
+def _core_sampler(params: SamplerParams, temp: np.float32, n_vocab: int):
+    """The C core's sampler for these parameters, freed with the Python object."""
+    fields = dict(temp=float(temp), top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                  typical_p=params.typical_p, repeat_penalty=params.repeat_penalty,
+                  frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
+                  xtc_probability=params.xtc_probability, xtc_threshold=params.xtc_threshold,
+                  dynatemp_range=params.dynatemp_range, dynatemp_exponent=params.dynatemp_exponent)
+    out = ffi.new("hl_sampler **")
+    check(lib.hl_sampler_create(ffi.new("hl_sampler_params *", fields), n_vocab, out), "sampler")
+    return ffi.gc(out[0], lib.hl_sampler_free)
 
 
 def _bias_arrays(params: SamplerParams, eog_ids: list[int], n_vocab: int) -> tuple[np.ndarray, np.ndarray]:

@@ -209,6 +209,35 @@ def test_temperature_sharpens_distribution():
     assert abs(share - softmax64([2.0, 0.0])[0]) < 0.015
 
 
+CORE_CASES = [
+    dict(),                                                              # llama-cli's defaults
+    dict(top_k=0, top_p=1.0, min_p=0.0, temp=1.0),                       # no truncation: sorts the whole vocabulary
+    dict(temp=0.0),                                                      # greedy
+    dict(top_k=3, typical_p=0.5, top_p=1.0),                             # typical reorders; min-p then runs unsorted
+    dict(typical_p=0.9, top_p=0.8, min_p=0.2),
+    dict(repeat_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.2, repeat_last_n=8),
+    dict(xtc_probability=0.7, xtc_threshold=0.05, top_k=0),
+    dict(dynatemp_range=0.5, dynatemp_exponent=1.7, top_k=100),
+    dict(logit_bias={3: 2.5, 7: -1.0}, ignore_eos=True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CORE_CASES)))
+def test_core_chain_draws_the_reference_chains_tokens(case):
+    """The C core's chain (Sampler.sample) against the numpy reference (sample_reference), same seed, over
+    logits with many ties, signed zeros and -inf (as a bias leaves): the same token at every step, penalties included."""
+    rng = np.random.default_rng(case)
+    params = SamplerParams(seed=1000 + case, **CORE_CASES[case])
+    core, ref = (Sampler(params, 3000, [2], 64) for _ in range(2))
+    for step in range(40):
+        logits = (rng.integers(-6, 7, 3000) * 0.5).astype(F32) if step % 2 else rng.normal(0, 3, 3000).astype(F32)
+        logits[rng.choice(3000, 30, replace=False)] = -0.0
+        logits[rng.choice(3000, 2, replace=False)] = -np.inf
+        token = core.sample(logits)
+        assert token == ref.sample_reference(logits), (case, step)
+        core.accept(token), ref.accept(token)
+
+
 # --- truncation samplers against float64 references (§3) ---------------------------------------------------
 
 def reference_top_k(logits, k):

@@ -260,6 +260,31 @@ hl_status hl_find_nonfinite(hl_context *ctx, const int32_t *tokens, int32_t n_to
                             int32_t all_logits, int32_t *position, char *name, size_t cap);
 
 /*
+ * llama-cli's default sampler chain (sampling.md §1-§6; cli/sampling.py holds its numpy reference):
+ * logit-bias -> penalties -> top-k -> typical -> top-p -> min-p -> xtc -> temp-ext -> dist. A sampler owns
+ * its candidate buffers (n_vocab each) and the two std::mt19937 streams (dist, xtc); one thread at a time.
+ */
+typedef struct {
+    float temp;               /* >= 0; 0 = greedy */
+    int32_t top_k;            /* <= 0: all */
+    float top_p, min_p, typical_p;
+    float repeat_penalty, frequency_penalty, presence_penalty;
+    float xtc_probability, xtc_threshold;
+    float dynatemp_range, dynatemp_exponent;
+} hl_sampler_params;
+typedef struct hl_sampler hl_sampler;
+hl_status hl_sampler_create(const hl_sampler_params *params, int32_t n_vocab, hl_sampler **out);
+void hl_sampler_free(hl_sampler *s);
+/* Restarts both streams (std::mt19937's 32-bit seeding). */
+void hl_sampler_seed(hl_sampler *s, uint32_t dist_seed, uint32_t xtc_seed);
+/*
+ * *token = the chain's draw from logits [n_vocab] (not modified). bias: n_bias (id, value) pairs added in
+ * order; penalty_counts: [n_vocab] occurrences in the penalty window, or NULL when the window is off.
+ */
+hl_status hl_sampler_sample(hl_sampler *s, const float *logits, const int32_t *bias_ids, const float *bias_values,
+                            int32_t n_bias, const int32_t *penalty_counts, int32_t *token);
+
+/*
  * Streaming-read probe: the median over `repeats` of the GB/s that n_threads threads reach reading
  * disjoint slices of a fresh `bytes`-byte buffer (allocated and freed here). The ceiling decode is
  * measured against.
