@@ -213,12 +213,10 @@ def load_dataset(path: Path, model, ctx: int, jsonl: bool = False, val_split: fl
         sequences = text_sequences(tokenizer, path)
     all_windows = []
     for record, (ids, mask) in enumerate(sequences):
-        group = record if jsonl else len(all_windows)
-        cut = windows(ids, mask, ctx, _bos(tokenizer), group)
-        if not jsonl:
-            for i, w in enumerate(cut):
-                w.group = group + i
-        all_windows += cut
+        all_windows += windows(ids, mask, ctx, _bos(tokenizer), record)
+    if not jsonl:   # one text: each window is a unit of the validation split
+        for i, w in enumerate(all_windows):
+            w.group = i
     if not all_windows:
         raise HotLoraError(f"{path}: no token to train on (the text is a single token)")
     groups = sorted({w.group for w in all_windows})
