@@ -36,7 +36,7 @@ static void clear_pairs(hl_train *tr) {
     for (int32_t i = 0; i < tr->model->hp.n_layer * HL_LORA_LAYER_TARGETS; i++) tr->lora[i].pair = NULL;
 }
 
-/* Floats of the pairs' ts and B^T, and of dt and dt^T at the largest rank. */
+/* Floats of the pairs' ts and B^T, and of dt, dt^T, ts^T and dB^T at the largest rank. */
 static size_t pair_floats(const hl_train *tr, const hl_train_pair *pairs, int32_t n, int32_t *max_rank) {
     size_t floats = 0;
     *max_rank = 0;
@@ -45,7 +45,7 @@ static size_t pair_floats(const hl_train *tr, const hl_train_pair *pairs, int32_
         floats += (size_t)pairs[i].rank * ((size_t)tr->n_max + (size_t)n_out);
         if (pairs[i].rank > *max_rank) *max_rank = pairs[i].rank;
     }
-    return floats + 2 * (size_t)tr->n_max * (size_t)*max_rank;
+    return floats + (size_t)*max_rank * (3 * (size_t)tr->n_max + (size_t)tr->m_feat);
 }
 
 /* Places every pair at its (layer, target) with its buffers, B transposed. */
@@ -59,7 +59,8 @@ static void place_pairs(hl_train *tr, const hl_train_pair *pairs, int32_t n) {
         for (int64_t o = 0; o < n_out; o++)
             for (int64_t k = 0; k < r; k++) l->bt[k * n_out + o] = pairs[i].b[o * r + k];
     }
-    tr->dt = p, tr->dtt = p + (size_t)tr->n_max * tr->max_rank;
+    const size_t rt = (size_t)tr->n_max * tr->max_rank;
+    tr->dt = p, tr->dtt = p + rt, tr->tst = p + 2 * rt, tr->dbt = p + 3 * rt;
 }
 
 static hl_status set_pairs(hl_train *tr, const hl_train_pair *pairs, int32_t n, int need_grads) {
