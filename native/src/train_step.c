@@ -5,8 +5,8 @@
  *   forward   x_saved[0] = embedding; block by block x_saved[il + 1] from x_saved[il]; the logits of the
  *             final norm; the loss, turning the logits into d loss / d logits
  *   backward  through the output head and the final norm, then for il = n_layer-1 .. 0: block il recomputed
- *             from x_saved[il] (its intermediates; kept from the forward with keep_activations), and the
- *             backward through it
+ *             from x_saved[il] (its intermediates; kept from the forward with keep_activations, and still
+ *             there from the forward for the last block), and the backward through it
  */
 #include <math.h>
 #include <stdlib.h>
@@ -120,7 +120,7 @@ static void backward(hl_train *tr) {
     tr_rms_norm_backward(tr, tr->x_saved + (size_t)L * tr->n_max * E, &m->output_norm, tr->a.dxn, tr->a.dx);
     for (int32_t il = L - 1; il >= 0; il--) {
         tr_select_layer(tr, il);
-        if (!tr->keep) tr_layer_forward(tr, il);
+        if (!tr->keep && il != L - 1) tr_layer_forward(tr, il); /* the last block's are still there */
         tr_layer_backward(tr, il);
     }
 }
