@@ -42,6 +42,7 @@ SPECS = {
     "llama-tied": TinySpec(tied=True, n_head_kv=1),
     "llama-rope-freqs": TinySpec(rope_freqs=True, rope_scale_factor=2.0, attn_factor=1.1),
     "llama-biases": TinySpec(biases=True, tied=True),
+    "llama-head-dim": TinySpec(head_dim=32),  # n_head * head_dim = 128 != n_embd
     "qwen2": TinySpec(arch="qwen2"),
     "qwen2-tied": TinySpec(arch="qwen2", tied=True),
 }
