@@ -4,7 +4,7 @@ tests/reference.py's forward.
 
 Bounds:
 - FD_BOUND = 1e-3: the numpy backward vs central differences (h = 1e-5, float64) per sampled element of A and
-  B, relative to max(|fd|, 1e-3); measured ≤ 2e-7.
+  B, relative to max(|fd|, 1e-3); measured ≤ 2e-7 (a quantized base is its dequantized weights to both).
 - Core vs numpy backward, as max |core − reference| / max |reference| per gradient matrix:
   FLOAT_BOUND = 1e-4 for F32, F16 and BF16 bases (float32 accumulation over tiny sums; measured ≤ 2e-6).
   The reference reads the same dequantized weights (gguf.quants.dequantize), so the bases agree exactly.
@@ -42,6 +42,7 @@ SPECS = {
     "llama-tied": TinySpec(tied=True, n_head_kv=1),
     "llama-rope-freqs": TinySpec(rope_freqs=True, rope_scale_factor=2.0, attn_factor=1.1),
     "llama-biases": TinySpec(biases=True, tied=True),
+    "llama-head-dim": TinySpec(head_dim=32),  # n_head * head_dim = 128 != n_embd
     "qwen2": TinySpec(arch="qwen2"),
     "qwen2-tied": TinySpec(arch="qwen2", tied=True),
 }
@@ -89,9 +90,11 @@ def core_gradients(model, params, tokens, targets):
 
 @pytest.mark.parametrize("name,targets", [("llama", ["q", "v", "down"]), ("llama-tied", ["k", "o", "gate"]),
                                           ("qwen2", ["q", "k", "up"]), ("qwen2-tied", ALL),
-                                          ("llama-rope-freqs", ["q", "k"])])
+                                          ("llama-rope-freqs", ["q", "k"]), ("llama-biases", ["v", "up"]),
+                                          ("q4_k", ["o", "down"])])
 def test_numpy_backward_matches_finite_differences(tmp_path, name, targets):
-    path = model_file(tmp_path, SPECS[name])
+    spec = SPECS.get(name) or TinySpec(weight_type="Q4_K", n_embd=256, n_ff=256)
+    path = model_file(tmp_path, spec)
     ref = R.load_ref_model(path)
     with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
         pairs = as_pairs(random_params(model, targets, seed=1))

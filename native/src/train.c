@@ -62,7 +62,7 @@ static int32_t max3(int32_t a, int32_t b, int32_t c) { return a > b ? (a > c ? a
 static hl_status alloc_buffers(hl_train *tr) {
     const hl_model *m = tr->model;
     const size_t T = (size_t)tr->n_max, E = (size_t)m->hp.n_embd, hd = (size_t)m->hp.head_dim;
-    const size_t att = 3 * T * T + hd * T;
+    const size_t att = 2 * T * T + hd * T;
     tr->m_feat = max3(m->hp.n_embd, m->n_q, m->hp.n_ff);
     tr->scratch_floats = att + 16; /* + 64 bytes between threads */
     tr->xq_bytes = T * (size_t)tr->m_feat * 2;
@@ -76,14 +76,13 @@ static hl_status alloc_buffers(hl_train *tr) {
     tr->hn = malloc(T * E * sizeof(float));
     tr->rope_cs = malloc(T * hd * sizeof(float));
     tr->lora = calloc((size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS, sizeof(tr_lora));
-    tr->dyt = malloc((size_t)tr->m_feat * T * sizeof(float));
     tr->xq = malloc(tr->xq_bytes);
     tr->wd = malloc(WD_FLOATS(tr->m_feat) * sizeof(float));
     tr->scratch = malloc((size_t)hl_pool_size(tr->pool) * tr->scratch_floats * sizeof(float));
     if (tr->bw) place_grads(&tr->a, m, T, tr->bw);
     if (!tr->x_saved || !tr->logits || !tr->tokens || !tr->targets || !tr->tok_loss || !tr->fw || !tr->bw || !tr->hn ||
         !tr->rope_cs ||
-        !tr->lora || !tr->dyt || !tr->xq || !tr->wd || !tr->scratch)
+        !tr->lora || !tr->xq || !tr->wd || !tr->scratch)
         return hl_fail(HL_ERR_NOMEM, "hl_train_create: out of memory for %d tokens", tr->n_max);
     return HL_OK;
 }
@@ -94,7 +93,7 @@ size_t hl_train_bytes(const hl_train *tr) {
     const size_t T = (size_t)tr->n_max;
     const size_t floats = ((size_t)m->hp.n_layer + 1) * T * m->hp.n_embd + T * m->hp.n_vocab +
                           T * ((tr->keep ? (size_t)m->hp.n_layer : 1) * fw_floats(m) + bw_floats(m) + m->hp.n_embd) +
-                          T * m->hp.head_dim + (size_t)tr->m_feat * T + tr->lora_floats + WD_FLOATS(tr->m_feat) +
+                          T * m->hp.head_dim + tr->lora_floats + WD_FLOATS(tr->m_feat) +
                           (size_t)hl_pool_size(tr->pool) * tr->scratch_floats;
     return floats * sizeof(float) + tr->xq_bytes + T * (2 * sizeof(int32_t) + sizeof(double)) +
            (size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS * sizeof(tr_lora);
@@ -126,6 +125,6 @@ void hl_train_free(hl_train *tr) {
     if (tr->pool) hl_pool_free(tr->pool);
     free(tr->x_saved), free(tr->logits), free(tr->tokens), free(tr->targets), free(tr->tok_loss);
     free(tr->fw), free(tr->bw), free(tr->hn);
-    free(tr->rope_cs), free(tr->lora), free(tr->lora_ts), free(tr->dyt), free(tr->xq), free(tr->wd), free(tr->scratch);
+    free(tr->rope_cs), free(tr->lora), free(tr->lora_ts), free(tr->xq), free(tr->wd), free(tr->scratch);
     free(tr);
 }

@@ -18,8 +18,8 @@
  *   T V                         logits, overwritten by d loss / d logits
  *   C T (3 E + 2 Q + 2 K + 3 F) forward intermediates of one layer (recomputed in the backward), or of all
  *   T (3 E + 4 Q + 2 K + 3 F)   gradients of one layer, per-head K and V gradients, the final norm's output
- *   T R + O R + 2 T r_max + T M LoRA: s A.x per pair, B transposed per pair, dt and dt^T, dy transposed
- *   N (3 T^2 + hd T)            per-thread attention scratch
+ *   T R + O R + r (3 T + M)     LoRA: s A.x and B^T per pair; dt, dt^T, ts^T, dB^T at the largest rank r
+ *   N (2 T^2 + hd T)            per-thread attention scratch
  *   2 64 M                      two blocks of 64 rows of a weight, dequantized
  *   < 2 T M bytes               the input converted to a quantized weight's activation type
  *
@@ -43,7 +43,7 @@ typedef struct {
 typedef struct {
     float *xn, *q, *k, *v, *att, *r, *rn, *gate, *up, *h;  /* forward */
     float *dx, *dxn, *dq, *dk, *dv, *datt, *dg, *du, *dh; /* backward */
-    float *dkh, *dvh;                                     /* [n_head][T][head_dim] per query head */
+    float *dkh, *dvh;                                     /* [n_head][head_dim][T] per query head, transposed */
 } tr_acts;
 
 struct hl_train {
@@ -66,8 +66,8 @@ struct hl_train {
     tr_lora *lora;       /* [n_layer][HL_LORA_LAYER_TARGETS] */
     float *lora_ts;      /* storage of every pair's ts and bt (grown per call) */
     size_t lora_floats;
-    float *dyt;          /* [m_feat][n_max] dy transposed */
-    float *dt, *dtt;     /* [n_max][rank] and [rank][n_max] of the projection in backward (rank <= n_max) */
+    float *dt, *dtt;     /* [n_max][max_rank] and [max_rank][n_max]: dt of the projection in backward, dt^T */
+    float *tst, *dbt;    /* [max_rank][n_max] and [max_rank][m_feat]: its ts^T, and d loss / d B^T */
     int32_t max_rank;
     float *wd;           /* [2][64][m_feat] two blocks of W's rows dequantized (train_linear.c) */
     char *xq;            /* the input in a quantized weight's activation type */

@@ -5,13 +5,17 @@
  *   S  = Q_h K_g^T                 P = causal softmax(S / sqrt(hd)) (row i over keys 0..i, 0 beyond)
  *   O  = P V_g
  *   dP = dO V_g^T                  dS = P * (dP - rowsum(P * dP)) / sqrt(hd)
- *   dQ = dS K_g     dK_h = dS^T Q_h     dV_h = P^T dO
+ *   dQ = dS K_g     dK_h^T = Q_h^T dS     dV_h^T = dO^T P
  *
- * dK_h and dV_h go to per-head buffers, summed over each KV head's group in a second phase, so threads
- * never add into the same rows. The scores are computed for all T keys (the future ones are zeroed by the
- * softmax): twice the causal work, in exchange for the tiled kernel.
+ * Products against K, V or rows of P and dS take them as stored: the dot-product kernel (hl_gemm) for
+ * Q K^T and dO V^T, the outer-product GEMM (train_gemm.c) for the rest; dK and dV are computed transposed
+ * so that only head_dim x T slices are ever transposed. dK_h^T and dV_h^T go to per-head buffers, summed
+ * over each KV head's group in a second phase, so threads never add into the same rows. Scores are
+ * computed for all T keys (the future ones are zeroed by the softmax): twice the causal work, in exchange
+ * for the tiled kernels.
  */
 #include <math.h>
+#include <string.h>
 
 #include "gemm.h"
 #include "ops_internal.h"
@@ -52,13 +56,14 @@ static void probabilities(const hl_train *tr, const att_dims *d, int64_t h, floa
 static void forward_job(void *arg, int ith, int nth) {
     hl_train *tr = arg;
     const att_dims d = dims_of(tr);
-    float *p = tr_scratch(tr, ith), *vt = p + d.T * d.T; /* [T][T], [hd][T] */
+    float *p = tr_scratch(tr, ith); /* [T][T] */
     int64_t h0, h1;
     hl_split(tr->model->hp.n_head, ith, nth, &h0, &h1);
     for (int64_t h = h0; h < h1; h++) {
         probabilities(tr, &d, h, p);
-        transpose(tr->a.v + (h / d.group) * d.hd, d.T, d.hd, d.n_kv, vt);
-        mat_abt(p, d.T, d.T, vt, d.hd, d.T, d.T, tr->a.att + h * d.hd, d.n_q);
+        for (int64_t i = 0; i < d.T; i++) memset(tr->a.att + i * d.n_q + h * d.hd, 0, (size_t)d.hd * sizeof(float));
+        tr_gemm_acc(d.T, d.hd, d.T, p, (size_t)d.T, tr->a.v + (h / d.group) * d.hd, (size_t)d.n_kv,
+                    tr->a.att + h * d.hd, (size_t)d.n_q); /* O = P V */
     }
 }
 
@@ -75,25 +80,26 @@ static void softmax_backward(const att_dims *d, const float *p, float *dp) {
     }
 }
 
-/* Query head h: dq's columns of h, and dK_h, dV_h into the per-head buffers. */
+/* Query head h: dq's columns of h, and dK_h^T, dV_h^T [hd][T] into the per-head buffers. */
 static void head_backward(hl_train *tr, const att_dims *d, int64_t h, float *buf) {
     const int64_t T = d->T, hd = d->hd, g = h / d->group;
-    float *p = buf, *ds = p + T * T, *tt = ds + T * T, *col = tt + T * T; /* [T][T] x3, [hd][T] */
+    float *p = buf, *ds = p + T * T, *col = ds + T * T; /* [T][T] x2, [hd][T] */
     const float *dout = tr->a.datt + h * hd;
+    float *dkt = tr->a.dkh + h * T * hd, *dvt = tr->a.dvh + h * T * hd;
     probabilities(tr, d, h, p);
     mat_abt(dout, T, d->n_q, tr->a.v + g * hd, T, d->n_kv, hd, ds, T); /* dP */
     softmax_backward(d, p, ds);
-    transpose(tr->a.k + g * hd, T, hd, d->n_kv, col);
-    mat_abt(ds, T, T, col, hd, T, T, tr->a.dq + h * hd, d->n_q); /* dQ = dS K */
-    transpose(ds, T, T, T, tt);
+    for (int64_t i = 0; i < T; i++) memset(tr->a.dq + i * d->n_q + h * hd, 0, (size_t)hd * sizeof(float));
+    tr_gemm_acc(T, hd, T, ds, (size_t)T, tr->a.k + g * hd, (size_t)d->n_kv, tr->a.dq + h * hd, (size_t)d->n_q);
+    memset(dkt, 0, (size_t)(hd * T) * sizeof(float));
     transpose(tr->a.q + h * hd, T, hd, d->n_q, col);
-    mat_abt(tt, T, T, col, hd, T, T, tr->a.dkh + h * T * hd, hd); /* dK = dS^T Q */
-    transpose(p, T, T, T, tt);
+    tr_gemm_acc(hd, T, T, col, (size_t)T, ds, (size_t)T, dkt, (size_t)T); /* dK^T = Q^T dS */
+    memset(dvt, 0, (size_t)(hd * T) * sizeof(float));
     transpose(dout, T, hd, d->n_q, col);
-    mat_abt(tt, T, T, col, hd, T, T, tr->a.dvh + h * T * hd, hd); /* dV = P^T dO */
+    tr_gemm_acc(hd, T, T, col, (size_t)T, p, (size_t)T, dvt, (size_t)T); /* dV^T = dO^T P */
 }
 
-/* Rows [t0, t1) of dk and dv: the sums of their group's per-head gradients. */
+/* Rows [t0, t1) of dk and dv: the sums of their group's per-head gradients (stored transposed). */
 static void sum_groups(const hl_train *tr, const att_dims *d, int64_t t0, int64_t t1) {
     const int64_t n_head_kv = d->n_kv / d->hd;
     for (int64_t t = t0; t < t1; t++)
@@ -101,8 +107,8 @@ static void sum_groups(const hl_train *tr, const att_dims *d, int64_t t0, int64_
             float *dk = tr->a.dk + t * d->n_kv + g * d->hd, *dv = tr->a.dv + t * d->n_kv + g * d->hd;
             for (int64_t c = 0; c < d->hd; c++) dk[c] = dv[c] = 0.0f;
             for (int64_t h = g * d->group; h < (g + 1) * d->group; h++) {
-                const float *kh = tr->a.dkh + (h * d->T + t) * d->hd, *vh = tr->a.dvh + (h * d->T + t) * d->hd;
-                for (int64_t c = 0; c < d->hd; c++) dk[c] += kh[c], dv[c] += vh[c];
+                const float *kt = tr->a.dkh + h * d->T * d->hd + t, *vt = tr->a.dvh + h * d->T * d->hd + t;
+                for (int64_t c = 0; c < d->hd; c++) dk[c] += kt[c * d->T], dv[c] += vt[c * d->T];
             }
         }
 }

@@ -9,6 +9,8 @@
  *
  * W is only read (any type with a to_float); nothing of it is copied beyond two blocks of BLOCK_ROWS rows.
  */
+#include <string.h>
+
 #include "gemm.h"
 #include "ops_internal.h"
 #include "quants.h"
@@ -83,16 +85,14 @@ void tr_linear_forward(hl_train *tr, const hl_tensor *w, const float *bias, tr_l
     tr_run(tr, forward_job, &j);
 }
 
-/* Backward phase 1, tokens [t0, t1): dt = s dy.B, and dy transposed into dyt [n_out][T]. */
+/* Backward phase 1, tokens [t0, t1): dt = s dy.B. */
 static void lora_dt_rows(hl_train *tr, const lin_job *j, int64_t t0, int64_t t1) {
     const hl_train_pair *p = j->lora->pair;
-    const int64_t n_out = j->w->ne[1], r = p->rank, T = tr->T;
+    const int64_t n_out = j->w->ne[1], r = p->rank;
     float *dt = tr->dt + t0 * r;
     hl_gemm(f32_traits(), 0, n_out, r, t1 - t0, j->lora->bt, (size_t)n_out * sizeof(float), j->dy + t0 * n_out,
             (size_t)n_out * sizeof(float), dt, (size_t)r);
     for (int64_t i = 0; i < (t1 - t0) * r; i++) dt[i] *= p->scale;
-    for (int64_t t = t0; t < t1; t++)
-        for (int64_t o = 0; o < n_out; o++) tr->dyt[o * T + t] = j->dy[t * n_out + o];
 }
 
 /* The dx items of this thread: columns [c0, c1) x tokens [t0, t1) of every item i in [i0, i1). */
@@ -145,7 +145,7 @@ static void dx_blocks(hl_train *tr, const lin_job *j, int ith, int nth) {
                   (size_t)n_in, j->y);
 }
 
-/* Backward phase 3: grad_a columns and grad_b rows of this thread. */
+/* Backward phase 3: grad_a columns and grad_b rows of this thread (dB^T = ts^T.dy, added transposed). */
 static void lora_grads(hl_train *tr, const lin_job *j, int ith, int nth) {
     const hl_train_pair *p = j->lora->pair;
     const int64_t n_in = j->w->ne[0], n_out = j->w->ne[1], r = p->rank, T = tr->T;
@@ -153,9 +153,22 @@ static void lora_grads(hl_train *tr, const lin_job *j, int ith, int nth) {
     split_aligned(n_in, ROW_ALIGN, ith, nth, &c0, &c1);
     if (c1 > c0)
         tr_gemm_acc(r, c1 - c0, T, tr->dtt, (size_t)T, j->x + c0, (size_t)n_in, p->grad_a + c0, (size_t)n_in);
-    hl_split(n_out, ith, nth, &o0, &o1);
-    if (o1 > o0)
-        tr_gemm_acc(o1 - o0, r, T, tr->dyt + o0 * T, (size_t)T, j->lora->ts, (size_t)r, p->grad_b + o0 * r, (size_t)r);
+    split_aligned(n_out, ROW_ALIGN, ith, nth, &o0, &o1);
+    if (o1 <= o0) return;
+    for (int64_t k = 0; k < r; k++) memset(tr->dbt + k * n_out + o0, 0, (size_t)(o1 - o0) * sizeof(float));
+    tr_gemm_acc(r, o1 - o0, T, tr->tst, (size_t)T, j->dy + o0, (size_t)n_out, tr->dbt + o0, (size_t)n_out);
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t k = 0; k < r; k++) p->grad_b[o * r + k] += tr->dbt[k * n_out + o];
+}
+
+/* dt^T and ts^T [rank][T] (thread 0). */
+static void transpose_dt_ts(hl_train *tr, const tr_lora *l) {
+    const int64_t r = l->pair->rank, T = tr->T;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t k = 0; k < r; k++) {
+            tr->dtt[k * T + t] = tr->dt[t * r + k];
+            tr->tst[k * T + t] = l->ts[t * r + k];
+        }
 }
 
 static void backward_job(void *arg, int ith, int nth) {
@@ -167,9 +180,7 @@ static void backward_job(void *arg, int ith, int nth) {
         hl_split(tr->T, ith, nth, &t0, &t1);
         if (t1 > t0) lora_dt_rows(tr, j, t0, t1);
         hl_pool_barrier(tr->pool);
-        const int64_t r = j->lora->pair->rank;
-        for (int64_t t = 0; ith == 0 && t < tr->T; t++)
-            for (int64_t k = 0; k < r; k++) tr->dtt[k * tr->T + t] = tr->dt[t * r + k];
+        if (ith == 0) transpose_dt_ts(tr, j->lora);
     }
     dx_blocks(tr, j, ith, nth);
     if (!lora) return;

@@ -5,8 +5,8 @@
  *   forward   x_saved[0] = embedding; block by block x_saved[il + 1] from x_saved[il]; the logits of the
  *             final norm; the loss, turning the logits into d loss / d logits
  *   backward  through the output head and the final norm, then for il = n_layer-1 .. 0: block il recomputed
- *             from x_saved[il] (its intermediates; kept from the forward with keep_activations), and the
- *             backward through it
+ *             from x_saved[il] (its intermediates; kept from the forward with keep_activations, and still
+ *             there from the forward for the last block), and the backward through it
  */
 #include <math.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ static void clear_pairs(hl_train *tr) {
     for (int32_t i = 0; i < tr->model->hp.n_layer * HL_LORA_LAYER_TARGETS; i++) tr->lora[i].pair = NULL;
 }
 
-/* Floats of the pairs' ts and B^T, and of dt and dt^T at the largest rank. */
+/* Floats of the pairs' ts and B^T, and of dt, dt^T, ts^T and dB^T at the largest rank. */
 static size_t pair_floats(const hl_train *tr, const hl_train_pair *pairs, int32_t n, int32_t *max_rank) {
     size_t floats = 0;
     *max_rank = 0;
@@ -45,7 +45,7 @@ static size_t pair_floats(const hl_train *tr, const hl_train_pair *pairs, int32_
         floats += (size_t)pairs[i].rank * ((size_t)tr->n_max + (size_t)n_out);
         if (pairs[i].rank > *max_rank) *max_rank = pairs[i].rank;
     }
-    return floats + 2 * (size_t)tr->n_max * (size_t)*max_rank;
+    return floats + (size_t)*max_rank * (3 * (size_t)tr->n_max + (size_t)tr->m_feat);
 }
 
 /* Places every pair at its (layer, target) with its buffers, B transposed. */
@@ -59,7 +59,8 @@ static void place_pairs(hl_train *tr, const hl_train_pair *pairs, int32_t n) {
         for (int64_t o = 0; o < n_out; o++)
             for (int64_t k = 0; k < r; k++) l->bt[k * n_out + o] = pairs[i].b[o * r + k];
     }
-    tr->dt = p, tr->dtt = p + (size_t)tr->n_max * tr->max_rank;
+    const size_t rt = (size_t)tr->n_max * tr->max_rank;
+    tr->dt = p, tr->dtt = p + rt, tr->tst = p + 2 * rt, tr->dbt = p + 3 * rt;
 }
 
 static hl_status set_pairs(hl_train *tr, const hl_train_pair *pairs, int32_t n, int need_grads) {
@@ -119,7 +120,7 @@ static void backward(hl_train *tr) {
     tr_rms_norm_backward(tr, tr->x_saved + (size_t)L * tr->n_max * E, &m->output_norm, tr->a.dxn, tr->a.dx);
     for (int32_t il = L - 1; il >= 0; il--) {
         tr_select_layer(tr, il);
-        if (!tr->keep) tr_layer_forward(tr, il);
+        if (!tr->keep && il != L - 1) tr_layer_forward(tr, il); /* the last block's are still there */
         tr_layer_backward(tr, il);
     }
 }
