@@ -13,16 +13,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train-compare]')")
-transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[train-compare]')")
-peft = pytest.importorskip("peft", reason="PEFT is not installed (pip install '.[train-compare]')")
+from hotlora.convert import permute_rows
+from hotlora.model import Model
+from hotlora.train.data import Dataset, Window
+from hotlora.train.loop import Trainer, TrainOptions
 
-from hotlora.convert import permute_rows  # noqa: E402
-from hotlora.model import Model  # noqa: E402
-from hotlora.train.data import Dataset, Window  # noqa: E402
-from hotlora.train.loop import Trainer, TrainOptions  # noqa: E402
+from hf_llama import HFConfig, random_model, write_gguf
 
-from hf_llama import HFConfig, random_model, write_gguf  # noqa: E402
+torch = transformers = peft = None   # imported by the `frameworks` fixture, not at collection: torch alone
+                                     # adds ~300 MB to the pytest process's peak RSS, which other tests measure
+
+
+@pytest.fixture(autouse=True)
+def frameworks():
+    global torch, transformers, peft
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train-compare]')")
+    transformers = pytest.importorskip("transformers",
+                                       reason="transformers is not installed (pip install '.[train-compare]')")
+    peft = pytest.importorskip("peft", reason="PEFT is not installed (pip install '.[train-compare]')")
 
 TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
