@@ -44,6 +44,8 @@ COMMANDS = {
                     "untouched tensors are copied byte for byte."),
     "inspect": ("inspect", "inspect", "Show a file's metadata and tensors; with --model, check an adapter against a base."),
     "quantize": ("quantize", "quantize", "Quantize a model's (or adapter's) 2-D tensors; 1-D tensors stay as they are."),
+    "finetune": ("finetune", "finetune", "Train a LoRA adapter on a text file (or JSONL records) on the CPU, "
+                 "for run --hot-lora."),
     "serve": ("serve", "serve", "Serve the model over HTTP (OpenAI and llama-server endpoints), each request choosing "
               "its adapters."),
 }

@@ -57,8 +57,8 @@ from .errors import HotLoraError, ModelFileError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
 from .output_file import atomic_output, refuse_same_file, write_gguf
-from .peft import (CONFIG_NAME, PeftConfig, as_float, check_config, classify_tensors, get_pattern_key, gguf_name,
-                   load_peft_tensors, read_config)
+from .peft import (CONFIG_NAME, PEFT_PREFIX, PeftConfig, as_float, check_config, classify_tensors, get_pattern_key,
+                   gguf_name, load_peft_tensors, peft_module, read_config)
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 Q = gguf.GGMLQuantizationType
@@ -166,6 +166,15 @@ def permute_rows(b: np.ndarray, n_heads: int) -> np.ndarray:
     return b.reshape(n_heads, 2, hd // 2, -1).swapaxes(1, 2).reshape(b.shape)
 
 
+def unpermute_rows(b: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of permute_rows: llama.cpp's q/k row order back to Hugging Face's."""
+    rows = b.shape[0]
+    if rows % (2 * n_heads):
+        raise ModelFileError(f"cannot permute {rows} rows for {n_heads} heads (rows must be a multiple of 2·heads)")
+    hd = rows // n_heads
+    return b.reshape(n_heads, hd // 2, 2, -1).swapaxes(1, 2).reshape(b.shape)
+
+
 def _permute_heads(base: _Base, name: str) -> int | None:
     """Head count whose q/k permutation applies to lora_b of `name` (None: not permuted)."""
     if base.arch != "llama":
@@ -254,6 +263,46 @@ def _tied_notes(report: ConvertReport, base: _Base) -> None:
     if base.tied and "token_embd.weight" in names:
         report.notes.append("tied base: the token_embd.weight pair applies at the input lookup only in hotlora; "
                             "llama.cpp would also look it up at the tied output head")
+
+
+def write_adapter(out: str | os.PathLike, base_source: str | os.PathLike | GGUFFile,
+                  pairs: list[tuple[str, np.ndarray, np.ndarray]], alpha: float, name: str,
+                  outtype: str = "f32") -> ConvertReport:
+    """Writes LoRA pairs (base tensor name, A [r, n_in], B [n_out, r], llama.cpp's orientation and q/k row
+    order) as an adapter GGUF for the base, with convert-lora's writer: the same keys, order and checks."""
+    outtype = _check_outtype(outtype)
+    out, base = Path(out), _Base(base_source)
+    refuse_same_file(out, [("base model", base.path)])
+    report = ConvertReport(out, out, base.arch, alpha, outtype)
+    converted = []
+    for tensor, a, b in pairs:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        _check_fit(base, tensor, tensor, a, b, str(out))
+        rank = b.shape[1]
+        scale = alpha / rank if alpha else 1.0
+        converted.append(_Pair(TensorReport(tensor, tensor, rank, alpha, scale, 1.0), a, b))
+    report.tensors = [p.report for p in converted]
+    adapter = encoded_adapter(report, base, converted)
+    adapter.name = name
+    _write(report, base, adapter)
+    return report
+
+
+def peft_pairs(base_source: str | os.PathLike | GGUFFile,
+               pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The inverse of convert_peft's mapping: GGUF pairs as PEFT's adapter_model.safetensors tensors
+    (base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight, ...), q/k lora_b rows of llama bases
+    un-permuted back to Hugging Face's order. Linear layer targets only."""
+    base = _Base(base_source)
+    tensors = {}
+    for tensor, a, b in pairs:
+        heads = _permute_heads(base, tensor)
+        if heads is not None:
+            b = unpermute_rows(b, heads)
+        module = peft_module(tensor)
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a)
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b)
+    return tensors
 
 
 # ---- ggla ---------------------------------------------------------------------------------------------------

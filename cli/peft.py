@@ -245,6 +245,15 @@ def gguf_name(path: Path, module: str, kind: str, arch: str) -> str:
     return name
 
 
+def peft_module(name: str) -> str:
+    """The Hugging Face module of a GGUF layer tensor: blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj."""
+    parts = name.split(".")
+    modules = {v: k for k, v in LAYER_MODULES.items()}
+    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in modules or parts[3] != "weight":
+        raise ModelFileError(f"'{name}' is not a layer tensor with a PEFT module ({CONVERTIBLE})")
+    return f"model.layers.{int(parts[1])}.{modules[parts[2]]}"
+
+
 def as_float(path: Path, name: str, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype.kind != "f":

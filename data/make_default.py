@@ -34,6 +34,10 @@ reduced-rank least-squares fit, over every corpus position, of that log-probabil
 model's own input to ``output.weight``. ``--check`` also compares base and adapted models on topic and other text
 and prints greedy continuations of both.
 
+Last, it makes the demo adapter ``hotlora-tiny-hot-lora.lora.gguf`` by training on ``hot-lora.txt`` with
+``hotlora finetune``'s library function (``make_hot_lora.py`` beside this script; it needs hotlora built). That
+adapter is the one ``hotlora run`` with no argument shows.
+
 The functions are split by stage (corpus, vocabulary, weights, writing, adapters).
 """
 
@@ -795,6 +799,8 @@ def main() -> None:
     print(f"wrote {model_path} ({model_path.stat().st_size} bytes, sha256 {digest}) "
           f"from {sum(map(len, sequences))} corpus tokens in {time.perf_counter() - start:.1f} s")
     topic_docs = make_adapters(model_path, hp, documents, sequences, probs, logp)
+    from make_hot_lora import make_hot_lora_adapter   # beside this script; needs hotlora built (pip install .)
+    make_hot_lora_adapter(args.out_dir)
     print(f"done in {time.perf_counter() - start:.1f} s")
     if args.check:
         check(model_path, hp, vocab, sequences, logp)

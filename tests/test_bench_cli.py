@@ -16,7 +16,7 @@ from cli_util import assert_one_line_error, hotlora
 from hotlora.bench import first_token, random_prompt, run_once
 from hotlora.model import Model, default_adapter_paths
 
-NUMBERS, CONCURRENCY = sorted(default_adapter_paths(), key=lambda p: "numbers" not in p.name)
+NUMBERS, CONCURRENCY = (next(p for p in default_adapter_paths() if topic in p.name) for topic in ("numbers", "concurrency"))
 TINY = ("-p", "4", "-n", "2", "-r", "2", "-t", "1", "--probe-mib", "0")
 MD_COLUMNS = ["model", "size", "params", "backend", "threads", "test", "t/s"]
 LLAMA_BENCH_FIELDS = ["build_commit", "build_number", "cpu_info", "backends", "model_filename", "model_type",

@@ -25,6 +25,14 @@ from .options import UINT32_MAX, HotLora, HotLoraScaled, NoRepack, Threads, adap
 Opt = typer.Option
 IntOpt = int_option
 DEMO_SEED = 42  # the no-argument demo samples both passes alike, so they differ only by the adapter
+DEMO_ADAPTER = "hotlora-tiny-hot-lora.lora.gguf"  # trained on data/hot-lora.txt by data/make_hot_lora.py
+
+
+def demo_adapter_paths() -> list[Path]:
+    """The adapter of the no-argument demo: the one `hotlora finetune` trained on data/hot-lora.txt (else the
+    first bundled one)."""
+    paths = default_adapter_paths()
+    return [p for p in paths if p.name == DEMO_ADAPTER] or paths[:1]
 
 if TYPE_CHECKING:
     from .lora_repl import LoraCommands
@@ -225,7 +233,7 @@ def run(
     adapters = adapter_list(hot_lora, hot_lora_scaled)
     compare = model is None and not adapters and not conversation  # the default job: base, then the first bundled adapter
     if compare:
-        adapters = [(p, 1.0) for p in default_adapter_paths()[:1]]
+        adapters = [(p, 1.0) for p in demo_adapter_paths()]
         if seed == -1:
             seed = DEMO_SEED
             sys.stderr.write(f"main: seed {seed} for both passes (-s N for another)\n")

@@ -308,4 +308,49 @@ hl_status hl_sampler_sample(hl_sampler *s, const float *logits, const int32_t *b
  */
 hl_status hl_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats, double *gb_per_s);
 
+/* ---- Training: gradients of LoRA A and B (train*.c) ----------------------------------------------------
+ *
+ * hl_train computes, for one window of T tokens at positions 0..T-1 (causal attention within the window, no
+ * KV cache), the summed next-token cross-entropy and its gradients with respect to the A and B matrices of
+ * the LoRA pairs passed in; the base weights stay frozen read-only views of any supported type. The layer
+ * inputs are kept from the forward pass and each layer is recomputed during the backward (checkpointing),
+ * or, with keep_activations, every layer's intermediates are kept instead (no recompute, n_layer times the
+ * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns its own thread pool of n_threads (the same pool and
+ * the same mat-mul kernels as inference). One thread at a time drives a hl_train; the model must outlive it.
+ */
+typedef struct hl_train hl_train;
+
+/* One trainable LoRA pair on a layer projection: y = W.x + scale * B.(A.x) (+ bias). All float32, row-major,
+ * owned by the caller, read (a, b) or added to (grad_a, grad_b) during the call only. */
+typedef struct {
+    int32_t target;  /* HL_LORA_ATTN_Q .. HL_LORA_FFN_DOWN (token_embd and output heads are not trainable) */
+    int32_t layer;   /* 0 .. n_layer-1 */
+    int32_t rank;    /* >= 1 */
+    float scale;     /* alpha / rank (times a user scale, if any) */
+    const float *a;  /* [n_in, rank]: rank rows of n_in (PEFT lora_A.weight) */
+    const float *b;  /* [rank, n_out]: n_out rows of rank (PEFT lora_B.weight) */
+    float *grad_a;   /* [n_in, rank], d loss / d a added in (NULL in hl_train_logits) */
+    float *grad_b;   /* [rank, n_out], d loss / d b added in (NULL in hl_train_logits) */
+} hl_train_pair;
+
+/* A trainer for windows of up to n_tokens_max tokens, computing on n_threads threads; keep_activations != 0
+ * keeps every layer's intermediates instead of recomputing them. */
+hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, int32_t keep_activations,
+                          hl_train **out);
+void hl_train_free(hl_train *train);
+/* Bytes of activations and scratch the trainer holds. */
+size_t hl_train_bytes(const hl_train *train);
+/*
+ * One forward and backward pass over tokens[0..n_tokens) (1..n_tokens_max) with the n_pairs pairs (each
+ * (layer, target) at most once; 0 pairs is allowed): targets[t] is the token expected after position t, -1
+ * for no loss there. Adds d(sum of the losses)/d a and /d b into every pair's grad_a and grad_b, and writes
+ * the sum of -log softmax(logits_t)[targets[t]] in nats to *loss_sum and the number of loss positions to
+ * *n_loss. Gradients are unchanged on error.
+ */
+hl_status hl_train_step(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
+                        const int32_t *targets, int32_t n_tokens, double *loss_sum, int32_t *n_loss);
+/* The training forward alone: logits [n_tokens][n_vocab] (caller buffer) of every position. */
+hl_status hl_train_logits(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
+                          int32_t n_tokens, float *logits);
+
 #endif

@@ -196,5 +196,7 @@ void hl_op_run(hl_context *ctx, const hl_node *node, int phase, int ith, int nth
 size_t hl_node_work_size(const hl_node *node, int nth);
 /* Fills rows row0 .. row0 + n_tokens - 1 of ctx->rope_cs for positions pos0 .. pos0 + n_tokens - 1. */
 void hl_rope_table(hl_context *ctx, int32_t row0, int32_t pos0, int32_t n_tokens);
+/* epilogue.c: cs [head_dim/2][cos, sin] of position pos (rope_freqs, freq_scale and attn_factor applied). */
+void hl_rope_cs(const hl_model *model, int32_t pos, float *cs);
 
 #endif

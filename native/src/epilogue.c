@@ -14,21 +14,22 @@
 #include "ops_internal.h"
 #include "quants.h"
 
-void hl_rope_table(hl_context *ctx, int32_t row0, int32_t pos0, int32_t n_tokens) {
-    const hl_model *m = ctx->model;
+void hl_rope_cs(const hl_model *m, int32_t pos, float *cs) {
     const int hd = m->hp.head_dim;
     const float *freqs = m->rope_freqs.data;
-    for (int32_t t = 0; t < n_tokens; t++) {
-        float *cs = ctx->rope_cs + (size_t)(row0 + t) * hd;
-        for (int i = 0; i < hd / 2; i++) {
-            /* theta_i = p * base^(-2i/hd) / rope_freqs[i] * freq_scale, in double */
-            double theta = (double)(pos0 + t) * pow((double)m->hp.rope_freq_base, -2.0 * i / hd);
-            if (freqs) theta /= freqs[i];
-            theta *= m->hp.rope_freq_scale;
-            cs[2 * i] = (float)(cos(theta) * m->hp.rope_attn_factor);
-            cs[2 * i + 1] = (float)(sin(theta) * m->hp.rope_attn_factor);
-        }
+    for (int i = 0; i < hd / 2; i++) {
+        /* theta_i = p * base^(-2i/hd) / rope_freqs[i] * freq_scale, in double */
+        double theta = (double)pos * pow((double)m->hp.rope_freq_base, -2.0 * i / hd);
+        if (freqs) theta /= freqs[i];
+        theta *= m->hp.rope_freq_scale;
+        cs[2 * i] = (float)(cos(theta) * m->hp.rope_attn_factor);
+        cs[2 * i + 1] = (float)(sin(theta) * m->hp.rope_attn_factor);
     }
+}
+
+void hl_rope_table(hl_context *ctx, int32_t row0, int32_t pos0, int32_t n_tokens) {
+    const int hd = ctx->model->hp.head_dim;
+    for (int32_t t = 0; t < n_tokens; t++) hl_rope_cs(ctx->model, pos0 + t, ctx->rope_cs + (size_t)(row0 + t) * hd);
 }
 
 /* Rotates heads r0/hd .. r1/hd of every token t of x (the batch's tokens) by row t of the table of

@@ -150,15 +150,18 @@ static inline int q5_k_quant(const block_q5_K *b, int e) {
     return q4_k_quant(b->qs, e) | (((b->qh[e % 32] >> (e / 32)) & 1) << 4);
 }
 
+/* One sub-block of 32 at a time (its scale and min hoisted), so the loop vectorizes. */
 void hl_dequantize_row_q4_K(const void *vx, float *y, int64_t n) {
     const block_q4_K *x = vx;
     uint8_t sc, mn;
     for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
         const float d = H2F(x[i].d), dmin = H2F(x[i].dmin);
-        for (int e = 0; e < QK_K; e++) {
-            hl_get_scale_min_k4(e / 32, x[i].scales, &sc, &mn);
+        for (int sb = 0; sb < 8; sb++) {
+            hl_get_scale_min_k4(sb, x[i].scales, &sc, &mn);
             const float dl = d * (float)sc, ml = dmin * (float)mn;
-            y[e] = dl * (float)q4_k_quant(x[i].qs, e) - ml;
+            const uint8_t *q = x[i].qs + 32 * (sb / 2);
+            const int shift = 4 * (sb % 2);
+            for (int l = 0; l < 32; l++) y[32 * sb + l] = dl * (float)((q[l] >> shift) & 0xF) - ml;
         }
     }
 }
@@ -168,10 +171,15 @@ void hl_dequantize_row_q5_K(const void *vx, float *y, int64_t n) {
     uint8_t sc, mn;
     for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
         const float d = H2F(x[i].d), dmin = H2F(x[i].dmin);
-        for (int e = 0; e < QK_K; e++) {
-            hl_get_scale_min_k4(e / 32, x[i].scales, &sc, &mn);
+        for (int sb = 0; sb < 8; sb++) {
+            hl_get_scale_min_k4(sb, x[i].scales, &sc, &mn);
             const float dl = d * (float)sc, ml = dmin * (float)mn;
-            y[e] = dl * (float)q5_k_quant(&x[i], e) - ml;
+            const uint8_t *q = x[i].qs + 32 * (sb / 2);
+            const int shift = 4 * (sb % 2);
+            for (int l = 0; l < 32; l++) {
+                const int v = ((q[l] >> shift) & 0xF) | (((x[i].qh[l] >> sb) & 1) << 4);
+                y[32 * sb + l] = dl * (float)v - ml;
+            }
         }
     }
 }
@@ -237,14 +245,22 @@ static inline int q6_k_quant(const block_q6_K *b, int e) {
     return (lo | (((H[l] >> (2 * c)) & 3) << 4)) - 32;
 }
 
+/* One run of 32 (h, c) at a time (two scales), so the loop vectorizes. */
 void hl_dequantize_row_q6_K(const void *vx, float *y, int64_t n) {
     const block_q6_K *x = vx;
     for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
         const float d = H2F(x[i].d);
-        for (int e = 0; e < QK_K; e++) {
-            const float dl = d * (float)x[i].scales[e / 16];
-            y[e] = dl * (float)q6_k_quant(&x[i], e);
-        }
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 4; c++) {
+                const uint8_t *L = x[i].ql + 64 * h + 32 * (c & 1), *H = x[i].qh + 32 * h;
+                const int shift = (c & 2) ? 4 : 0;
+                const float dl0 = d * (float)x[i].scales[8 * h + 2 * c], dl1 = d * (float)x[i].scales[8 * h + 2 * c + 1];
+                float *out = y + 128 * h + 32 * c;
+                for (int l = 0; l < 32; l++) {
+                    const int q = (((L[l] >> shift) & 0xF) | (((H[l] >> (2 * c)) & 3) << 4)) - 32;
+                    out[l] = (l < 16 ? dl0 : dl1) * (float)q;
+                }
+            }
     }
 }
 

@@ -1,0 +1,1 @@
+"""LoRA training: gradients (C core), data, optimizer, checkpoints."""
