@@ -254,3 +254,20 @@ def test_kept_activations_give_the_recomputed_gradients(tmp_path):
     assert loss0 == loss1
     assert all(np.array_equal(x, y) for x, y in zip(grads0, grads1))  # the recompute is the same computation
     assert bytes1 > bytes0
+
+
+def test_gradients_do_not_depend_on_the_thread_count(tmp_path):
+    path = model_file(tmp_path, SPECS["qwen2-tied"])
+    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+        params = random_params(model, ALL, seed=14)
+        tokens, labels = window(model.n_vocab, seed=15)
+        runs = [core_gradients_threads(model, params, tokens, labels, n) for n in (1, 3, 8)]
+    for loss, grads in runs[1:]:
+        assert loss == runs[0][0]
+        assert all(np.array_equal(x, y) for x, y in zip(grads, runs[0][1]))
+
+
+def core_gradients_threads(model, params, tokens, labels, n_threads):
+    with LoraGradients(model, params, n_tokens_max=16, n_threads=n_threads) as g:
+        grad_a, grad_b = params.zeros_like()
+        return g.accumulate(tokens, labels, grad_a, grad_b)[0], grad_a + grad_b
