@@ -14,7 +14,7 @@ from .params import LoraParams, projection_shape
 if TYPE_CHECKING:
     from ..model import Model
 
-_LAYER_NAME = re.compile(r"blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight")
+_LAYER_NAME = re.compile(rf"blk\.(\d+)\.({'|'.join(LAYER_TARGETS)})\.weight")
 
 
 def _site(name: str, n_layer: int) -> tuple[int, int]:
@@ -22,7 +22,7 @@ def _site(name: str, n_layer: int) -> tuple[int, int]:
     match = _LAYER_NAME.fullmatch(name)
     if not match or int(match.group(1)) >= n_layer:
         raise HotLoraError(f"LoRA parameter '{name}' is not a projection of a block of this model "
-                           f"(blk.0..{n_layer - 1}.{{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}})")
+                           f"(blk.0..{n_layer - 1}.{{{','.join(LAYER_TARGETS)}}}.weight)")
     return int(match.group(1)), LAYER_TARGETS[match.group(2)]
 
 
@@ -64,6 +64,9 @@ class LoraGradients:
     # ---- checks -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
         r = self.params.rank
+        if not isinstance(r, (int, np.integer)) or r < 1 or not np.isfinite(self.params.lora_scale):
+            raise HotLoraError(f"LoraParams: rank {r} and alpha {self.params.alpha} must be a positive integer "
+                               "and a finite number")
         for name, a, b, (n_in, n_out) in zip(self.params.names, self.params.a, self.params.b, self._shapes):
             _check_matrix(f"LoRA A of {name}", a, (r, n_in))
             _check_matrix(f"LoRA B of {name}", b, (n_out, r))
