@@ -101,7 +101,8 @@ typedef struct {
 
 static dx_split split_items(const hl_train *tr, int64_t n_in, int ith, int nth) {
     dx_split sp = {0, 0, (n_in + COL_TILE - 1) / COL_TILE, 1};
-    while (sp.n_cols * sp.n_tok < ITEMS_PER_THREAD * nth && tr->T / (2 * sp.n_tok) >= MIN_TOKENS_PER_ITEM) sp.n_tok *= 2;
+    while (sp.n_cols * sp.n_tok < ITEMS_PER_THREAD * nth && tr->T / (2 * sp.n_tok) >= MIN_TOKENS_PER_ITEM)
+        sp.n_tok *= 2;
     hl_split(sp.n_cols * sp.n_tok, ith, nth, &sp.i0, &sp.i1);
     return sp;
 }
