@@ -26,7 +26,8 @@ import reference as R
 import reference_backward as RB
 from activations import roundtrip
 from factory import TinySpec, write_adapter_file, write_tiny_model
-from hotlora.errors import HotLoraError
+from hotlora._native import ffi, lib
+from hotlora.errors import HotLoraError, Interrupted
 from hotlora.train.gradients import LoraGradients
 from hotlora.train.params import TARGETS, LoraParams
 
@@ -266,3 +267,18 @@ def test_gradients_do_not_depend_on_the_thread_count(tmp_path):
         assert loss == runs[0][0]
         assert all(np.array_equal(x, y) for x, y in zip(grad_a + grad_b, runs[0][2] + runs[0][3]))
 
+
+
+def test_abort_stops_a_step(tmp_path):
+    path = model_file(tmp_path, SPECS["llama"])
+    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+        params = random_params(model, ["q"], seed=16)
+        tokens, labels = window(model.n_vocab, seed=17)
+        with LoraGradients(model, params, n_tokens_max=16, n_threads=1) as g:
+            grad_a, grad_b = params.zeros_like()
+            raised = ffi.new("int32_t *", 1)  # as if abort() came from another thread once the step began
+            lib.hl_train_set_abort(g._train, raised)
+            with pytest.raises(Interrupted, match="training step aborted"):
+                g.accumulate(tokens, labels, grad_a, grad_b)
+            lib.hl_train_set_abort(g._train, g._abort_flag)
+            assert g.accumulate(tokens, labels, grad_a, grad_b)[1] == int((labels >= 0).sum())

@@ -60,6 +60,8 @@ class LoraGradients:
         check(lib.hl_train_create(model._model, self.n_tokens_max, int(n_threads), int(bool(keep_activations)), out),
               "training")
         self._train = out[0]
+        self._abort_flag = ffi.new("int32_t *")
+        lib.hl_train_set_abort(self._train, self._abort_flag)
 
     # ---- checks -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -117,7 +119,7 @@ class LoraGradients:
         """One forward + backward over a window: tokens [T] int32, targets [T] int32 (the next token at each
         position, -1 = no loss there), T <= n_tokens_max. Uses params.a / params.b as they are at call time.
         ADDS d(sum of losses)/dA and d(...)/dB into grad_a / grad_b and returns (sum of the token losses in
-        nats, number of loss positions)."""
+        nats, number of loss positions). The gradients are unchanged when it raises, except after abort()."""
         train = self._live()
         tokens = self._tokens("tokens", tokens, 0)
         targets = self._tokens("targets", targets, -1)
@@ -126,6 +128,7 @@ class LoraGradients:
         self._check_grads(grad_a, grad_b)
         pairs, n, _keep = self._pairs(grad_a, grad_b)
         loss, count = ffi.new("double *"), ffi.new("int32_t *")
+        self._abort_flag[0] = 0
         check(lib.hl_train_step(train, pairs, n, ffi.from_buffer("int32_t[]", tokens),
                                 ffi.from_buffer("int32_t[]", targets), len(tokens), loss, count), "training step")
         return float(loss[0]), int(count[0])
@@ -136,9 +139,15 @@ class LoraGradients:
         tokens = self._tokens("tokens", tokens, 0)
         out = np.empty((len(tokens), self.model.n_vocab), dtype=np.float32)
         pairs, n, _keep = self._pairs()
+        self._abort_flag[0] = 0
         check(lib.hl_train_logits(train, pairs, n, ffi.from_buffer("int32_t[]", tokens), len(tokens),
                                   ffi.from_buffer("float[]", out)), "training forward")
         return out
+
+    def abort(self) -> None:
+        """Stops a running accumulate() or logits() between blocks (safe from another thread): it raises
+        hotlora.errors.Interrupted, and the gradient buffers then hold part of that window's gradient."""
+        self._abort_flag[0] = 1
 
     @property
     def n_bytes(self) -> int:

@@ -303,10 +303,13 @@ size_t hl_train_bytes(const hl_train *train);
  * (layer, target) at most once; 0 pairs is allowed): targets[t] is the token expected after position t, -1
  * for no loss there. Adds d(sum of the losses)/d a and /d b into every pair's grad_a and grad_b, and writes
  * the sum of -log softmax(logits_t)[targets[t]] in nats to *loss_sum and the number of loss positions to
- * *n_loss. Gradients are unchanged on error.
+ * *n_loss. Gradients are unchanged on any error but HL_ERR_ABORTED (hl_train_set_abort).
  */
 hl_status hl_train_step(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
                         const int32_t *targets, int32_t n_tokens, double *loss_sum, int32_t *n_loss);
+/* While *flag != 0, hl_train_step and hl_train_logits stop between blocks with HL_ERR_ABORTED; the gradients
+ * then hold part of that step's contribution (discard them). flag NULL: never. */
+void hl_train_set_abort(hl_train *train, volatile int32_t *flag);
 /* The training forward alone: logits [n_tokens][n_vocab] (caller buffer) of every position. */
 hl_status hl_train_logits(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
                           int32_t n_tokens, float *logits);

@@ -77,6 +77,7 @@ struct hl_train {
     size_t scratch_floats;
     double loss_sum;
     int32_t n_loss;
+    volatile int32_t *abort_flag; /* hl_train_set_abort */
 };
 
 /* Points tr->a's forward buffers at layer il's (all layers share one set without keep). */
