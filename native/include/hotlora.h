@@ -273,8 +273,9 @@ hl_status hl_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats, do
  * the LoRA pairs passed in; the base weights stay frozen read-only views of any supported type. The layer
  * inputs are kept from the forward pass and each layer is recomputed during the backward (checkpointing),
  * or, with keep_activations, every layer's intermediates are kept instead (no recompute, n_layer times the
- * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns its own thread pool of n_threads (the same pool and
- * the same mat-mul kernels as inference). One thread at a time drives a hl_train; the model must outlive it.
+ * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns
+ * a thread pool of n_threads (threadpool.c, as a context does) and runs the inference mat-mul kernels for
+ * W.x. One thread at a time drives a hl_train; the model must outlive it.
  */
 typedef struct hl_train hl_train;
 
