@@ -7,7 +7,7 @@ step for step, keeping what the backward needs.
 Loss: L = Σ_t [targets[t] >= 0] · (logsumexp(logits_t) − logits_t[targets[t]]).
 
 Per op, with dy = ∂L/∂y:
-  linear     y = x Wᵀ + s (x Aᵀ) Bᵀ + bias        dx = dy W + s (dy B) A,  dA = s (dy B)ᵀ x,  dB = s dyᵀ (x Aᵀ)
+  linear     y = x Wᵀ + s (x Aᵀ) Bᵀ + bias        dx = dy W + s (dy B) A, dA = s (dy B)ᵀ x, dB = s dyᵀ (x Aᵀ)
   rmsnorm    y = x·c·w, c = (mean(x²)+ε)^(−½)     dx = c (w dy) − x c³ Σ(w dy x) / n
   rope       a rotation by θ scaled by mscale       dx = the rotation by −θ (the transpose), same mscale
   attention  P = softmax(q kᵀ/√d) (causal), o = P v  dP = do vᵀ, dS = P (dP − Σ_j P dP)/√d, dq = dS k,
@@ -143,15 +143,17 @@ class _Backward:
         sig = 1.0 / (1.0 + np.exp(-t.g))
         dg = dh * t.up * sig * (1.0 + t.g * (1.0 - sig))
         du = dh * R.silu(t.g)
-        df = self.linear_backward(blk + "ffn_gate.weight", t.f, dg) + self.linear_backward(blk + "ffn_up.weight", t.f, du)
+        df = (self.linear_backward(blk + "ffn_gate.weight", t.f, dg)
+              + self.linear_backward(blk + "ffn_up.weight", t.f, du))
         dr = dx + rmsnorm_backward(t.r, w[blk + "ffn_norm.weight"], hp.rms_eps, df)
         da = self.linear_backward(blk + "attn_output.weight", t.a, dr)
         dq, dk, dv = attention_backward(t.q, t.k, t.v, da)
         dq = R.rope(dq, -theta, hp.rope_mode, hp.attn_factor).reshape(T, -1)
         dk = R.rope(dk, -theta, hp.rope_mode, hp.attn_factor).reshape(T, -1)
-        dh_ = (self.linear_backward(blk + "attn_q.weight", t.h, dq) + self.linear_backward(blk + "attn_k.weight", t.h, dk)
+        dxn = (self.linear_backward(blk + "attn_q.weight", t.h, dq)
+               + self.linear_backward(blk + "attn_k.weight", t.h, dk)
                + self.linear_backward(blk + "attn_v.weight", t.h, dv.reshape(T, -1)))
-        return dr + rmsnorm_backward(t.x, w[blk + "attn_norm.weight"], hp.rms_eps, dh_)
+        return dr + rmsnorm_backward(t.x, w[blk + "attn_norm.weight"], hp.rms_eps, dxn)
 
 
 def loss_and_grads(model: R.RefModel, tokens, targets, pairs: Pairs, alpha: float,

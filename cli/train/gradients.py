@@ -14,7 +14,7 @@ from .params import LoraParams, projection_shape
 if TYPE_CHECKING:
     from ..model import Model
 
-_LAYER_NAME = re.compile(r"blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight")
+_LAYER_NAME = re.compile(rf"blk\.(\d+)\.({'|'.join(LAYER_TARGETS)})\.weight")
 
 
 def _site(name: str, n_layer: int) -> tuple[int, int]:
@@ -22,7 +22,7 @@ def _site(name: str, n_layer: int) -> tuple[int, int]:
     match = _LAYER_NAME.fullmatch(name)
     if not match or int(match.group(1)) >= n_layer:
         raise HotLoraError(f"LoRA parameter '{name}' is not a projection of a block of this model "
-                           f"(blk.0..{n_layer - 1}.{{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}})")
+                           f"(blk.0..{n_layer - 1}.{{{','.join(LAYER_TARGETS)}}}.weight)")
     return int(match.group(1)), LAYER_TARGETS[match.group(2)]
 
 
@@ -60,10 +60,15 @@ class LoraGradients:
         check(lib.hl_train_create(model._model, self.n_tokens_max, int(n_threads), int(bool(keep_activations)), out),
               "training")
         self._train = out[0]
+        self._abort_flag = ffi.new("int32_t *")
+        lib.hl_train_set_abort(self._train, self._abort_flag)
 
     # ---- checks -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
         r = self.params.rank
+        if not isinstance(r, (int, np.integer)) or r < 1 or not np.isfinite(self.params.lora_scale):
+            raise HotLoraError(f"LoraParams: rank {r} and alpha {self.params.alpha} must be a positive integer "
+                               "and a finite number")
         for name, a, b, (n_in, n_out) in zip(self.params.names, self.params.a, self.params.b, self._shapes):
             _check_matrix(f"LoRA A of {name}", a, (r, n_in))
             _check_matrix(f"LoRA B of {name}", b, (n_out, r))
@@ -114,7 +119,7 @@ class LoraGradients:
         """One forward + backward over a window: tokens [T] int32, targets [T] int32 (the next token at each
         position, -1 = no loss there), T <= n_tokens_max. Uses params.a / params.b as they are at call time.
         ADDS d(sum of losses)/dA and d(...)/dB into grad_a / grad_b and returns (sum of the token losses in
-        nats, number of loss positions)."""
+        nats, number of loss positions). The gradients are unchanged when it raises, except after abort()."""
         train = self._live()
         tokens = self._tokens("tokens", tokens, 0)
         targets = self._tokens("targets", targets, -1)
@@ -123,6 +128,7 @@ class LoraGradients:
         self._check_grads(grad_a, grad_b)
         pairs, n, _keep = self._pairs(grad_a, grad_b)
         loss, count = ffi.new("double *"), ffi.new("int32_t *")
+        self._abort_flag[0] = 0
         check(lib.hl_train_step(train, pairs, n, ffi.from_buffer("int32_t[]", tokens),
                                 ffi.from_buffer("int32_t[]", targets), len(tokens), loss, count), "training step")
         return float(loss[0]), int(count[0])
@@ -133,9 +139,15 @@ class LoraGradients:
         tokens = self._tokens("tokens", tokens, 0)
         out = np.empty((len(tokens), self.model.n_vocab), dtype=np.float32)
         pairs, n, _keep = self._pairs()
+        self._abort_flag[0] = 0
         check(lib.hl_train_logits(train, pairs, n, ffi.from_buffer("int32_t[]", tokens), len(tokens),
                                   ffi.from_buffer("float[]", out)), "training forward")
         return out
+
+    def abort(self) -> None:
+        """Stops a running accumulate() or logits() between blocks (safe from another thread): it raises
+        hotlora.errors.Interrupted, and the gradient buffers then hold part of that window's gradient."""
+        self._abort_flag[0] = 1
 
     @property
     def n_bytes(self) -> int:

@@ -315,8 +315,9 @@ hl_status hl_read_bandwidth(size_t bytes, int32_t n_threads, int32_t repeats, do
  * the LoRA pairs passed in; the base weights stay frozen read-only views of any supported type. The layer
  * inputs are kept from the forward pass and each layer is recomputed during the backward (checkpointing),
  * or, with keep_activations, every layer's intermediates are kept instead (no recompute, n_layer times the
- * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns its own thread pool of n_threads (the same pool and
- * the same mat-mul kernels as inference). One thread at a time drives a hl_train; the model must outlive it.
+ * activation memory of one layer); hl_train_bytes tells the memory it holds (formula: src/train.h). It owns
+ * a thread pool of n_threads (threadpool.c, as a context does) and runs the inference mat-mul kernels for
+ * W.x. One thread at a time drives a hl_train; the model must outlive it.
  */
 typedef struct hl_train hl_train;
 
@@ -345,10 +346,13 @@ size_t hl_train_bytes(const hl_train *train);
  * (layer, target) at most once; 0 pairs is allowed): targets[t] is the token expected after position t, -1
  * for no loss there. Adds d(sum of the losses)/d a and /d b into every pair's grad_a and grad_b, and writes
  * the sum of -log softmax(logits_t)[targets[t]] in nats to *loss_sum and the number of loss positions to
- * *n_loss. Gradients are unchanged on error.
+ * *n_loss. Gradients are unchanged on any error but HL_ERR_ABORTED (hl_train_set_abort).
  */
 hl_status hl_train_step(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
                         const int32_t *targets, int32_t n_tokens, double *loss_sum, int32_t *n_loss);
+/* While *flag != 0, hl_train_step and hl_train_logits stop between blocks with HL_ERR_ABORTED; the gradients
+ * then hold part of that step's contribution (discard them). flag NULL: never. */
+void hl_train_set_abort(hl_train *train, volatile int32_t *flag);
 /* The training forward alone: logits [n_tokens][n_vocab] (caller buffer) of every position. */
 hl_status hl_train_logits(hl_train *train, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
                           int32_t n_tokens, float *logits);

@@ -254,7 +254,8 @@ void hl_dequantize_row_q6_K(const void *vx, float *y, int64_t n) {
             for (int c = 0; c < 4; c++) {
                 const uint8_t *L = x[i].ql + 64 * h + 32 * (c & 1), *H = x[i].qh + 32 * h;
                 const int shift = (c & 2) ? 4 : 0;
-                const float dl0 = d * (float)x[i].scales[8 * h + 2 * c], dl1 = d * (float)x[i].scales[8 * h + 2 * c + 1];
+                const int8_t *sc = x[i].scales + 8 * h + 2 * c;
+                const float dl0 = d * (float)sc[0], dl1 = d * (float)sc[1];
                 float *out = y + 128 * h + 32 * c;
                 for (int l = 0; l < 32; l++) {
                     const int q = (((L[l] >> shift) & 0xF) | (((H[l] >> (2 * c)) & 3) << 4)) - 32;

@@ -5,7 +5,11 @@
 #include "quants.h"
 #include "train.h"
 
-#define WD_FLOATS(m_feat) (2 * 64 * (size_t)(m_feat)) /* train_linear.c: two blocks of BLOCK_ROWS rows */
+/* Rows of a weight dequantized at a time in the backward: 64, 16 per thread past 4 threads (a block's
+ * products then take long enough for its barrier not to matter). */
+static int32_t block_rows(int n_threads) { return n_threads > 4 ? 16 * n_threads : 64; }
+
+static size_t wd_floats(const hl_train *tr) { return 2 * (size_t)tr->block_rows * (size_t)tr->m_feat; }
 
 void tr_run(hl_train *tr, hl_job_fn job, void *arg) { hl_pool_run(tr->pool, job, arg); }
 
@@ -77,7 +81,8 @@ static hl_status alloc_buffers(hl_train *tr) {
     tr->rope_cs = malloc(T * hd * sizeof(float));
     tr->lora = calloc((size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS, sizeof(tr_lora));
     tr->xq = malloc(tr->xq_bytes);
-    tr->wd = malloc(WD_FLOATS(tr->m_feat) * sizeof(float));
+    tr->block_rows = block_rows(hl_pool_size(tr->pool));
+    tr->wd = malloc(wd_floats(tr) * sizeof(float));
     tr->scratch = malloc((size_t)hl_pool_size(tr->pool) * tr->scratch_floats * sizeof(float));
     if (tr->bw) place_grads(&tr->a, m, T, tr->bw);
     if (!tr->x_saved || !tr->logits || !tr->tokens || !tr->targets || !tr->tok_loss || !tr->fw || !tr->bw || !tr->hn ||
@@ -93,7 +98,7 @@ size_t hl_train_bytes(const hl_train *tr) {
     const size_t T = (size_t)tr->n_max;
     const size_t floats = ((size_t)m->hp.n_layer + 1) * T * m->hp.n_embd + T * m->hp.n_vocab +
                           T * ((tr->keep ? (size_t)m->hp.n_layer : 1) * fw_floats(m) + bw_floats(m) + m->hp.n_embd) +
-                          T * m->hp.head_dim + tr->lora_floats + WD_FLOATS(tr->m_feat) +
+                          T * m->hp.head_dim + tr->lora_floats + wd_floats(tr) +
                           (size_t)hl_pool_size(tr->pool) * tr->scratch_floats;
     return floats * sizeof(float) + tr->xq_bytes + T * (2 * sizeof(int32_t) + sizeof(double)) +
            (size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS * sizeof(tr_lora);

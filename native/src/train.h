@@ -20,7 +20,7 @@
  *   T (3 E + 4 Q + 2 K + 3 F)   gradients of one layer, per-head K and V gradients, the final norm's output
  *   T R + O R + r (3 T + M)     LoRA: s A.x and B^T per pair; dt, dt^T, ts^T, dB^T at the largest rank r
  *   N (2 T^2 + hd T)            per-thread attention scratch
- *   2 64 M                      two blocks of 64 rows of a weight, dequantized
+ *   2 max(64, 16 N) M           two blocks of rows of a weight, dequantized
  *   < 2 T M bytes               the input converted to a quantized weight's activation type
  *
  * Without keep_activations the memory grows with L only through the (L + 1) T E layer inputs; with it,
@@ -69,13 +69,15 @@ struct hl_train {
     float *dt, *dtt;     /* [n_max][max_rank] and [max_rank][n_max]: dt of the projection in backward, dt^T */
     float *tst, *dbt;    /* [max_rank][n_max] and [max_rank][m_feat]: its ts^T, and d loss / d B^T */
     int32_t max_rank;
-    float *wd;           /* [2][64][m_feat] two blocks of W's rows dequantized (train_linear.c) */
+    float *wd;           /* [2][block_rows][m_feat] two blocks of W's rows dequantized (train_linear.c) */
+    int32_t block_rows;  /* 64, or 16 per thread past 4 threads */
     char *xq;            /* the input in a quantized weight's activation type */
     size_t xq_bytes;
     float *scratch;      /* [n_threads][scratch_floats] */
     size_t scratch_floats;
     double loss_sum;
     int32_t n_loss;
+    volatile int32_t *abort_flag; /* hl_train_set_abort */
 };
 
 /* Points tr->a's forward buffers at layer il's (all layers share one set without keep). */

@@ -10,9 +10,9 @@
  * Products against K, V or rows of P and dS take them as stored: the dot-product kernel (hl_gemm) for
  * Q K^T and dO V^T, the outer-product GEMM (train_gemm.c) for the rest; dK and dV are computed transposed
  * so that only head_dim x T slices are ever transposed. dK_h^T and dV_h^T go to per-head buffers, summed
- * over each KV head's group in a second phase, so threads never add into the same rows. Scores are
- * computed for all T keys (the future ones are zeroed by the softmax): twice the causal work, in exchange
- * for the tiled kernels.
+ * over each KV head's group in a second phase, so threads never add into the same rows. Every product runs
+ * by blocks of CAUSAL_BLOCK queries (or keys) over the keys (queries) that block can see, so about half of
+ * the T x T work is skipped; within a block the future entries are computed and then zeroed (P, dS).
  */
 #include <math.h>
 #include <string.h>
@@ -21,6 +21,8 @@
 #include "ops_internal.h"
 #include "quants.h"
 #include "train.h"
+
+#define CAUSAL_BLOCK 32
 
 typedef struct {
     int64_t T, hd, n_q, n_kv, group;
@@ -46,10 +48,38 @@ static void mat_abt(const float *a, int64_t n_a, int64_t a_stride, const float *
             (size_t)a_stride * sizeof(float), c, (size_t)c_stride);
 }
 
-/* P [T][T] of head h: scores then the causal softmax. */
+/* c [T][T] = a . b^T (a, b: T rows of n) for keys up to the last row of each query's block of CAUSAL_BLOCK
+ * rows; entries past that are not written (S = Q K^T, dP = dO V^T: only j <= i is read). */
+static void causal_abt(const float *a, int64_t a_stride, const float *b, int64_t b_stride, int64_t n, int64_t T,
+                       float *c) {
+    for (int64_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
+        const int64_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+        mat_abt(a + i0 * a_stride, i1 - i0, a_stride, b, i1, b_stride, n, c + i0 * T, T);
+    }
+}
+
+/* c [T][n] += m . b for m [T][T] zero past the diagonal (O = P V, dQ = dS K): keys past a block skipped. */
+static void causal_mb(const float *m, int64_t T, const float *b, int64_t b_stride, int64_t n, float *c,
+                      int64_t c_stride) {
+    for (int64_t i0 = 0; i0 < T; i0 += CAUSAL_BLOCK) {
+        const int64_t i1 = i0 + CAUSAL_BLOCK < T ? i0 + CAUSAL_BLOCK : T;
+        tr_gemm_acc(i1 - i0, n, i1, m + i0 * T, (size_t)T, b, (size_t)b_stride, c + i0 * c_stride, (size_t)c_stride);
+    }
+}
+
+/* c [n][T] += at . m for at [n][T] and m [T][T] zero past the diagonal (dK^T = Q^T dS, dV^T = dO^T P):
+ * the rows of m above a column block skipped. */
+static void causal_am(const float *at, int64_t n, const float *m, int64_t T, float *c) {
+    for (int64_t j0 = 0; j0 < T; j0 += CAUSAL_BLOCK) {
+        const int64_t j1 = j0 + CAUSAL_BLOCK < T ? j0 + CAUSAL_BLOCK : T;
+        tr_gemm_acc(n, j1 - j0, T - j0, at + j0, (size_t)T, m + j0 * T + j0, (size_t)T, c + j0, (size_t)T);
+    }
+}
+
+/* P [T][T] of head h: scores then the causal softmax (zero past the diagonal). */
 static void probabilities(const hl_train *tr, const att_dims *d, int64_t h, float *p) {
     const int64_t g = h / d->group;
-    mat_abt(tr->a.q + h * d->hd, d->T, d->n_q, tr->a.k + g * d->hd, d->T, d->n_kv, d->hd, p, d->T);
+    causal_abt(tr->a.q + h * d->hd, d->n_q, tr->a.k + g * d->hd, d->n_kv, d->hd, d->T, p);
     for (int64_t i = 0; i < d->T; i++) hl_softmax_causal(p + i * d->T, i + 1, d->T, d->scale);
 }
 
@@ -62,8 +92,7 @@ static void forward_job(void *arg, int ith, int nth) {
     for (int64_t h = h0; h < h1; h++) {
         probabilities(tr, &d, h, p);
         for (int64_t i = 0; i < d.T; i++) memset(tr->a.att + i * d.n_q + h * d.hd, 0, (size_t)d.hd * sizeof(float));
-        tr_gemm_acc(d.T, d.hd, d.T, p, (size_t)d.T, tr->a.v + (h / d.group) * d.hd, (size_t)d.n_kv,
-                    tr->a.att + h * d.hd, (size_t)d.n_q); /* O = P V */
+        causal_mb(p, d.T, tr->a.v + (h / d.group) * d.hd, d.n_kv, d.hd, tr->a.att + h * d.hd, d.n_q); /* O = P V */
     }
 }
 
@@ -87,16 +116,16 @@ static void head_backward(hl_train *tr, const att_dims *d, int64_t h, float *buf
     const float *dout = tr->a.datt + h * hd;
     float *dkt = tr->a.dkh + h * T * hd, *dvt = tr->a.dvh + h * T * hd;
     probabilities(tr, d, h, p);
-    mat_abt(dout, T, d->n_q, tr->a.v + g * hd, T, d->n_kv, hd, ds, T); /* dP */
+    causal_abt(dout, d->n_q, tr->a.v + g * hd, d->n_kv, hd, T, ds); /* dP */
     softmax_backward(d, p, ds);
     for (int64_t i = 0; i < T; i++) memset(tr->a.dq + i * d->n_q + h * hd, 0, (size_t)hd * sizeof(float));
-    tr_gemm_acc(T, hd, T, ds, (size_t)T, tr->a.k + g * hd, (size_t)d->n_kv, tr->a.dq + h * hd, (size_t)d->n_q);
+    causal_mb(ds, T, tr->a.k + g * hd, d->n_kv, hd, tr->a.dq + h * hd, d->n_q); /* dQ = dS K */
     memset(dkt, 0, (size_t)(hd * T) * sizeof(float));
     transpose(tr->a.q + h * hd, T, hd, d->n_q, col);
-    tr_gemm_acc(hd, T, T, col, (size_t)T, ds, (size_t)T, dkt, (size_t)T); /* dK^T = Q^T dS */
+    causal_am(col, hd, ds, T, dkt); /* dK^T = Q^T dS */
     memset(dvt, 0, (size_t)(hd * T) * sizeof(float));
     transpose(dout, T, hd, d->n_q, col);
-    tr_gemm_acc(hd, T, T, col, (size_t)T, p, (size_t)T, dvt, (size_t)T); /* dV^T = dO^T P */
+    causal_am(col, hd, p, T, dvt); /* dV^T = dO^T P */
 }
 
 /* Rows [t0, t1) of dk and dv: the sums of their group's per-head gradients (stored transposed). */

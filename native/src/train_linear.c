@@ -7,7 +7,7 @@
  *             shared buffer and added by the outer-product GEMM (train_gemm.c), each thread owning items
  *             (columns x tokens) of dx; dx += dt.A; dA += dt^T.x; dB += dy^T.ts
  *
- * W is only read (any type with a to_float); nothing of it is copied beyond two blocks of BLOCK_ROWS rows.
+ * W is only read (any type with a to_float); nothing of it is copied beyond two blocks of tr->block_rows rows.
  */
 #include <string.h>
 
@@ -17,7 +17,6 @@
 #include "train.h"
 
 #define ROW_ALIGN 16
-#define BLOCK_ROWS 64         /* rows of W dequantized at a time (train.h: tr->wd) */
 #define COL_TILE 128          /* columns of dx per work item */
 #define MIN_TOKENS_PER_ITEM 32
 #define ITEMS_PER_THREAD 4    /* split tokens too until there are this many items per thread */
@@ -102,7 +101,8 @@ typedef struct {
 
 static dx_split split_items(const hl_train *tr, int64_t n_in, int ith, int nth) {
     dx_split sp = {0, 0, (n_in + COL_TILE - 1) / COL_TILE, 1};
-    while (sp.n_cols * sp.n_tok < ITEMS_PER_THREAD * nth && tr->T / (2 * sp.n_tok) >= MIN_TOKENS_PER_ITEM) sp.n_tok *= 2;
+    while (sp.n_cols * sp.n_tok < ITEMS_PER_THREAD * nth && tr->T / (2 * sp.n_tok) >= MIN_TOKENS_PER_ITEM)
+        sp.n_tok *= 2;
     hl_split(sp.n_cols * sp.n_tok, ith, nth, &sp.i0, &sp.i1);
     return sp;
 }
@@ -118,7 +118,7 @@ static void item_gemm(const hl_train *tr, const dx_split *sp, int64_t i, int64_t
 }
 
 /*
- * Backward phase 2: dx += W^T.dy, BLOCK_ROWS rows of W at a time: the threads dequantize the block's rows
+ * Backward phase 2: dx += W^T.dy, tr->block_rows rows of W at a time: the threads dequantize the block's rows
  * into one of two shared buffers, meet at a barrier, and each adds the block's product into its own items
  * of dx (the same items for every block, so no two threads write the same dx). Two buffers: a block is
  * dequantized while no thread still reads the buffer's previous block (all passed the barrier after it).
@@ -129,9 +129,10 @@ static void dx_blocks(hl_train *tr, const lin_job *j, int ith, int nth) {
     const hl_type_traits *wt = hl_get_type_traits(w->type);
     const int64_t n_in = w->ne[0], n_out = w->ne[1];
     const dx_split sp = split_items(tr, n_in, ith, nth);
-    for (int64_t o0 = 0, blk = 0; o0 < n_out; o0 += BLOCK_ROWS, blk++) {
-        const int64_t nb = n_out - o0 < BLOCK_ROWS ? n_out - o0 : BLOCK_ROWS;
-        float *wd = tr->wd + (blk % 2) * (size_t)BLOCK_ROWS * tr->m_feat; /* [nb][n_in] */
+    const int64_t rows = tr->block_rows;
+    for (int64_t o0 = 0, blk = 0; o0 < n_out; o0 += rows, blk++) {
+        const int64_t nb = n_out - o0 < rows ? n_out - o0 : rows;
+        float *wd = tr->wd + (blk % 2) * (size_t)rows * tr->m_feat; /* [nb][n_in] */
         int64_t r0, r1;
         hl_split(nb, ith, nth, &r0, &r1);
         for (int64_t r = r0; r < r1; r++)

@@ -97,20 +97,30 @@ static hl_status set_tokens(hl_train *tr, const int32_t *tokens, const int32_t *
     return HL_OK;
 }
 
-static void forward(hl_train *tr) {
+void hl_train_set_abort(hl_train *tr, volatile int32_t *flag) {
+    if (tr) tr->abort_flag = flag;
+}
+
+static hl_status aborted(const hl_train *tr) {
+    return tr->abort_flag && *tr->abort_flag ? hl_fail(HL_ERR_ABORTED, "training step aborted") : HL_OK;
+}
+
+static hl_status forward(hl_train *tr) {
     const hl_model *m = tr->model;
     const int32_t L = m->hp.n_layer;
     tr_rope_table(tr);
     tr_embed(tr, tr->x_saved);
     for (int32_t il = 0; il < L; il++) {
+        if (aborted(tr) != HL_OK) return HL_ERR_ABORTED;
         tr_select_layer(tr, il);
         tr_layer_forward(tr, il);
     }
     tr_rms_norm(tr, tr->x_saved + (size_t)L * tr->n_max * m->hp.n_embd, &m->output_norm, tr->hn);
     tr_linear_forward(tr, &m->output, NULL, NULL, tr->hn, tr->logits);
+    return HL_OK;
 }
 
-static void backward(hl_train *tr) {
+static hl_status backward(hl_train *tr) {
     const hl_model *m = tr->model;
     const int32_t L = m->hp.n_layer;
     const int64_t E = m->hp.n_embd, T = tr->T;
@@ -119,10 +129,12 @@ static void backward(hl_train *tr) {
     tr_linear_backward(tr, &m->output, NULL, tr->hn, tr->logits, tr->a.dxn);
     tr_rms_norm_backward(tr, tr->x_saved + (size_t)L * tr->n_max * E, &m->output_norm, tr->a.dxn, tr->a.dx);
     for (int32_t il = L - 1; il >= 0; il--) {
+        if (aborted(tr) != HL_OK) return HL_ERR_ABORTED;
         tr_select_layer(tr, il);
         if (!tr->keep && il != L - 1) tr_layer_forward(tr, il); /* the last block's are still there */
         tr_layer_backward(tr, il);
     }
+    return HL_OK;
 }
 
 hl_status hl_train_step(hl_train *tr, const hl_train_pair *pairs, int32_t n_pairs, const int32_t *tokens,
@@ -131,10 +143,11 @@ hl_status hl_train_step(hl_train *tr, const hl_train_pair *pairs, int32_t n_pair
     hl_status st = set_tokens(tr, tokens, targets, n_tokens);
     if (st == HL_OK) st = set_pairs(tr, pairs, n_pairs, 1);
     if (st != HL_OK) return st;
-    forward(tr);
-    tr_loss(tr);
-    backward(tr);
+    st = forward(tr);
+    if (st == HL_OK) tr_loss(tr);
+    if (st == HL_OK) st = backward(tr);
     clear_pairs(tr);
+    if (st != HL_OK) return st;
     *loss_sum = tr->loss_sum;
     *n_loss = tr->n_loss;
     return HL_OK;
@@ -146,8 +159,9 @@ hl_status hl_train_logits(hl_train *tr, const hl_train_pair *pairs, int32_t n_pa
     hl_status st = set_tokens(tr, tokens, NULL, n_tokens);
     if (st == HL_OK) st = set_pairs(tr, pairs, n_pairs, 0);
     if (st != HL_OK) return st;
-    forward(tr);
+    st = forward(tr);
     clear_pairs(tr);
+    if (st != HL_OK) return st;
     memcpy(logits, tr->logits, (size_t)n_tokens * (size_t)tr->model->hp.n_vocab * sizeof(float));
     return HL_OK;
 }
