@@ -56,7 +56,7 @@ def hotlora_worker(args) -> dict:
     from hotlora.train.data import Dataset, Window
     from hotlora.train.loop import Trainer, TrainOptions
 
-    with Model(args.base, n_ctx=8, n_batch=8, n_threads=args.threads) as model:
+    with Model(args.base, n_ctx=8, n_batch=8, n_threads=args.threads, repack=False) as model:
         windows = [Window(t, y, i) for i, (t, y) in enumerate(_windows(model.n_vocab, args.ctx, args.steps + 1))]
         options = TrainOptions(rank=args.rank, alpha=float(args.rank), targets=TARGETS, ctx=args.ctx,
                                steps=args.steps + 1, warmup=0, lr=1e-4, seed=0)

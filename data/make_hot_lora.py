@@ -58,7 +58,7 @@ def check(out_dir: pathlib.Path) -> None:
     from hotlora.model import Model
 
     text = (out_dir / TEXT_FILE).read_text(encoding="utf-8")
-    with Model(out_dir / MODEL_FILE, n_ctx=256, n_threads=1) as model:
+    with Model(out_dir / MODEL_FILE, n_ctx=256, n_threads=1, repack=False) as model:
         n = len(model.tokenize(text, add_bos=False))
         base = greedy(model, n)
         model.set_adapters({model.load_adapter(out_dir / ADAPTER_FILE): 1.0})

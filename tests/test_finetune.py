@@ -81,7 +81,7 @@ def test_masked_positions_get_target_minus_one_and_windows_without_loss_are_drop
 
 
 def test_text_windows_and_a_deterministic_validation_split(base, text):
-    with Model(base, n_ctx=8, n_threads=1) as m:
+    with Model(base, n_ctx=8, n_threads=1, repack=False) as m:
         ids = m.tokenize(TEXT)
         data = load_dataset(text, m, 32, val_split=0.25, seed=5)
         again = load_dataset(text, m, 32, val_split=0.25, seed=5)
@@ -97,7 +97,7 @@ def test_text_windows_and_a_deterministic_validation_split(base, text):
 def test_with_a_bos_vocabulary_every_text_window_starts_with_bos(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(TEXT)
-    with Model(None, n_ctx=8, n_threads=1) as m:   # the bundled model adds BOS
+    with Model(None, n_ctx=8, n_threads=1, repack=False) as m:   # the bundled model adds BOS
         ids = m.tokenize(TEXT)
         data = load_dataset(path, m, 16)
         assert ids[0] == m.tokenizer.bos_id
@@ -110,7 +110,7 @@ def test_jsonl_prompt_completion_and_chat_records_train_only_on_the_answer(base,
     path.write_text(json.dumps({"prompt": "Q: the dog?", "completion": " A: the fox."}) + "\n\n" +
                     json.dumps({"messages": [{"role": "user", "content": "hi"},
                                              {"role": "assistant", "content": "the sun"}]}) + "\n")
-    with Model(base, n_ctx=8, n_threads=1) as m:
+    with Model(base, n_ctx=8, n_threads=1, repack=False) as m:
         data = load_dataset(path, m, 128, jsonl=True, chat_template="chatml")
         completion = m.tokenize(" A: the fox.", add_bos=False) + [EOT_ID]
         answer = m.tokenize("the sun<|im_end|>\n", add_bos=False)
@@ -159,7 +159,7 @@ def test_loss_decreases_and_the_adapter_loads_in_run(base, text, tmp_path, cli):
     out = tmp_path / "a.gguf"
     result, _ = _run(base, text, out, TrainOptions(rank=4, alpha=8.0, ctx=64, steps=30, lr=1e-2, seed=1))
     assert result.losses[-1] < 0.7 * result.losses[0], result.losses
-    with Model(base, n_ctx=64, n_threads=1) as m:
+    with Model(base, n_ctx=64, n_threads=1, repack=False) as m:
         ids = m.tokenize("The quick brown")
         plain = m.eval(ids)
         m.reset()
@@ -291,7 +291,7 @@ def test_loss_decreases_on_the_demo_text(tmp_path):
 def test_the_bundled_demo_adapter_writes_the_demo_text_and_the_base_does_not():
     """data/hotlora-tiny-hot-lora.lora.gguf (data/make_hot_lora.py: hotlora finetune on data/hot-lora.txt)."""
     text = (DATA / "hot-lora.txt").read_text(encoding="utf-8")
-    with Model(None, n_ctx=256, n_threads=1) as m:
+    with Model(None, n_ctx=256, n_threads=1, repack=False) as m:
         n = len(m.tokenize(text, add_bos=False))
         greedy = lambda: "".join(p for _, p in m.generate([m.tokenizer.bos_id], n_predict=n, temp=0))  # noqa: E731
         base = greedy()

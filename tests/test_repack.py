@@ -140,3 +140,17 @@ def test_repacked_model_gives_the_same_logits(tmp_path, weight_type, n_head):
             runs[repack] = prompt, np.array([m.eval_last([t]) for t in (4, 8, 2)])
     assert np.array_equal(runs[True][0], runs[False][0])  # batches: the same arithmetic, transposed on the fly
     assert np.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-4 * np.abs(runs[False][1]).max())
+
+
+@NEEDS_SIMD
+def test_training_refuses_a_repacked_model(tmp_path):
+    """The backward reads weight rows one by one: a repacked model is refused with a message, not misread."""
+    from hotlora.errors import HotLoraError
+    from hotlora.train.gradients import LoraGradients
+    from hotlora.train.params import LoraParams
+
+    path = write_tiny_model(tmp_path / "model.gguf", TinySpec(weight_type="Q8_0", n_embd=64, n_ff=128))
+    with Model(path, n_ctx=32, n_threads=1) as m:
+        params = LoraParams.init(m, ["q"], rank=2, alpha=2.0, rng=np.random.default_rng(0))
+        with pytest.raises(HotLoraError, match="repacked .*without repacking"):
+            LoraGradients(m, params, n_tokens_max=8, n_threads=1)

@@ -98,7 +98,7 @@ def test_numpy_backward_matches_finite_differences(tmp_path, name, targets):
     spec = SPECS.get(name) or TinySpec(weight_type="Q4_K", n_embd=256, n_ff=256)
     path = model_file(tmp_path, spec)
     ref = R.load_ref_model(path)
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         pairs = as_pairs(random_params(model, targets, seed=1))
     tokens, labels = window(ref.hparams.n_vocab, seed=2, n=7)
     total, _, grads = RB.loss_and_grads(ref, tokens, labels, pairs, ALPHA)
@@ -124,7 +124,7 @@ def test_numpy_backward_matches_finite_differences(tmp_path, name, targets):
 def check_core(tmp_path, spec: TinySpec, targets, bound: float):
     path = model_file(tmp_path, spec)
     ref = R.load_ref_model(path)
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         types = {n: info.type_name for n, info in model.file.tensors.items()}
         quantized = spec.weight_type not in ("F32", "F16", "BF16")
         act_quant = (lambda n, x: roundtrip(x, types[n])) if quantized else None
@@ -159,7 +159,7 @@ def test_core_matches_numpy_backward_quantized(tmp_path, weight_type, tied, arch
 def test_logits_match_inference_with_the_params_as_adapter(tmp_path, name):
     spec = SPECS.get(name) or TinySpec(weight_type="Q4_K", tied=True, n_embd=256, n_ff=256)
     path = model_file(tmp_path, spec)
-    with hotlora.Model(path, n_ctx=32, n_threads=2, cache_type="f32") as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=2, cache_type="f32", repack=False) as model:
         types = {n: info.type_name for n, info in model.file.tensors.items()}
         act_quant = (lambda n, x: roundtrip(x, types[n])) if spec.weight_type == "Q4_K" else None
         params = random_params(model, ALL, seed=6)
@@ -186,7 +186,7 @@ def test_logits_match_inference_with_the_params_as_adapter(tmp_path, name):
 
 def test_gradients_accumulate_and_masked_positions_add_nothing(tmp_path):
     path = model_file(tmp_path, SPECS["qwen2"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = random_params(model, ["q", "down"], seed=8)
         tokens, labels = window(model.n_vocab, seed=9)
         with LoraGradients(model, params, n_tokens_max=16, n_threads=2) as g:
@@ -212,7 +212,7 @@ def test_gradients_accumulate_and_masked_positions_add_nothing(tmp_path):
 
 def test_params_init_is_peft_init(tmp_path):
     path = model_file(tmp_path, SPECS["llama"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = LoraParams.init(model, ["down", "q"], 8, 16.0, np.random.default_rng(0))
     n_embd, n_ff = SPECS["llama"].n_embd, SPECS["llama"].n_ff
     assert params.names == ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.attn_q.weight",
@@ -230,7 +230,7 @@ def test_params_init_is_peft_init(tmp_path):
 
 def test_bad_shapes_are_refused_in_python(tmp_path):
     path = model_file(tmp_path, SPECS["llama"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = random_params(model, ["q"], seed=10)
         tokens, labels = window(model.n_vocab, seed=11)
         with LoraGradients(model, params, n_tokens_max=8, n_threads=1) as g:
@@ -248,7 +248,7 @@ def test_bad_shapes_are_refused_in_python(tmp_path):
 
 def test_kept_activations_give_the_recomputed_gradients(tmp_path):
     path = model_file(tmp_path, SPECS["llama-tied"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = random_params(model, ALL, seed=12)
         tokens, labels = window(model.n_vocab, seed=13)
         results = []
@@ -264,7 +264,7 @@ def test_kept_activations_give_the_recomputed_gradients(tmp_path):
 
 def test_gradients_do_not_depend_on_the_thread_count(tmp_path):
     path = model_file(tmp_path, SPECS["qwen2-tied"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = random_params(model, ALL, seed=14)
         tokens, labels = window(model.n_vocab, seed=15)
         runs = [core_gradients(model, params, tokens, labels, n) for n in (1, 3, 8)]
@@ -276,7 +276,7 @@ def test_gradients_do_not_depend_on_the_thread_count(tmp_path):
 
 def test_abort_stops_a_step(tmp_path):
     path = model_file(tmp_path, SPECS["llama"])
-    with hotlora.Model(path, n_ctx=32, n_threads=1) as model:
+    with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:
         params = random_params(model, ["q"], seed=16)
         tokens, labels = window(model.n_vocab, seed=17)
         with LoraGradients(model, params, n_tokens_max=16, n_threads=1) as g:

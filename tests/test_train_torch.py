@@ -79,7 +79,7 @@ def test_two_steps_match_pytorch_and_peft(arch, tmp_path):
     hf = peft.get_peft_model(_hf_model(cfg, w), peft.LoraConfig(
         r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, bias="none", target_modules=[m.split(".")[1]
                                                                                   for m in TARGETS.values()]))
-    with Model(base, n_ctx=8, n_threads=1) as model:
+    with Model(base, n_ctx=8, n_threads=1, repack=False) as model:
         window = Window(tokens, targets, 0)
         trainer = Trainer(model, Dataset(base, [window], [], len(seq)),
                           TrainOptions(rank=RANK, alpha=ALPHA, steps=1000, warmup=0, lr=LR, weight_decay=WD,
@@ -140,7 +140,7 @@ def test_the_peft_dir_loads_in_peft_with_the_logits_of_the_gguf_adapter(tmp_path
     base = write_gguf(tmp_path / "base.gguf", cfg, w)
     rng = np.random.default_rng(6)
     tokens = rng.integers(0, cfg.vocab, 12).tolist()
-    with Model(base, n_ctx=32, n_threads=1) as model:
+    with Model(base, n_ctx=32, n_threads=1, repack=False) as model:
         trainer = Trainer(model, Dataset(base, [Window(np.array(tokens, np.int32), np.array(tokens, np.int32), 0)],
                                          [], 12), TrainOptions(rank=RANK, alpha=ALPHA, steps=1, ctx=32), 1)
         for x in trainer.params.a + trainer.params.b:

@@ -55,7 +55,7 @@ def finetune(base: Path | None, train_data: Path, outputs: Outputs, options: Tra
              keep_activations: bool = False) -> tuple[TrainResult, Dataset]:
     n_threads = n_threads or physical_cores()
     _check_outputs(outputs, [p for p in (base, train_data) if p is not None])
-    with Model(base, n_ctx=8, n_batch=8, n_threads=n_threads) as model:
+    with Model(base, n_ctx=8, n_batch=8, n_threads=n_threads, repack=False) as model:  # the backward reads W by rows
         base_id, data_id = ckpt.base_identity(model.file), ckpt.data_identity(train_data)
         saved = None
         if resume is not None:

@@ -104,10 +104,30 @@ size_t hl_train_bytes(const hl_train *tr) {
            (size_t)m->hp.n_layer * HL_LORA_LAYER_TARGETS * sizeof(tr_lora);
 }
 
+/* The backward reads weight rows one by one (W^T.dy over dequantized rows): a repacked panel layout has none. */
+static hl_status check_row_weights(const hl_model *m) {
+    const hl_tensor *global[] = {&m->token_embd, &m->output};
+    for (int i = 0; i < 2; i++)
+        if (!hl_get_type_traits(global[i]->type)->to_float)
+            return hl_fail(HL_ERR_UNSUPPORTED, "hl_train_create: the output head is repacked (%s); load the model "
+                           "without repacking to train", hl_get_type_traits(global[i]->type)->name);
+    for (int32_t il = 0; il < m->hp.n_layer; il++) {
+        const hl_layer *L = &m->layers[il];
+        const hl_tensor *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++)
+            if (!hl_get_type_traits(w[i]->type)->to_float)
+                return hl_fail(HL_ERR_UNSUPPORTED, "hl_train_create: block %d's weights are repacked (%s); load the "
+                               "model without repacking to train", (int)il, hl_get_type_traits(w[i]->type)->name);
+    }
+    return HL_OK;
+}
+
 hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, int32_t keep_activations,
                           hl_train **out) {
     if (!model || !out) return hl_fail(HL_ERR_INVALID, "hl_train_create: NULL argument");
     *out = NULL;
+    hl_status rows = check_row_weights(model);
+    if (rows != HL_OK) return rows;
     if (n_tokens_max < 1) return hl_fail(HL_ERR_INVALID, "hl_train_create: n_tokens_max %d < 1", n_tokens_max);
     if (n_threads < 1) return hl_fail(HL_ERR_INVALID, "hl_train_create: n_threads %d < 1", n_threads);
     hl_train *tr = calloc(1, sizeof *tr);
