@@ -1,6 +1,6 @@
 """Load-time repacking of weight matrices into the core's panel layouts (hl_repack), where this CPU's kernels
-for the repacked layout are faster: Q4_0, Q8_0 and Q4_K become HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16 and
-HL_TYPE_Q4_K_R16 on AVX-512 VNNI.
+for the repacked layout are faster: Q4_0, Q8_0, Q4_K and Q6_K become their HL_TYPE_*_R16 layouts on AVX-512
+VNNI.
 
 The repacked copy has the size of the rows it replaces (Q4_K: 148 bytes per super-block instead of 144); the
 memory map's pages of those rows are then released (GGUFFile.release_pages), so the process holds about the

@@ -1,11 +1,11 @@
-"""Load-time repacking (hl_repack; HL_TYPE_Q4_0_R16, HL_TYPE_Q8_0_R16, HL_TYPE_Q4_K_R16; cli/repack.py).
+"""Load-time repacking (hl_repack; the HL_TYPE_*_R16 layouts of Q4_0, Q8_0, Q4_K and Q6_K; cli/repack.py).
 
 * The layouts against a numpy repacking written from quants.h's description (per 16-row panel and block:
   the 16 rows' scales, then dword j of every row's quants with row r in lane r).
 * The scalar kernel of each layout (hl_mat_mul, reference) against the plain type's reference within the
   kernel tolerance, on any CPU (the layout built in numpy); where this CPU repacks, hl_repack's bytes equal
   the numpy layout, and the SIMD kernel equals the scalar one bit for bit on ragged token counts, and the
-  plain type's own kernels where they do the same arithmetic (Q4_0, Q8_0: batches; Q4_K: every call).
+  plain type's own kernels where they do the same arithmetic (Q4_0, Q8_0: batches; Q4_K, Q6_K: every call).
 * A repacked model: the same logits as without repacking (bitwise for prompts; decode within the kernel
   tolerance), and bad calls refused.
 """
@@ -22,8 +22,9 @@ from factory import TinySpec, write_tiny_model
 AUTO, REFERENCE = 0, 1
 # plain type -> (its repacked type, plain block bytes)
 LAYOUTS = {QT.Q4_0: (lib.HL_TYPE_Q4_0_R16, 18), QT.Q8_0: (lib.HL_TYPE_Q8_0_R16, 34),
-           QT.Q4_K: (lib.HL_TYPE_Q4_K_R16, 144)}
-BLOCK = {QT.Q4_0: 32, QT.Q8_0: 32, QT.Q4_K: 256}
+           QT.Q4_K: (lib.HL_TYPE_Q4_K_R16, 144), QT.Q6_K: (lib.HL_TYPE_Q6_K_R16, 210)}
+BLOCK = {QT.Q4_0: 32, QT.Q8_0: 32, QT.Q4_K: 256, QT.Q6_K: 256}
+K_QUANTS = (QT.Q4_K, QT.Q6_K)
 REPACKS = lib.hl_repack_type(lib.HL_TYPE_Q4_0, 16) == lib.HL_TYPE_Q4_0_R16  # this CPU has the SIMD kernels
 NEEDS_SIMD = pytest.mark.skipif(not REPACKS, reason="this CPU keeps the rows (no AVX-512 VNNI kernel for the layouts)")
 
@@ -43,9 +44,12 @@ def k4_scales_mins(scales):
 
 def numpy_r16(qtype, raw, n_cols):
     """The R16 layout from quants.h's words: [panel][block] (d[16] as f16, then qs[dwords][16] as uint32;
-    Q4_K: d[16], dmin[16], sc[8][16], mn[8][16] as bytes, then qs[32][16])."""
+    Q4_K: d[16], dmin[16], sc[8][16], mn[8][16] as bytes, then qs[32][16]; Q6_K: d[16], sc[16][16], ql[32][16],
+    qh[16][16])."""
     if qtype == QT.Q4_K:
         return numpy_q4_k_r16(raw, n_cols)
+    if qtype == QT.Q6_K:
+        return numpy_q6_k_r16(raw, n_cols)
     block = LAYOUTS[qtype][1]
     n_panels, nb, dwords = raw.shape[0] // 16, n_cols // 32, (block - 2) // 4
     blocks = raw.reshape(n_panels, 16, nb, block).transpose(0, 2, 1, 3)  # [panel, block, row, bytes]
@@ -60,6 +64,19 @@ def numpy_q4_k_r16(raw, n_cols):
     sc, mn = k4_scales_mins(blocks[..., 4:16])                           # [panel, block, row, 8]
     parts = [blocks[..., 0:2], blocks[..., 2:4], sc.transpose(0, 1, 3, 2), mn.transpose(0, 1, 3, 2),
              blocks[..., 16:].reshape(n_panels, nb, 16, 32, 4).transpose(0, 1, 3, 2, 4)]
+    flat = [np.ascontiguousarray(p).reshape(n_panels, nb, -1) for p in parts]
+    return np.concatenate(flat, axis=2).reshape(raw.shape[0], -1)
+
+
+def numpy_q6_k_r16(raw, n_cols):
+    n_panels, nb = raw.shape[0] // 16, n_cols // 256
+    blocks = raw.reshape(n_panels, 16, nb, 210).transpose(0, 2, 1, 3)  # [panel, block, row, 210]: ql, qh, sc, d
+
+    def dwords(part, n):  # [panel, block, row, 4n] -> [panel, block, n dwords, row, 4]
+        return part.reshape(n_panels, nb, 16, n, 4).transpose(0, 1, 3, 2, 4)
+
+    parts = [blocks[..., 208:210], blocks[..., 192:208].transpose(0, 1, 3, 2), dwords(blocks[..., 0:128], 32),
+             dwords(blocks[..., 128:192], 16)]
     flat = [np.ascontiguousarray(p).reshape(n_panels, nb, -1) for p in parts]
     return np.concatenate(flat, axis=2).reshape(raw.shape[0], -1)
 
@@ -108,14 +125,14 @@ def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_blocks):
             x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
             ref = mat_mul(repacked, packed, n_cols, n_rows, x, REFERENCE)
             assert np.array_equal(mat_mul(repacked, packed, n_cols, n_rows, x, AUTO), ref), (n_rows, n_tokens)
-            if n_tokens >= 4 or qtype == QT.Q4_K:  # the plain type's kernels doing the same arithmetic
+            if n_tokens >= 4 or qtype in K_QUANTS:  # the plain type's kernels doing the same arithmetic
                 assert np.array_equal(mat_mul(qtype, raw, n_cols, n_rows, x, AUTO), ref)
 
 
 def test_bad_repack_and_mat_mul_calls_are_refused():
     raw = quantized_rows(QT.Q4_0, np.random.default_rng(1), 32, 64)
     out, kind = np.empty_like(raw), ffi.new("int32_t *")
-    assert lib.hl_repack_type(lib.HL_TYPE_Q6_K, 32) == lib.HL_TYPE_Q6_K
+    assert lib.hl_repack_type(lib.HL_TYPE_Q5_K, 32) == lib.HL_TYPE_Q5_K
     assert lib.hl_repack_type(lib.HL_TYPE_Q4_0, 17) == lib.HL_TYPE_Q4_0
     assert lib.hl_repack(lib.HL_TYPE_Q4_0, ffi.from_buffer(raw), ffi.from_buffer(out), 64, 17, kind) == 3
     assert b"no faster layout" in ffi.string(lib.hl_last_error())
@@ -126,10 +143,10 @@ def test_bad_repack_and_mat_mul_calls_are_refused():
 
 
 @NEEDS_SIMD
-@pytest.mark.parametrize("weight_type", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("weight_type", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("n_head", [4, 8])  # head_dim 16 (Q4_K: 64), and 8 (32): q/k/v cut at whole panels
 def test_repacked_model_gives_the_same_logits(tmp_path, weight_type, n_head):
-    n_embd = 256 if weight_type == "Q4_K" else 64
+    n_embd = 256 if weight_type in ("Q4_K", "Q6_K") else 64
     spec = TinySpec(weight_type=weight_type, n_embd=n_embd, n_ff=2 * n_embd, n_head=n_head, n_head_kv=n_head // 2)
     path = write_tiny_model(tmp_path / "model.gguf", spec)
     runs = {}

@@ -49,11 +49,13 @@ typedef enum {
     HL_TYPE_Q6_K = 14,
     HL_TYPE_Q8_K = 15, /* activations only */
     HL_TYPE_BF16 = 30,
-    /* In memory only, never in a file: Q4_0, Q8_0 and Q4_K weights repacked by hl_repack into panels of 16
-     * rows (per block: the 16 rows' scales, then their quants transposed so that one 32-bit lane holds one row). */
+    /* In memory only, never in a file: Q4_0, Q8_0, Q4_K and Q6_K weights repacked by hl_repack into panels
+     * of 16 rows (per block: the 16 rows' scales, then their quants transposed so that a 32-bit lane holds a
+     * row). */
     HL_TYPE_Q4_0_R16 = 1000,
     HL_TYPE_Q8_0_R16 = 1001,
-    HL_TYPE_Q4_K_R16 = 1002 /* 148 bytes per row and super-block (Q4_K: 144): the scales unpacked */
+    HL_TYPE_Q4_K_R16 = 1002, /* 148 bytes per row and super-block (Q4_K: 144): the scales unpacked */
+    HL_TYPE_Q6_K_R16 = 1003
 } hl_type;
 
 typedef enum { HL_ARCH_LLAMA = 0, HL_ARCH_QWEN2 = 1 } hl_arch;
@@ -242,7 +244,7 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
                      const float *x, int64_t n_tokens, float *y, int32_t kernel);
 /*
  * Load-time repacking. hl_repack_type: the layout a matrix of n_rows rows of type gets on this CPU, or type
- * itself when no layout's kernels are faster here (Q4_0, Q8_0 and Q4_K -> their _R16 layouts on AVX-512
+ * itself when no layout's kernels are faster here (Q4_0, Q8_0, Q4_K and Q6_K -> their _R16 layouts on AVX-512
  * VNNI, for n_rows a multiple of 16). hl_repack: dst (n_rows * hl_row_size(that layout, n_cols) bytes: as
  * many as src, or for Q4_K_R16 148/144 as many) gets the rows rearranged into that layout, whose kernels
  * read each weight block once for 16 rows; HL_ERR_UNSUPPORTED (nothing written) where hl_repack_type names

@@ -85,6 +85,13 @@ TGT static AI __m512 direct_step(const block_q4_K_r16 *blk, const block_q8_K *y,
     return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(mins), acc);
 }
 
+/* A single token's step is short: the block PREFETCH_BLOCKS ahead is fetched by hand to keep memory busy. */
+#define PREFETCH_BLOCKS 2
+TGT static AI void prefetch_block(const block_q4_K_r16 *blk, const block_q4_K_r16 *end) {
+    if (blk >= end) return;
+    for (size_t at = 0; at < sizeof *blk; at += 64) _mm_prefetch((const char *)blk + at, _MM_HINT_T0);
+}
+
 /* N tokens (a constant at every call) against every panel of the nr rows. */
 TGT static AI void tokens_pass(const int N, int64_t n, int64_t nr, const char *w, size_t w_stride, const char *a,
                                size_t a_stride, float *dst, size_t dst_stride) {
@@ -94,7 +101,10 @@ TGT static AI void tokens_pass(const int N, int64_t n, int64_t nr, const char *w
         const block_q4_K_r16 *panel = (const block_q4_K_r16 *)(w + (size_t)p * HL_R16_ROWS * w_stride);
         __m512 acc[16];
         for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb && N == 1; b++) acc[0] = direct_step(&panel[b], (const block_q8_K *)a + b, acc[0]);
+        for (int64_t b = 0; b < nb && N == 1; b++) {
+            prefetch_block(panel + b + PREFETCH_BLOCKS, panel + nb);
+            acc[0] = direct_step(&panel[b], (const block_q8_K *)a + b, acc[0]);
+        }
         for (int64_t b = 0; b < nb && N > 1; b++) {
             unpack(&panel[b], &u);
             for (int t = 0; t < N; t++)

@@ -10,6 +10,8 @@
  *   HL_TYPE_Q4_K_R16 (gemm_q4_k_r16.c): per super-block, the rows' d and dmin, their 6-bit scales and mins
  *       unpacked to bytes, then dword k of every row's quants (148 bytes per row and super-block, 4 more than
  *       Q4_K's 144).
+ *   HL_TYPE_Q6_K_R16 (gemm_q6_k_r16.c): per super-block, the rows' d and 16 scales, then dword k of every
+ *       row's ql and qh (210 bytes, as Q6_K).
  *
  * This file holds the layout table, hl_repack_type / hl_repack and the 32-element layouts' repacking and
  * scalar reference kernels.
@@ -49,6 +51,7 @@ static const r16_layout LAYOUTS[] = {
     {HL_TYPE_Q4_0, HL_TYPE_Q4_0_R16, repack_q4_0},
     {HL_TYPE_Q8_0, HL_TYPE_Q8_0_R16, repack_q8_0},
     {HL_TYPE_Q4_K, HL_TYPE_Q4_K_R16, hl_repack_q4_k_panel},
+    {HL_TYPE_Q6_K, HL_TYPE_Q6_K_R16, hl_repack_q6_k_panel},
 };
 
 static const r16_layout *layout_of(int32_t type) {

@@ -286,7 +286,7 @@ static hl_type_traits traits_q8_0 = {
     .to_float = to_float_q8_0, .from_float = hl_quantize_row_q8_0_ref,
     .from_float_ref = hl_quantize_row_q8_0_ref,
     .vec_dot = vec_dot_q8_0_q8_0_ref, .vec_dot_ref = vec_dot_q8_0_q8_0_ref};
-/* Q4_0, Q8_0 and Q4_K repacked into 16-row panels (gemm_r16.c): only whole-panel kernels. */
+/* Q4_0, Q8_0, Q4_K and Q6_K repacked into 16-row panels (gemm_r16.c): only whole-panel kernels. */
 #define R16_TYPE(nm, bs, row_block_bytes, vdt, ref) \
     {.name = nm, .block_size = bs, .type_size = row_block_bytes, .vec_dot_type = vdt, \
      .gemm = ref, .gemm_ref = ref, .panel_rows = HL_R16_ROWS}
@@ -294,6 +294,7 @@ static hl_type_traits traits_q4_0_r16 = R16_TYPE("q4_0_r16", QK, sizeof(block_q4
 static hl_type_traits traits_q8_0_r16 = R16_TYPE("q8_0_r16", QK, sizeof(block_q8_0), HL_TYPE_Q8_0, hl_gemm_q8_0_r16_ref);
 static hl_type_traits traits_q4_K_r16 =
     R16_TYPE("q4_K_r16", QK_K, HL_Q4_K_R16_ROW_BYTES, HL_TYPE_Q8_K, hl_gemm_q4_k_r16_ref);
+static hl_type_traits traits_q6_K_r16 = R16_TYPE("q6_K_r16", QK_K, sizeof(block_q6_K), HL_TYPE_Q8_K, hl_gemm_q6_k_r16_ref);
 static hl_type_traits traits_q8_1 = ACT_TYPE("q8_1", QK, block_q8_1, NULL, hl_quantize_row_q8_1_ref);
 static hl_type_traits traits_q2_K =
     QUANT_TYPE("q2_K", QK_K, block_q2_K, HL_TYPE_Q8_K, hl_dequantize_row_q2_K, hl_vec_dot_q2_K_q8_K_ref);
@@ -390,6 +391,7 @@ hl_type_traits *hl_traits_for_install(int32_t type) {
     case HL_TYPE_Q4_0_R16: return &traits_q4_0_r16;
     case HL_TYPE_Q8_0_R16: return &traits_q8_0_r16;
     case HL_TYPE_Q4_K_R16: return &traits_q4_K_r16;
+    case HL_TYPE_Q6_K_R16: return &traits_q6_K_r16;
     case HL_TYPE_Q4_1: return &traits_q4_1;
     case HL_TYPE_Q5_0: return &traits_q5_0;
     case HL_TYPE_Q5_1: return &traits_q5_1;
