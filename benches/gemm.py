@@ -57,9 +57,10 @@ def main() -> None:
 
 def repacked(name: str, raw: np.ndarray, type_id: int, n_in: int, n_out: int) -> list:
     """[(name, bytes, type id)] of the layout this CPU repacks the type into, or [] if none."""
-    if lib.hl_repack_type(type_id, n_out) == type_id:
+    layout = lib.hl_repack_type(type_id, n_out)
+    if layout == type_id:
         return []
-    out, kind = np.empty_like(raw), ffi.new("int32_t *")
+    out, kind = np.empty(n_out * lib.hl_row_size(layout, n_in), dtype=np.uint8), ffi.new("int32_t *")
     assert lib.hl_repack(type_id, ffi.from_buffer(raw), ffi.from_buffer(out), n_in, n_out, kind) == 0
     return [(f"{name}_R16", out, kind[0])]
 
