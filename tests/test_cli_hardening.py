@@ -16,11 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from hotlora.app import COMMANDS, command_function, main
+from hotlora.app import COMMANDS, command_function
 from hotlora.model import default_adapter_paths, default_model_path
 
 from cli_util import assert_one_line_error, hotlora
@@ -28,17 +27,6 @@ from cli_util import assert_one_line_error, hotlora
 BIG = 3_000_000_000  # above 2^31: an OverflowError in the C binding before issue 8
 MODEL = default_model_path()
 ADAPTER = default_adapter_paths()[0]
-
-
-@pytest.fixture
-def cli(capsys):
-    """`hotlora ARGS` in this process: exit code, stdout and stderr."""
-    def invoke(*args):
-        with pytest.raises(SystemExit) as done:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=done.value.code, stdout=out, stderr=err)
-    return invoke
 
 
 @pytest.mark.parametrize("args, option", [

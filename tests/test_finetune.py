@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from hotlora.app import main
 from hotlora.convert import convert_peft
 from hotlora.gguf_io import GGUFFile
 from hotlora.model import Model
@@ -38,17 +36,6 @@ def text(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.txt"
     path.write_text(TEXT, encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def cli(capsys):
-    """`hotlora ARGS` in this process: exit code, stdout and stderr."""
-    def invoke(*args):
-        with pytest.raises(SystemExit) as done:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=done.value.code, stdout=out, stderr=err)
-    return invoke
 
 
 def _arrays(params) -> list[np.ndarray]:

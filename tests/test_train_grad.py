@@ -273,7 +273,6 @@ def test_gradients_do_not_depend_on_the_thread_count(tmp_path):
         assert all(np.array_equal(x, y) for x, y in zip(grad_a + grad_b, runs[0][2] + runs[0][3]))
 
 
-
 def test_abort_stops_a_step(tmp_path):
     path = model_file(tmp_path, SPECS["llama"])
     with hotlora.Model(path, n_ctx=32, n_threads=1, repack=False) as model:

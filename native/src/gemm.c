@@ -37,8 +37,7 @@ void hl_gemm_install(const hl_cpu_features *cpu) {
     hl_gemm_install_q32(cpu);
     hl_gemm_install_q32_panel16(cpu);
     hl_gemm_install_kquants(cpu);
-    hl_gemm_install_q4_k_r16(cpu);
-    hl_gemm_install_q6_k_r16(cpu);
+    hl_gemm_install_kquants_r16(cpu);
     hl_gemm_install_float(cpu);
     hl_axpy_rows_install(cpu);
     hl_softmax_install(cpu);

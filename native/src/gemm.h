@@ -35,8 +35,7 @@ void hl_gemm_install(const hl_cpu_features *cpu);
 void hl_gemm_install_q32(const hl_cpu_features *cpu);     /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
 void hl_gemm_install_q32_panel16(const hl_cpu_features *cpu); /* AVX-512 VNNI: Q4_0/Q8_0 batches, q32 decode */
 void hl_gemm_install_kquants(const hl_cpu_features *cpu); /* Q2_K .. Q6_K */
-void hl_gemm_install_q4_k_r16(const hl_cpu_features *cpu); /* AVX-512 VNNI: Q4_K_R16 (gemm_q4_k_r16_avx512.c) */
-void hl_gemm_install_q6_k_r16(const hl_cpu_features *cpu); /* AVX-512 VNNI: Q6_K_R16 (gemm_q6_k_r16_avx512.c) */
+void hl_gemm_install_kquants_r16(const hl_cpu_features *cpu); /* AVX-512 VNNI: Q4_K_R16, Q6_K_R16 */
 void hl_gemm_install_float(const hl_cpu_features *cpu);   /* F32, F16, BF16 */
 void hl_axpy_rows_install(const hl_cpu_features *cpu);    /* F32, F16, BF16 (axpy_rows.c) */
 void hl_softmax_install(const hl_cpu_features *cpu);      /* attention's softmax (softmax.c) */

@@ -7,10 +7,10 @@
  *       and 16 tokens. Every kernel computes, for each (row, token), acc = fmaf(float(exact integer block
  *       dot), d_w * d_a, acc) block after block from 0: SIMD and scalar agree bit for bit, and with the plain
  *       type's panel batch path.
- *   HL_TYPE_Q4_K_R16 (gemm_q4_k_r16.c): per super-block, the rows' d and dmin, their 6-bit scales and mins
+ *   HL_TYPE_Q4_K_R16 (gemm_kquants_r16.c): per super-block, the rows' d and dmin, their 6-bit scales and mins
  *       unpacked to bytes, then dword k of every row's quants (148 bytes per row and super-block, 4 more than
  *       Q4_K's 144).
- *   HL_TYPE_Q6_K_R16 (gemm_q6_k_r16.c): per super-block, the rows' d and 16 scales, then dword k of every
+ *   HL_TYPE_Q6_K_R16 (gemm_kquants_r16.c): per super-block, the rows' d and 16 scales, then dword k of every
  *       row's ql and qh (210 bytes, as Q6_K).
  *
  * This file holds the layout table, hl_repack_type / hl_repack and the 32-element layouts' repacking and

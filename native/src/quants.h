@@ -87,7 +87,7 @@ typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;                 /
 #define HL_R16_ROWS 16
 typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[4][HL_R16_ROWS]; } block_q4_0_r16; /* 288 B */
 typedef struct { uint16_t d[HL_R16_ROWS]; uint32_t qs[8][HL_R16_ROWS]; } block_q8_0_r16; /* 544 B */
-/* HL_TYPE_Q4_K_R16 (gemm_q4_k_r16.c): per panel and super-block, the rows' d and dmin, sub-block j's 6-bit
+/* HL_TYPE_Q4_K_R16 (gemm_kquants_r16.c): per panel and super-block, the rows' d and dmin, sub-block j's 6-bit
  * scale and min of row r as bytes, then dword k of every row's qs: 16 x 148 B. */
 typedef struct {
     uint16_t d[HL_R16_ROWS], dmin[HL_R16_ROWS];
@@ -95,7 +95,7 @@ typedef struct {
     uint32_t qs[QK_K / 8][HL_R16_ROWS];
 } block_q4_K_r16;                                                                        /* 2368 B */
 #define HL_Q4_K_R16_ROW_BYTES (sizeof(block_q4_K_r16) / HL_R16_ROWS)                   /* 148 B */
-/* HL_TYPE_Q6_K_R16 (gemm_q6_k_r16.c): per panel and super-block, the rows' d, group g's scale of row r, then
+/* HL_TYPE_Q6_K_R16 (gemm_kquants_r16.c): per panel and super-block, the rows' d, group g's scale of row r, then
  * dword k of every row's ql and of its qh: 16 x 210 B, as Q6_K. */
 typedef struct {
     uint16_t d[HL_R16_ROWS];
@@ -213,12 +213,11 @@ void hl_gemm_q4_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size
 void hl_gemm_q8_0_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);
 
-/* gemm_q4_k_r16.c: 16 Q4_K rows of nb super-blocks (row_bytes apart) into one Q4_K_R16 panel; the layout's
- * scalar kernel (the SIMD one is gemm_q4_k_r16_avx512.c's). */
+/* gemm_kquants_r16.c: 16 Q4_K (Q6_K) rows of nb super-blocks (row_bytes apart) into one Q4_K_R16 (Q6_K_R16)
+ * panel; the layouts' scalar kernels (the SIMD ones are gemm_kquants_r16_avx512.c's). */
 void hl_repack_q4_k_panel(const char *src, size_t row_bytes, int64_t nb, char *dst);
 void hl_gemm_q4_k_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);
-/* gemm_q6_k_r16.c: the same for Q6_K and HL_TYPE_Q6_K_R16. */
 void hl_repack_q6_k_panel(const char *src, size_t row_bytes, int64_t nb, char *dst);
 void hl_gemm_q6_k_r16_ref(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
                           size_t a_stride, float *dst, size_t dst_stride);

@@ -1,0 +1,267 @@
+/*
+ * The AVX-512 VNNI kernels of the K-quant R16 layouts (gemm_kquants_r16.c states their arithmetic): lane r of
+ * every register is row r of the 16-row panel.
+ *
+ *   Q4_K_R16: a super-block's 32 quant dwords give 64 nibble registers; per token, 64 vpdpbusd against the
+ *             token's broadcast activation quads, the scales and mins applied in int32, two float operations.
+ *   Q6_K_R16: ql dwords A (elements l) and B (l + 32) and the qh dword H of the same 4 l give the unsigned
+ *             quants of four groups' elements:
+ *                 u0 = A & 15 | (H & 3) << 4,  u1 = B & 15 | (H & 12) << 2,
+ *                 u2 = A >> 4 & 15 | H & 48,   u3 = B >> 4 & 15 | (H & 192) >> 2
+ *             (bytewise; the 16-bit shifts move no bit across a byte after the masks).
+ *
+ * A single token dots the quants as they are made from the panel, prefetching two super-blocks ahead (its
+ * steps are short, and Q6_K_R16's three interleaved streams are not followed by the hardware prefetchers);
+ * more tokens reuse them from a per-panel buffer (passes of 16, 8, 4 and 2). Every (row, token) value is the
+ * same in any pass.
+ */
+#include "common.h"
+#include "gemm.h"
+#include "quants.h"
+
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+#define AI __attribute__((always_inline)) inline
+
+typedef enum { R16_Q4_K, R16_Q6_K } kind;
+
+/* ---- Q4_K_R16 ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    __m512i q[4][2][8]; /* chunk c (64 elements), low/high nibbles, dword k: 4 quants of sub-block 2c + half */
+    __m512i sc[8], mn[8];
+    __m512 d, dmin;
+} q4_unpacked;
+
+TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
+    for (int k = 0; k < QK_K / 8; k++) {
+        const __m512i x = _mm512_loadu_si512(blk->qs[k]);
+        u->q[k / 8][0][k % 8] = _mm512_and_si512(x, _mm512_set1_epi8(0x0F));
+        u->q[k / 8][1][k % 8] = _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F));
+    }
+    for (int j = 0; j < 8; j++) {
+        u->sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
+        u->mn[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j]));
+    }
+    u->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+    u->dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
+}
+
+/* acc (16 rows) after the unpacked super-block against activation block y. */
+TGT static AI __m512 q4_token_step(const q4_unpacked *u, const block_q8_K *y, __m512 acc) {
+    __m512i main = _mm512_setzero_si512(), mins = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++)
+        for (int half = 0; half < 2; half++) {
+            const int8_t *q = y->qs + 64 * c + 32 * half;
+            __m512i dot = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) {
+                int32_t quad;
+                memcpy(&quad, q + 4 * k, 4);
+                dot = _mm512_dpbusd_epi32(dot, u->q[c][half][k], _mm512_set1_epi32(quad));
+            }
+            main = _mm512_add_epi32(main, _mm512_mullo_epi32(dot, u->sc[2 * c + half]));
+        }
+    for (int j = 0; j < 8; j++)
+        mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(u->mn[j], _mm512_set1_epi32(y->bsums[2 * j] + y->bsums[2 * j + 1])));
+    const __m512 yd = _mm512_set1_ps(y->d);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main), _mm512_mul_ps(u->d, yd), acc);
+    return _mm512_fnmadd_ps(_mm512_mul_ps(u->dmin, yd), _mm512_cvtepi32_ps(mins), acc);
+}
+
+/* The same super-block step for one token straight from the panel (a decode: nothing to reuse, so the
+ * nibbles are not kept). */
+TGT static AI __m512 q4_direct_step(const block_q4_K_r16 *blk, const block_q8_K *y, __m512 acc) {
+    __m512i main = _mm512_setzero_si512(), mins = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++) {
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (int k = 0; k < 8; k++) {
+            const __m512i x = _mm512_loadu_si512(blk->qs[8 * c + k]);
+            int32_t quad_lo, quad_hi;
+            memcpy(&quad_lo, y->qs + 64 * c + 4 * k, 4);
+            memcpy(&quad_hi, y->qs + 64 * c + 32 + 4 * k, 4);
+            lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), _mm512_set1_epi32(quad_lo));
+            hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F)),
+                                     _mm512_set1_epi32(quad_hi));
+        }
+        main = _mm512_add_epi32(main, _mm512_mullo_epi32(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c]))));
+        main = _mm512_add_epi32(main, _mm512_mullo_epi32(hi, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c + 1]))));
+    }
+    for (int j = 0; j < 8; j++)
+        mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j])),
+                                                         _mm512_set1_epi32(y->bsums[2 * j] + y->bsums[2 * j + 1])));
+    const __m512 yd = _mm512_set1_ps(y->d);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main), _mm512_mul_ps(d, yd), acc);
+    return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(mins), acc);
+}
+
+/* ---- Q6_K_R16 ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    __m512i u[QK_K / 16][4]; /* group g's dwords 0..3 (elements 16g + 4i ..) */
+    __m512i sc[QK_K / 16];
+    __m512 d;
+} q6_unpacked;
+
+/* The four groups' quant dwords made from ql dwords A, B and qh dword H (element offsets 0, 32, 64, 96). */
+TGT static AI void q6_make_quants(__m512i A, __m512i B, __m512i H, __m512i u[4]) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    u[0] = _mm512_or_si512(_mm512_and_si512(A, lo4), _mm512_slli_epi16(_mm512_and_si512(H, _mm512_set1_epi8(0x03)), 4));
+    u[1] = _mm512_or_si512(_mm512_and_si512(B, lo4), _mm512_slli_epi16(_mm512_and_si512(H, _mm512_set1_epi8(0x0C)), 2));
+    u[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), lo4), _mm512_and_si512(H, _mm512_set1_epi8(0x30)));
+    u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(B, 4), lo4),
+                           _mm512_srli_epi16(_mm512_and_si512(H, _mm512_set1_epi8((char)0xC0)), 2));
+}
+
+TGT static AI __m512i q6_quad(const int8_t *q) {
+    int32_t v;
+    memcpy(&v, q, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* total += sc_g * (dot_g - 32 * bsum_g). */
+TGT static AI __m512i q6_add_group(__m512i total, __m512i dot, __m512i sc, int16_t bsum) {
+    return _mm512_add_epi32(total, _mm512_mullo_epi32(sc, _mm512_sub_epi32(dot, _mm512_set1_epi32(32 * bsum))));
+}
+
+TGT static AI __m512i q6_scales(const block_q6_K_r16 *blk, int g) {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[g]));
+}
+
+/* One token's super-block straight from the panel: quarters of 4 l-dwords finish 4 groups at a time. */
+TGT static AI __m512 q6_direct_step(const block_q6_K_r16 *blk, const block_q8_K *y, __m512 acc) {
+    __m512i total = _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++)
+        for (int q = 0; q < 2; q++) { /* l-dwords m = 4q .. 4q+3: groups 8h + 2c + q */
+            __m512i dot[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+            for (int i = 0; i < 4; i++) {
+                const int m = 4 * q + i;
+                __m512i u[4];
+                q6_make_quants(_mm512_loadu_si512(blk->ql[16 * h + m]), _mm512_loadu_si512(blk->ql[16 * h + 8 + m]),
+                            _mm512_loadu_si512(blk->qh[8 * h + m]), u);
+                for (int c = 0; c < 4; c++)
+                    dot[c] = _mm512_dpbusd_epi32(dot[c], u[c], q6_quad(y->qs + 128 * h + 32 * c + 4 * m));
+            }
+            for (int c = 0; c < 4; c++) {
+                const int g = 8 * h + 2 * c + q;
+                total = q6_add_group(total, dot[c], q6_scales(blk, g), y->bsums[g]);
+            }
+        }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, _mm512_set1_ps(y->d)), acc);
+}
+
+TGT static AI void q6_unpack(const block_q6_K_r16 *blk, q6_unpacked *w) {
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < 8; m++) {
+            __m512i u[4];
+            q6_make_quants(_mm512_loadu_si512(blk->ql[16 * h + m]), _mm512_loadu_si512(blk->ql[16 * h + 8 + m]),
+                        _mm512_loadu_si512(blk->qh[8 * h + m]), u);
+            for (int c = 0; c < 4; c++) w->u[8 * h + 2 * c + m / 4][m % 4] = u[c];
+        }
+    for (int g = 0; g < QK_K / 16; g++) w->sc[g] = q6_scales(blk, g);
+    w->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+}
+
+TGT static AI __m512 q6_token_step(const q6_unpacked *w, const block_q8_K *y, __m512 acc) {
+    __m512i total = _mm512_setzero_si512();
+    for (int g = 0; g < QK_K / 16; g++) {
+        __m512i dot = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++) dot = _mm512_dpbusd_epi32(dot, w->u[g][i], q6_quad(y->qs + 16 * g + 4 * i));
+        total = q6_add_group(total, dot, w->sc[g], y->bsums[g]);
+    }
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(w->d, _mm512_set1_ps(y->d)), acc);
+}
+
+/* ---- the passes, shared ------------------------------------------------------------------------- */
+
+typedef union {
+    q4_unpacked q4;
+    q6_unpacked q6;
+} unpacked;
+
+static AI size_t block_bytes(kind k) { return k == R16_Q4_K ? sizeof(block_q4_K_r16) : sizeof(block_q6_K_r16); }
+
+#define PREFETCH_BLOCKS 2
+TGT static AI void prefetch_block(kind k, const char *blk, const char *end) {
+    if (blk >= end) return;
+    for (size_t at = 0; at < block_bytes(k); at += 64) _mm_prefetch(blk + at, _MM_HINT_T0);
+}
+
+TGT static AI __m512 direct_step(kind k, const char *blk, const block_q8_K *y, __m512 acc) {
+    return k == R16_Q4_K ? q4_direct_step((const block_q4_K_r16 *)blk, y, acc)
+                         : q6_direct_step((const block_q6_K_r16 *)blk, y, acc);
+}
+
+TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
+    if (k == R16_Q4_K) q4_unpack((const block_q4_K_r16 *)blk, &u->q4);
+    else q6_unpack((const block_q6_K_r16 *)blk, &u->q6);
+}
+
+TGT static AI __m512 token_step(kind k, const unpacked *u, const block_q8_K *y, __m512 acc) {
+    return k == R16_Q4_K ? q4_token_step(&u->q4, y, acc) : q6_token_step(&u->q6, y, acc);
+}
+
+/* N tokens (a constant at every call) against every panel of the nr rows. */
+TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const char *w, size_t w_stride,
+                               const char *a, size_t a_stride, float *dst, size_t dst_stride) {
+    const int64_t nb = n / QK_K;
+    unpacked u;
+    for (int64_t p = 0; p < nr / HL_R16_ROWS; p++) {
+        const char *panel = w + (size_t)p * HL_R16_ROWS * w_stride, *end = panel + (size_t)nb * block_bytes(k);
+        __m512 acc[16];
+        for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb && N == 1; b++) {
+            prefetch_block(k, panel + (size_t)(b + PREFETCH_BLOCKS) * block_bytes(k), end);
+            acc[0] = direct_step(k, panel + (size_t)b * block_bytes(k), (const block_q8_K *)a + b, acc[0]);
+        }
+        for (int64_t b = 0; b < nb && N > 1; b++) {
+            unpack(k, panel + (size_t)b * block_bytes(k), &u);
+            for (int t = 0; t < N; t++)
+                acc[t] = token_step(k, &u, (const block_q8_K *)(a + (size_t)t * a_stride) + b, acc[t]);
+        }
+        for (int t = 0; t < N; t++) _mm512_storeu_ps(dst + (size_t)t * dst_stride + (size_t)p * HL_R16_ROWS, acc[t]);
+    }
+}
+
+TGT static AI void gemm_r16(kind k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
+                            const void *a, size_t a_stride, float *dst, size_t dst_stride) {
+    for (int64_t t0 = 0; t0 < nt;) {
+        const int64_t left = nt - t0;
+        const char *at = (const char *)a + (size_t)t0 * a_stride;
+        float *dt = dst + (size_t)t0 * dst_stride;
+        const int N = left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        switch (N) {
+        case 16: tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 8: tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 4: tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 2: tokens_pass(k, 2, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        default: tokens_pass(k, 1, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        }
+        t0 += N;
+    }
+}
+
+TGT static void gemm_q4_k_r16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                              size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_r16(R16_Q4_K, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
+TGT static void gemm_q6_k_r16(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                              size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_r16(R16_Q6_K, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+#endif
+
+void hl_gemm_install_kquants_r16(const hl_cpu_features *cpu) {
+#if defined(__x86_64__) && !defined(HL_NO_SIMD)
+    if (!cpu->avx512) return;
+    hl_traits_for_install(HL_TYPE_Q4_K_R16)->gemm = gemm_q4_k_r16;
+    hl_traits_for_install(HL_TYPE_Q6_K_R16)->gemm = gemm_q6_k_r16;
+#else
+    (void)cpu;
+#endif
+}
