@@ -64,11 +64,12 @@ class Model:
         self._file = GGUFFile(self.path)
         self.tokenizer = Tokenizer.from_reader(self._file.reader, self.path)
         self.hparams: HParams = read_hparams(self._file, self.tokenizer.n_vocab)
-        self._desc = CoreModelDesc(self._file, self.hparams, repack)
+        n_threads = n_threads if n_threads is not None else physical_cores()
+        self._desc = CoreModelDesc(self._file, self.hparams, repack, n_threads)
         self.seed = seed
         self._n_ctx = self.hparams.n_ctx_train if n_ctx == 0 else n_ctx
         self._n_batch = n_batch
-        self._create_core(n_threads if n_threads is not None else physical_cores(), cache_type)
+        self._create_core(n_threads, cache_type)
         self._abort_flag = ffi.new("int32_t *")
         lib.hl_set_abort(self._ctx, self._abort_flag)
         self.perf = PerfCounters(load_ms=(time.perf_counter() - start) * 1e3)

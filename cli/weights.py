@@ -5,6 +5,8 @@ before the core is handed pointers into the memory map.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from ._native import TYPE_IDS, ffi, lib
 from .errors import ModelFileError
 from .gguf_io import GGUFFile, TensorInfo, dims_of
@@ -53,12 +55,14 @@ def check_tensor(f: GGUFFile, info: TensorInfo, shape: tuple[int, ...], kind: st
 class CoreModelDesc:
     """Fills hl_model_desc from a checked file, keeping every pointer's owner alive."""
 
-    def __init__(self, f: GGUFFile, hp: HParams, repack_weights: bool = True):
+    def __init__(self, f: GGUFFile, hp: HParams, repack_weights: bool = True, n_threads: int = 1):
         """repack_weights: projections and the output head in the core's repacked layouts where this CPU's
-        kernels for them are faster (cli/repack.py); the token embeddings always stay rows."""
+        kernels for them are faster (cli/repack.py), n_threads tensors at a time; the token embeddings always
+        stay rows."""
         self.desc = ffi.new("hl_model_desc *")
         self.layers = ffi.new("hl_layer_desc[]", hp.n_layer)
         self._buffers = []  # cffi buffers over the memory map or repacked copies; must outlive the core model
+        self._to_repack: list[tuple[object, TensorInfo]] = []  # (view, tensor) if repack_weights
         self._repack = repack_weights
         self.n_repacked = 0
         self._fill_hparams(hp)
@@ -69,6 +73,7 @@ class CoreModelDesc:
         unexpected = sorted(set(f.tensors) - used)
         if unexpected:
             raise ModelFileError(f"{f.path}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} not used by {hp.arch})")
+        self._repack_views(f, n_threads)
 
     def _fill_hparams(self, hp: HParams) -> None:
         d = self.desc
@@ -80,22 +85,31 @@ class CoreModelDesc:
         d.rope_freq_scale, d.rope_attn_factor = hp.rope_freq_scale, hp.rope_attn_factor
         d.layers = self.layers
 
-    def _view(self, f: GGUFFile, view, info: TensorInfo, projection: bool) -> None:
-        packed = repack(f, info) if projection and self._repack else None
-        data, type_id = packed if packed is not None else (info.data, info.type_id)
-        self.n_repacked += packed is not None
+    def _view(self, view, data, type_id: int, ne) -> None:
         buffer = ffi.from_buffer(data)
         self._buffers.append(buffer)
         view.data = buffer
         view.type = type_id
-        view.ne = list(info.ne)
+        view.ne = list(ne)
+
+    def _repack_views(self, f: GGUFFile, n_threads: int) -> None:
+        """Repacks the queued projections, n_threads at a time (the core's hl_repack runs without the GIL)."""
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            packed = list(pool.map(lambda job: repack(f, job[1]), self._to_repack))
+        for (view, info), result in zip(self._to_repack, packed):
+            if result is not None:
+                self._view(view, result[0], result[1], info.ne)
+                self.n_repacked += 1
+        self._to_repack = []
 
     def _take(self, f: GGUFFile, view, name: str, shape, kind: str, required: bool) -> set[str]:
         info = f.tensor(name, required)
         if info is None:
             return set()
         check_tensor(f, info, shape, kind)
-        self._view(f, view, info, kind == "matrix" and name != "token_embd.weight")
+        self._view(view, info.data, info.type_id, info.ne)
+        if self._repack and kind == "matrix" and name != "token_embd.weight":
+            self._to_repack.append((view, info))
         return {name}
 
     def _fill_globals(self, f: GGUFFile, hp: HParams) -> set[str]:
