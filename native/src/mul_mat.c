@@ -4,7 +4,8 @@
  *
  *   convert  x to every activation type that the weights and the LoRA A's dot against, once for all of them
  *            (threads split the tokens)
- *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters)
+ *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters). When
+ *            every A dots against x itself (float A's), it needs no conversion and runs in the convert phase.
  *   dot      each projection's rows split among threads: dst = W.x through the multi-token kernel, plus
  *            the LoRA B terms, plus the bias; then the epilogue on the rows the thread just wrote: RoPE and
  *            the KV store (threads own whole heads), SwiGLU, or the residual add
@@ -22,7 +23,7 @@
 #define HL_ROW_ALIGN 16
 #define MAX_ACT_TYPES (2 * HL_MAX_PROJ + 2)
 
-typedef enum { PH_CONVERT, PH_LORA_A, PH_DOT } mm_phase;
+typedef enum { PH_CONVERT, PH_LORA_A, PH_CONVERT_AND_LORA_A, PH_DOT } mm_phase;
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -67,11 +68,22 @@ size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
     return align64(converted_bytes(nd)) + (size_t)nth * hl_lora_b_scratch_size(nd);
 }
 
+/* Whether every LoRA A of the node dots against x as it is (F32 activations: nothing to wait for). */
+static int lora_a_reads_x(const hl_node *nd) {
+    for (int32_t i = 0; i < nd->n_terms; i++)
+        if (hl_get_type_traits(nd->terms[i].lora->a.type)->vec_dot_type != HL_TYPE_F32) return 0;
+    return 1;
+}
+
 static int phase_list(const hl_node *nd, mm_phase out[3]) {
     int32_t types[MAX_ACT_TYPES];
     int n = 0;
-    if (act_types(nd, types) > 0) out[n++] = PH_CONVERT;
-    if (nd->n_terms) out[n++] = PH_LORA_A;
+    const int convert = act_types(nd, types) > 0, lora_a = nd->n_terms > 0;
+    if (convert && lora_a && lora_a_reads_x(nd)) out[n++] = PH_CONVERT_AND_LORA_A;
+    else {
+        if (convert) out[n++] = PH_CONVERT;
+        if (lora_a) out[n++] = PH_LORA_A;
+    }
     out[n++] = PH_DOT;
     return n;
 }
@@ -150,6 +162,10 @@ void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int n
     switch (list[phase]) {
     case PH_CONVERT: convert_input(ctx, nd, ith, nth); break;
     case PH_LORA_A: hl_lora_a_rows(ctx, nd, ith, nth); break;
+    case PH_CONVERT_AND_LORA_A:
+        convert_input(ctx, nd, ith, nth);
+        hl_lora_a_rows(ctx, nd, ith, nth);
+        break;
     case PH_DOT: dot_phase(ctx, nd, ith, nth); break;
     }
 }
