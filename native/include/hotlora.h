@@ -248,8 +248,8 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
  * VNNI, for n_rows a multiple of 16). hl_repack: dst (n_rows * hl_row_size(that layout, n_cols) bytes: as
  * many as src, or for Q4_K_R16 148/144 as many) gets the rows rearranged into that layout, whose kernels
  * read each weight block once for 16 rows; HL_ERR_UNSUPPORTED (nothing written) where hl_repack_type names
- * no other layout. A repacked matrix serves as a layer projection or the output
- * head (hl_model_create checks where) and in hl_mat_mul; its rows cannot be read one by one.
+ * no other layout. A repacked matrix serves as a layer projection or the output head (hl_model_create
+ * checks where) and in hl_mat_mul; its rows cannot be read one by one.
  */
 int32_t hl_repack_type(int32_t type, int64_t n_rows);
 hl_status hl_repack(int32_t type, const void *src, void *dst, int64_t n_cols, int64_t n_rows,
@@ -337,7 +337,8 @@ typedef struct {
 } hl_train_pair;
 
 /* A trainer for windows of up to n_tokens_max tokens, computing on n_threads threads; keep_activations != 0
- * keeps every layer's intermediates instead of recomputing them. */
+ * keeps every layer's intermediates instead of recomputing them. The backward reads weight rows one by one:
+ * a model with repacked weights (HL_TYPE_*_R16) is refused (HL_ERR_UNSUPPORTED). */
 hl_status hl_train_create(const hl_model *model, int32_t n_tokens_max, int32_t n_threads, int32_t keep_activations,
                           hl_train **out);
 void hl_train_free(hl_train *train);
