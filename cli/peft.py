@@ -245,13 +245,15 @@ def gguf_name(path: Path, module: str, kind: str, arch: str) -> str:
     return name
 
 
+_MODULE_OF_TENSOR = {tensor: module for module, tensor in LAYER_MODULES.items()}  # attn_q: self_attn.q_proj
+
+
 def peft_module(name: str) -> str:
     """The Hugging Face module of a GGUF layer tensor: blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj."""
     parts = name.split(".")
-    modules = {v: k for k, v in LAYER_MODULES.items()}
-    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in modules or parts[3] != "weight":
+    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _MODULE_OF_TENSOR or parts[3] != "weight":
         raise ModelFileError(f"'{name}' is not a layer tensor with a PEFT module ({CONVERTIBLE})")
-    return f"model.layers.{int(parts[1])}.{modules[parts[2]]}"
+    return f"model.layers.{int(parts[1])}.{_MODULE_OF_TENSOR[parts[2]]}"
 
 
 def as_float(path: Path, name: str, values: np.ndarray) -> np.ndarray:

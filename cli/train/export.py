@@ -12,10 +12,8 @@ from pathlib import Path
 from ..convert import ConvertReport, peft_pairs, write_adapter
 from ..errors import HotLoraError
 from ..output_file import atomic_output
-from ..peft import CONFIG_NAME, LAYER_MODULES, SAFETENSORS_NAME
+from ..peft import CONFIG_NAME, SAFETENSORS_NAME, peft_module
 from .params import LoraParams
-
-LAYER_MODULES_BY_TENSOR = {tensor: module.split(".")[1] for module, tensor in LAYER_MODULES.items()}  # attn_q: q_proj
 
 
 def _pairs(params: LoraParams) -> list:
@@ -28,7 +26,7 @@ def write_gguf_adapter(params: LoraParams, model, out: Path, name: str | None = 
 
 
 def peft_config(params: LoraParams, model) -> dict:
-    modules = sorted({LAYER_MODULES_BY_TENSOR[n.split(".")[2]] for n in params.names})
+    modules = sorted({peft_module(n).rsplit(".", 1)[1] for n in params.names})  # q_proj, ...
     base_name = model.file.get_str("general.name") or model.path.stem
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
             "r": params.rank, "lora_alpha": params.alpha, "target_modules": modules, "lora_dropout": 0.0,

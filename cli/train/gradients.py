@@ -1,29 +1,26 @@
 """LoraGradients: the C core's training forward and backward (hl_train) over one window of tokens."""
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._native import check, ffi, lib
-from ..adapters import LAYER_TARGETS
+from ..adapters import LAYER_TARGETS, target_of
 from ..errors import HotLoraError
 from .params import LoraParams, projection_shape
 
 if TYPE_CHECKING:
     from ..model import Model
 
-_LAYER_NAME = re.compile(rf"blk\.(\d+)\.({'|'.join(LAYER_TARGETS)})\.weight")
-
-
-def _site(name: str, n_layer: int) -> tuple[int, int]:
-    """(layer, hl_lora_target) of a trainable base tensor name."""
-    match = _LAYER_NAME.fullmatch(name)
-    if not match or int(match.group(1)) >= n_layer:
-        raise HotLoraError(f"LoRA parameter '{name}' is not a projection of a block of this model "
-                           f"(blk.0..{n_layer - 1}.{{{','.join(LAYER_TARGETS)}}}.weight)")
-    return int(match.group(1)), LAYER_TARGETS[match.group(2)]
+def _site(model: "Model", name: str) -> tuple[int, int]:
+    """(layer, hl_lora_target) of a trainable base tensor name: a block's projection (adapters.target_of's
+    rule, without the output head and token embeddings, which the core does not train)."""
+    target, layer = target_of(model.path, name, model.n_layer)
+    if layer < 0:
+        raise HotLoraError(f"LoRA parameter '{name}' is not a projection of a block "
+                           f"(blk.N.{{{','.join(LAYER_TARGETS)}}}.weight): only those train")
+    return layer, target
 
 
 def _check_matrix(what: str, x: np.ndarray, shape: tuple[int, int]) -> None:
@@ -53,7 +50,7 @@ class LoraGradients:
             raise HotLoraError(f"LoraParams: {len(params.names)} names, {len(params.a)} A and {len(params.b)} B")
         if len(set(params.names)) != len(params.names):
             raise HotLoraError("LoraParams: a tensor name appears twice")
-        self._sites = [_site(name, model.n_layer) for name in params.names]
+        self._sites = [_site(model, name) for name in params.names]
         self._shapes = [projection_shape(model, name) for name in params.names]
         self._check_params()
         out = ffi.new("hl_train **")

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..adapters import LAYER_TARGETS
 from ..errors import HotLoraError
 
 if TYPE_CHECKING:
     from ..model import Model
 
-TARGETS = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
-           "down": "ffn_down"}
-"""Short target names (--targets) -> the projection's tensor name inside a block, in the order pairs are kept."""
+TARGETS = dict(zip(("q", "k", "v", "o", "gate", "up", "down"), LAYER_TARGETS))
+"""Short target names (--targets) -> the projection's tensor name inside a block (adapters.LAYER_TARGETS, in
+its order: attn_q .. ffn_down), in the order pairs are kept."""
 
 
 def parse_targets(targets: Sequence[str]) -> list[str]:
