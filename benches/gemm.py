@@ -20,6 +20,7 @@ import numpy as np
 from hotlora._core import ffi, lib
 from hotlora._native import TYPE_IDS
 from hotlora.quantize import encode
+from hotlora.repack import repack_rows
 
 AUTO = 0
 
@@ -57,12 +58,8 @@ def main() -> None:
 
 def repacked(name: str, raw: np.ndarray, type_id: int, n_in: int, n_out: int) -> list:
     """[(name, bytes, type id)] of the layout this CPU repacks the type into, or [] if none."""
-    layout = lib.hl_repack_type(type_id, n_out)
-    if layout == type_id:
-        return []
-    out, kind = np.empty(n_out * lib.hl_row_size(layout, n_in), dtype=np.uint8), ffi.new("int32_t *")
-    assert lib.hl_repack(type_id, ffi.from_buffer(raw), ffi.from_buffer(out), n_in, n_out, kind) == 0
-    return [(f"{name}_R16", out, kind[0])]
+    packed = repack_rows(type_id, raw, n_in, n_out)
+    return [] if packed is None else [(f"{name}_R16", *packed)]
 
 
 def measure(name: str, raw: np.ndarray, type_id: int, args, rng, n_in: int, n_out: int) -> None:
