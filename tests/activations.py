@@ -56,3 +56,20 @@ def roundtrip(x: np.ndarray, weight_type: str) -> np.ndarray:
         return x
     x32 = np.asarray(x, dtype=np.float32)
     return _q8_k(x32) if act == "Q8_K" else _q8_0(x32)
+
+
+def without_ties(x):
+    """x [..., n] with every exact .5 tie of the Q8_0/Q8_1 quantizer (x * (1/d) in float32) moved towards 0 until
+    none is left (one ulp may round to the same tie): the SIMD quantizers round ties to even and the references
+    away from zero (pinned by its own test)."""
+    x = np.array(x, dtype=np.float32)
+    blocks = x.reshape(-1, 32)
+    while True:
+        with np.errstate(divide="ignore"):
+            d = (np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+            inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        v = np.abs(blocks * inv)
+        ties = v - np.floor(v) == 0.5
+        if not ties.any():
+            return blocks.reshape(x.shape)
+        blocks[ties] = np.nextafter(blocks[ties], np.float32(0))

@@ -11,7 +11,7 @@
   tokens may take a streaming path that agrees within the tolerance).
 * Bad arguments fail with a specific status and message; F16/BF16 edge values.
 
-Self-contained; deterministic seeds.
+Deterministic seeds; without_ties comes from activations.py.
 """
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 from hotlora._core import ffi, lib  # noqa: E402
+from activations import without_ties  # noqa: E402
 
 HL_OK, HL_ERR_INVALID, HL_ERR_NOMEM, HL_ERR_UNSUPPORTED = 0, 1, 2, 3
 AUTO, REFERENCE = 0, 1
@@ -114,20 +115,6 @@ def activation_half_step(x, act):
     blocks = x.reshape(-1, 256)
     d = np.abs(blocks).max(axis=1).astype(np.float64) / 127
     return np.repeat(d * (0.5 + 1e-4), 256)
-
-
-def without_ties(x):
-    """x [..., n] with every exact .5 tie of the Q8_0/Q8_1 quantizer (x * (1/d) in float32) moved one ulp to 0:
-    the SIMD quantizers round ties to even and the references away from zero (pinned by its own test)."""
-    x = np.array(x, dtype=np.float32)
-    blocks = x.reshape(-1, 32)
-    with np.errstate(divide="ignore"):
-        d = (np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
-        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    v = np.abs(blocks * inv)
-    ties = v - np.floor(v) == 0.5
-    blocks[ties] = np.nextafter(blocks[ties], np.float32(0))
-    return blocks.reshape(x.shape)
 
 
 def quantized_error_bound(qtype, raw, w64, x):

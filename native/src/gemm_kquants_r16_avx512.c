@@ -3,17 +3,20 @@
  * every register is row r of the 16-row panel.
  *
  *   Q4_K_R16: a super-block's 32 quant dwords give 64 nibble registers; per token, 64 vpdpbusd against the
- *             token's broadcast activation quads, the scales and mins applied in int32, two float operations.
+ *             token's broadcast activation quads, each sub-block's dot times its scale (vpmulld), the mins by
+ *             8 vpdpwssd of (mn_j, mn_j) against the token's bsums in pairs, then two float operations.
  *   Q6_K_R16: ql dwords A (elements l) and B (l + 32) and the qh dword H of the same 4 l give the unsigned
  *             quants of four groups' elements:
  *                 u0 = A & 15 | (H & 3) << 4,  u1 = B & 15 | (H & 12) << 2,
  *                 u2 = A >> 4 & 15 | H & 48,   u3 = B >> 4 & 15 | (H & 192) >> 2
- *             (bytewise; the 16-bit shifts move no bit across a byte after the masks).
+ *             (bytewise; the 16-bit shifts move no bit across a byte after the masks); the -32 offset of the
+ *             quants is taken off once, 32 * (8 vpdpwssd of the groups' scale pairs against the bsums' pairs).
  *
  * A single token dots the quants as they are made from the panel, prefetching two super-blocks ahead (its
  * steps are short, and Q6_K_R16's three interleaved streams are not followed by the hardware prefetchers);
- * more tokens reuse them from a per-panel buffer (passes of 16, 8, 4 and 2). Every (row, token) value is the
- * same in any pass.
+ * more tokens reuse them from a per-panel buffer (passes of 32, 16, 8, 4 and 2), GROUP tokens at a time, so
+ * one load of a quant register feeds GROUP vpdpbusd. Every (row, token) value is the same exact integer sum
+ * followed by the same float operations in any pass.
  */
 #include "common.h"
 #include "gemm.h"
@@ -24,6 +27,7 @@
 
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
 #define AI __attribute__((always_inline)) inline
+#define GROUP 8 /* tokens per register tile: each unpacked quant register feeds GROUP vpdpbusd */
 
 typedef enum { R16_Q4_K, R16_Q6_K } kind;
 
@@ -31,9 +35,23 @@ typedef enum { R16_Q4_K, R16_Q6_K } kind;
 
 typedef struct {
     __m512i q[4][2][8]; /* chunk c (64 elements), low/high nibbles, dword k: 4 quants of sub-block 2c + half */
-    __m512i sc[8], mn[8];
+    __m512i sc[8];      /* sub-block j's scale of row r in lane r */
+    __m512i mn2[8];     /* sub-block j's min of row r in both 16-bit halves of lane r */
     __m512 d, dmin;
 } q4_unpacked;
+
+/* Lane r: sub-block j's min of row r in both 16-bit halves, for vpdpwssd against a dword of two bsums. */
+TGT static AI __m512i q4_min_pair(const block_q4_K_r16 *blk, int j) {
+    const __m512i m = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j]));
+    return _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+}
+
+/* mins + sum_j mn_j * (bsums[2j] + bsums[2j + 1]): one vpdpwssd per sub-block on the bsums' dword j. */
+TGT static AI __m512i q4_add_mins(__m512i mins, __m512i mn2, const block_q8_K *y, int j) {
+    int32_t pair;
+    memcpy(&pair, y->bsums + 2 * j, 4);
+    return _mm512_dpwssd_epi32(mins, mn2, _mm512_set1_epi32(pair));
+}
 
 TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
     for (int k = 0; k < QK_K / 8; k++) {
@@ -43,31 +61,41 @@ TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
     }
     for (int j = 0; j < 8; j++) {
         u->sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
-        u->mn[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j]));
+        u->mn2[j] = q4_min_pair(blk, j);
     }
     u->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     u->dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
 }
 
-/* acc (16 rows) after the unpacked super-block against activation block y. */
-TGT static AI __m512 q4_token_step(const q4_unpacked *u, const block_q8_K *y, __m512 acc) {
-    __m512i main = _mm512_setzero_si512(), mins = _mm512_setzero_si512();
+TGT static AI __m512i quad_of(const int8_t *q) {
+    int32_t v;
+    memcpy(&v, q, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* acc[t] (16 rows) after the unpacked super-block against G tokens' activation blocks y[t] (G <= 4): each
+ * quant register is loaded once for the G tokens. */
+TGT static AI void q4_tokens_step(const q4_unpacked *u, const int G, const block_q8_K *const *y, __m512 *acc) {
+    __m512i main[GROUP], mins[GROUP];
+    for (int t = 0; t < G; t++) main[t] = mins[t] = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++)
         for (int half = 0; half < 2; half++) {
-            const int8_t *q = y->qs + 64 * c + 32 * half;
-            __m512i dot = _mm512_setzero_si512();
+            __m512i dot[GROUP];
+            for (int t = 0; t < G; t++) dot[t] = _mm512_setzero_si512();
             for (int k = 0; k < 8; k++) {
-                int32_t quad;
-                memcpy(&quad, q + 4 * k, 4);
-                dot = _mm512_dpbusd_epi32(dot, u->q[c][half][k], _mm512_set1_epi32(quad));
+                const __m512i w = u->q[c][half][k];
+                for (int t = 0; t < G; t++)
+                    dot[t] = _mm512_dpbusd_epi32(dot[t], w, quad_of(y[t]->qs + 64 * c + 32 * half + 4 * k));
             }
-            main = _mm512_add_epi32(main, _mm512_mullo_epi32(dot, u->sc[2 * c + half]));
+            for (int t = 0; t < G; t++) main[t] = _mm512_add_epi32(main[t], _mm512_mullo_epi32(dot[t], u->sc[2 * c + half]));
         }
     for (int j = 0; j < 8; j++)
-        mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(u->mn[j], _mm512_set1_epi32(y->bsums[2 * j] + y->bsums[2 * j + 1])));
-    const __m512 yd = _mm512_set1_ps(y->d);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main), _mm512_mul_ps(u->d, yd), acc);
-    return _mm512_fnmadd_ps(_mm512_mul_ps(u->dmin, yd), _mm512_cvtepi32_ps(mins), acc);
+        for (int t = 0; t < G; t++) mins[t] = q4_add_mins(mins[t], u->mn2[j], y[t], j);
+    for (int t = 0; t < G; t++) {
+        const __m512 yd = _mm512_set1_ps(y[t]->d);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main[t]), _mm512_mul_ps(u->d, yd), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(u->dmin, yd), _mm512_cvtepi32_ps(mins[t]), acc[t]);
+    }
 }
 
 /* The same super-block step for one token straight from the panel (a decode: nothing to reuse, so the
@@ -78,19 +106,14 @@ TGT static AI __m512 q4_direct_step(const block_q4_K_r16 *blk, const block_q8_K 
         __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
         for (int k = 0; k < 8; k++) {
             const __m512i x = _mm512_loadu_si512(blk->qs[8 * c + k]);
-            int32_t quad_lo, quad_hi;
-            memcpy(&quad_lo, y->qs + 64 * c + 4 * k, 4);
-            memcpy(&quad_hi, y->qs + 64 * c + 32 + 4 * k, 4);
-            lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), _mm512_set1_epi32(quad_lo));
+            lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), quad_of(y->qs + 64 * c + 4 * k));
             hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F)),
-                                     _mm512_set1_epi32(quad_hi));
+                                     quad_of(y->qs + 64 * c + 32 + 4 * k));
         }
         main = _mm512_add_epi32(main, _mm512_mullo_epi32(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c]))));
         main = _mm512_add_epi32(main, _mm512_mullo_epi32(hi, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c + 1]))));
     }
-    for (int j = 0; j < 8; j++)
-        mins = _mm512_add_epi32(mins, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j])),
-                                                         _mm512_set1_epi32(y->bsums[2 * j] + y->bsums[2 * j + 1])));
+    for (int j = 0; j < 8; j++) mins = q4_add_mins(mins, q4_min_pair(blk, j), y, j);
     const __m512 yd = _mm512_set1_ps(y->d);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
@@ -102,7 +125,8 @@ TGT static AI __m512 q4_direct_step(const block_q4_K_r16 *blk, const block_q8_K 
 
 typedef struct {
     __m512i u[QK_K / 16][4]; /* group g's dwords 0..3 (elements 16g + 4i ..) */
-    __m512i sc[QK_K / 16];
+    __m512i sc[QK_K / 16];   /* group g's scale of row r in lane r */
+    __m512i sc2[QK_K / 32];  /* groups 2p and 2p + 1's scales of row r as the 16-bit halves of lane r */
     __m512 d;
 } q6_unpacked;
 
@@ -116,24 +140,29 @@ TGT static AI void q6_make_quants(__m512i A, __m512i B, __m512i H, __m512i u[4])
                            _mm512_srli_epi16(_mm512_and_si512(H, _mm512_set1_epi8((char)0xC0)), 2));
 }
 
-TGT static AI __m512i q6_quad(const int8_t *q) {
-    int32_t v;
-    memcpy(&v, q, 4);
-    return _mm512_set1_epi32(v);
-}
-
-/* total += sc_g * (dot_g - 32 * bsum_g). */
-TGT static AI __m512i q6_add_group(__m512i total, __m512i dot, __m512i sc, int16_t bsum) {
-    return _mm512_add_epi32(total, _mm512_mullo_epi32(sc, _mm512_sub_epi32(dot, _mm512_set1_epi32(32 * bsum))));
-}
-
 TGT static AI __m512i q6_scales(const block_q6_K_r16 *blk, int g) {
     return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[g]));
 }
 
+TGT static AI __m512i q6_scale_pair(const block_q6_K_r16 *blk, int p) {
+    return _mm512_or_si512(_mm512_and_si512(q6_scales(blk, 2 * p), _mm512_set1_epi32(0xFFFF)),
+                           _mm512_slli_epi32(q6_scales(blk, 2 * p + 1), 16));
+}
+
+/* sum_g sc_g * dot_g - 32 * sum_g sc_g * bsum_g, the second sum by one vpdpwssd per pair of groups. */
+TGT static AI __m512i q6_offset_total(__m512i scaled, const __m512i sc2[QK_K / 32], const block_q8_K *y) {
+    __m512i offset = _mm512_setzero_si512();
+    for (int p = 0; p < QK_K / 32; p++) {
+        int32_t pair;
+        memcpy(&pair, y->bsums + 2 * p, 4);
+        offset = _mm512_dpwssd_epi32(offset, sc2[p], _mm512_set1_epi32(pair));
+    }
+    return _mm512_sub_epi32(scaled, _mm512_slli_epi32(offset, 5));
+}
+
 /* One token's super-block straight from the panel: quarters of 4 l-dwords finish 4 groups at a time. */
 TGT static AI __m512 q6_direct_step(const block_q6_K_r16 *blk, const block_q8_K *y, __m512 acc) {
-    __m512i total = _mm512_setzero_si512();
+    __m512i scaled = _mm512_setzero_si512(), sc2[QK_K / 32];
     for (int h = 0; h < 2; h++)
         for (int q = 0; q < 2; q++) { /* l-dwords m = 4q .. 4q+3: groups 8h + 2c + q */
             __m512i dot[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
@@ -143,15 +172,14 @@ TGT static AI __m512 q6_direct_step(const block_q6_K_r16 *blk, const block_q8_K 
                 q6_make_quants(_mm512_loadu_si512(blk->ql[16 * h + m]), _mm512_loadu_si512(blk->ql[16 * h + 8 + m]),
                             _mm512_loadu_si512(blk->qh[8 * h + m]), u);
                 for (int c = 0; c < 4; c++)
-                    dot[c] = _mm512_dpbusd_epi32(dot[c], u[c], q6_quad(y->qs + 128 * h + 32 * c + 4 * m));
+                    dot[c] = _mm512_dpbusd_epi32(dot[c], u[c], quad_of(y->qs + 128 * h + 32 * c + 4 * m));
             }
-            for (int c = 0; c < 4; c++) {
-                const int g = 8 * h + 2 * c + q;
-                total = q6_add_group(total, dot[c], q6_scales(blk, g), y->bsums[g]);
-            }
+            for (int c = 0; c < 4; c++)
+                scaled = _mm512_add_epi32(scaled, _mm512_mullo_epi32(q6_scales(blk, 8 * h + 2 * c + q), dot[c]));
         }
+    for (int p = 0; p < QK_K / 32; p++) sc2[p] = q6_scale_pair(blk, p);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, _mm512_set1_ps(y->d)), acc);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(q6_offset_total(scaled, sc2, y)), _mm512_mul_ps(d, _mm512_set1_ps(y->d)), acc);
 }
 
 TGT static AI void q6_unpack(const block_q6_K_r16 *blk, q6_unpacked *w) {
@@ -163,17 +191,26 @@ TGT static AI void q6_unpack(const block_q6_K_r16 *blk, q6_unpacked *w) {
             for (int c = 0; c < 4; c++) w->u[8 * h + 2 * c + m / 4][m % 4] = u[c];
         }
     for (int g = 0; g < QK_K / 16; g++) w->sc[g] = q6_scales(blk, g);
+    for (int p = 0; p < QK_K / 32; p++) w->sc2[p] = q6_scale_pair(blk, p);
     w->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
 }
 
-TGT static AI __m512 q6_token_step(const q6_unpacked *w, const block_q8_K *y, __m512 acc) {
-    __m512i total = _mm512_setzero_si512();
+/* acc[t] after the unpacked super-block against G tokens' activation blocks y[t] (G <= 4). */
+TGT static AI void q6_tokens_step(const q6_unpacked *w, const int G, const block_q8_K *const *y, __m512 *acc) {
+    __m512i scaled[GROUP];
+    for (int t = 0; t < G; t++) scaled[t] = _mm512_setzero_si512();
     for (int g = 0; g < QK_K / 16; g++) {
-        __m512i dot = _mm512_setzero_si512();
-        for (int i = 0; i < 4; i++) dot = _mm512_dpbusd_epi32(dot, w->u[g][i], q6_quad(y->qs + 16 * g + 4 * i));
-        total = q6_add_group(total, dot, w->sc[g], y->bsums[g]);
+        __m512i dot[GROUP];
+        for (int t = 0; t < G; t++) dot[t] = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++) {
+            const __m512i u = w->u[g][i];
+            for (int t = 0; t < G; t++) dot[t] = _mm512_dpbusd_epi32(dot[t], u, quad_of(y[t]->qs + 16 * g + 4 * i));
+        }
+        for (int t = 0; t < G; t++) scaled[t] = _mm512_add_epi32(scaled[t], _mm512_mullo_epi32(w->sc[g], dot[t]));
     }
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(w->d, _mm512_set1_ps(y->d)), acc);
+    for (int t = 0; t < G; t++)
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q6_offset_total(scaled[t], w->sc2, y[t])),
+                                 _mm512_mul_ps(w->d, _mm512_set1_ps(y[t]->d)), acc[t]);
 }
 
 /* ---- the passes, shared ------------------------------------------------------------------------- */
@@ -201,9 +238,11 @@ TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
     else q6_unpack((const block_q6_K_r16 *)blk, &u->q6);
 }
 
-TGT static AI __m512 token_step(kind k, const unpacked *u, const block_q8_K *y, __m512 acc) {
-    return k == R16_Q4_K ? q4_token_step(&u->q4, y, acc) : q6_token_step(&u->q6, y, acc);
+TGT static AI void tokens_step(kind k, const unpacked *u, const int G, const block_q8_K *const *y, __m512 *acc) {
+    if (k == R16_Q4_K) q4_tokens_step(&u->q4, G, y, acc);
+    else q6_tokens_step(&u->q6, G, y, acc);
 }
+
 
 /* N tokens (a constant at every call) against every panel of the nr rows. */
 TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const char *w, size_t w_stride,
@@ -212,7 +251,7 @@ TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const
     unpacked u;
     for (int64_t p = 0; p < nr / HL_R16_ROWS; p++) {
         const char *panel = w + (size_t)p * HL_R16_ROWS * w_stride, *end = panel + (size_t)nb * block_bytes(k);
-        __m512 acc[16];
+        __m512 acc[32];
         for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb && N == 1; b++) {
             prefetch_block(k, panel + (size_t)(b + PREFETCH_BLOCKS) * block_bytes(k), end);
@@ -220,8 +259,12 @@ TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const
         }
         for (int64_t b = 0; b < nb && N > 1; b++) {
             unpack(k, panel + (size_t)b * block_bytes(k), &u);
-            for (int t = 0; t < N; t++)
-                acc[t] = token_step(k, &u, (const block_q8_K *)(a + (size_t)t * a_stride) + b, acc[t]);
+            const int G = N < GROUP ? N : GROUP; /* N is 16, 8, 4, 2 */
+            for (int t0 = 0; t0 < N; t0 += G) {
+                const block_q8_K *y[GROUP];
+                for (int t = 0; t < G; t++) y[t] = (const block_q8_K *)(a + (size_t)(t0 + t) * a_stride) + b;
+                tokens_step(k, &u, G, y, acc + t0);
+            }
         }
         for (int t = 0; t < N; t++) _mm512_storeu_ps(dst + (size_t)t * dst_stride + (size_t)p * HL_R16_ROWS, acc[t]);
     }
@@ -233,8 +276,9 @@ TGT static AI void gemm_r16(kind k, int64_t n, int64_t nr, int64_t nt, const voi
         const int64_t left = nt - t0;
         const char *at = (const char *)a + (size_t)t0 * a_stride;
         float *dt = dst + (size_t)t0 * dst_stride;
-        const int N = left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const int N = left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         switch (N) {
+        case 32: tokens_pass(k, 32, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 16: tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 8: tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 4: tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
