@@ -11,7 +11,8 @@
  * off by starting the chain at -c * (sum of the block's activation quants), a per-token table.
  *
  * Per (panel, token, block): 8 vpdpbusd, one convert, one multiply (d_w of the 16 rows times d_a) and one
- * FMA into the token's 16-row accumulator; the transposition serves up to 16 tokens. Each (row, token)
+ * FMA into the token's 16-row accumulator; the transposition serves up to 16 tokens, GROUP of whose dpbusd
+ * chains run side by side (one chain is 8 dependent vpdpbusd). Each (row, token)
  * sees, block after block, acc = fma(float(exact block dot), d_w * d_a, acc) from 0; partial sums may be
  * stored in dst and read back between block chunks (exact), so the value depends only on the row and the
  * token, for any nr, nt >= HL_GEMM_BATCH_MIN and split (the hl_gemm_fn contract).
@@ -33,6 +34,7 @@
 #define PANEL 16 /* weight rows per panel: one per int32 lane */
 #define TOK 16   /* most tokens per pass: one float accumulator each */
 #define KB 128   /* blocks per chunk of the per-token tables */
+#define GROUP 4  /* tokens whose dpbusd chains run side by side */
 
 typedef enum { K_Q4_0, K_Q8_0, K_Q4_0_R16, K_Q8_0_R16 } kind; /* _R16: the panels come repacked (gemm_r16.c) */
 
@@ -142,15 +144,23 @@ TGT static AI void panel_pass(kind k, const int N, const char *const *p, __m512i
         __m512i w[8];
         __m512 dw;
         unpack_panel(k, p, vindex, b0 + b, w, &dw);
-        for (int t = 0; t < N; t++) {
-            const int8_t *q = ((const block_q8_0 *)(a + (size_t)t * a_stride) + b0 + b)->qs;
-            __m512i sum = _mm512_set1_epi32(tab->corr[t][b]);
-            for (int g = 0; g < 8; g++) {
-                int32_t quad;
-                memcpy(&quad, q + 4 * g, 4);
-                sum = _mm512_dpbusd_epi32(sum, w[g], _mm512_set1_epi32(quad));
+        const int G = N < GROUP ? N : GROUP;
+        for (int t0 = 0; t0 < N; t0 += G) { /* G independent dpbusd chains per weight register */
+            const int8_t *q[GROUP];
+            __m512i sum[GROUP];
+            for (int t = 0; t < G; t++) {
+                q[t] = ((const block_q8_0 *)(a + (size_t)(t0 + t) * a_stride) + b0 + b)->qs;
+                sum[t] = _mm512_set1_epi32(tab->corr[t0 + t][b]);
             }
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t][b])), acc[t]);
+            for (int g = 0; g < 8; g++)
+                for (int t = 0; t < G; t++) {
+                    int32_t quad;
+                    memcpy(&quad, q[t] + 4 * g, 4);
+                    sum[t] = _mm512_dpbusd_epi32(sum[t], w[g], _mm512_set1_epi32(quad));
+                }
+            for (int t = 0; t < G; t++)
+                acc[t0 + t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t0 + t][b])),
+                                              acc[t0 + t]);
         }
     }
     for (int t = 0; t < N; t++) _mm512_mask_storeu_ps(dst + (size_t)t * dst_stride, rows, acc[t]);
