@@ -130,6 +130,25 @@ def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_blocks):
                 assert np.array_equal(mat_mul(qtype, raw, n_cols, n_rows, x, AUTO), ref)
 
 
+@NEEDS_SIMD
+def test_simd_q8_k_quantizer_keeps_the_references_choices():
+    """The SIMD Q8_K quantizer (the activations of Q4_K and Q6_K) equals the reference on its edge blocks: largest
+    |x| reached by values of both signs, an all-zero block, exact halves (rounded to even by both)."""
+    rng = np.random.default_rng(7)
+    n_cols = 512
+    raw = quantized_rows(QT.Q4_K, rng, 16, n_cols)
+    packed = c_repack(QT.Q4_K, raw, n_cols, 16)
+    x = rng.standard_normal((4, n_cols)).astype(np.float32)
+    x[0, 3], x[0, 100] = -5.0, 5.0
+    x[1, 7], x[1, 300] = 5.0, -5.0
+    x[1, 260] = -5.0
+    x[2, :256] = 0.0
+    x[3, :256] = np.arange(256) % 100 - 49.5  # iscale = 1 with m = -127: every product an exact half
+    x[3, 0] = -127.0
+    ref = mat_mul(lib.HL_TYPE_Q4_K_R16, packed, n_cols, 16, x, REFERENCE)
+    assert np.array_equal(mat_mul(lib.HL_TYPE_Q4_K_R16, packed, n_cols, 16, x, AUTO), ref)
+
+
 def test_bad_repack_and_mat_mul_calls_are_refused():
     raw = quantized_rows(QT.Q4_0, np.random.default_rng(1), 32, 64)
     out, kind = np.empty_like(raw), ffi.new("int32_t *")

@@ -328,6 +328,7 @@ static void choose_avx2(void) {
     traits_q8_0.vec_dot = hl_vec_dot_q8_0_q8_0_avx2;
     traits_q8_0.from_float = hl_quantize_row_q8_0_avx2;
     traits_q8_1.from_float = hl_quantize_row_q8_1_avx2;
+    traits_q8_K.from_float = hl_quantize_row_q8_K_avx2;
     traits_q2_K.vec_dot = hl_vec_dot_q2_K_q8_K_avx2;
     traits_q3_K.vec_dot = hl_vec_dot_q3_K_q8_K_avx2;
     traits_q4_K.vec_dot = hl_vec_dot_q4_K_q8_K_avx2;

@@ -200,6 +200,7 @@ void hl_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a
 void hl_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
 void hl_quantize_row_q8_1_avx2(const float *x, void *y, int64_t n);
+void hl_quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
 void hl_axpy_f32_avx2(int64_t n, float alpha, const void *x, float *y);
 void hl_axpy_f16_avx2(int64_t n, float alpha, const void *x, float *y);
 void hl_axpy_bf16_avx2(int64_t n, float alpha, const void *x, float *y);

@@ -298,6 +298,40 @@ void TARGET hl_quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* Q8_K as hl_quantize_row_q8_K_ref, bit for bit: the same m (first value of largest |x|; NaN ignored, as the
+ * reference's comparison does), the same iscale * x products, rne by vcvtps2dq as nearest_int, min 127. */
+void TARGET hl_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m256 amax8 = _mm256_setzero_ps();
+        for (int e = 0; e < QK_K; e += 8) /* max(|x|, amax8) keeps amax8 where x is NaN */
+            amax8 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), amax8);
+        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax8, 1), _mm256_castps256_ps128(amax8));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        int first = 0;
+        while (first < QK_K - 1 && fabsf(x[first]) != amax) first++;
+        const float iscale = -127.0f / x[first];
+        for (int e = 0; e < QK_K; e += 32) {
+            __m256i q[4];
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_set1_ps(iscale), _mm256_loadu_ps(x + e + 8 * k))),
+                                        _mm256_set1_epi32(127));
+            y[i].bsums[e / 16] = (int16_t)hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            y[i].bsums[e / 16 + 1] = (int16_t)hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[i].qs + e), p);
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
 /* ------------------------------------------------------------------- K-quants */
 /* Each loop step handles 32 weights as unsigned bytes u against 32 Q8_K quants;
  * a constant offset in q (Q3_K: -4, Q6_K: -32) or a min (Q2_K, Q4_K, Q5_K) is
