@@ -14,6 +14,7 @@ import numpy as np
 
 from ._native import check, ffi, lib
 from .adapters import read_adapter_file
+from .batching import generate_batch
 from .errors import HotLoraError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
@@ -330,6 +331,13 @@ class Model:
         if self.seed is not None and "seed" not in sampling:
             sampling["seed"] = self.seed
         return Sampler(SamplerParams(**sampling), self.n_vocab, self.tokenizer.eog_ids, self.n_ctx)
+
+    def generate_batch(self, sessions: list[Session], n_predict: int = -1,
+                       reverse_prompts: list[str] = ()) -> Iterator[tuple[int, int, str]]:
+        """Runs several sessions of this model (each on its own sequence, with tokens fed or queued) together,
+        one decode_batch per step (hotlora.batching); yields (session index, token, text piece) as each is
+        sampled, until every session stops on its own rules."""
+        return generate_batch(self, sessions, n_predict, reverse_prompts)
 
     def generate(self, prompt: str | list[int], n_predict: int = -1, **sampling) -> Iterator[tuple[int, str]]:
         """Yields (token id, text piece) for each sampled token, from an empty cache.
