@@ -3,7 +3,7 @@
 As llama-bench: the prompt is random tokens (BOS first when the model adds one) evaluated in n_batch
 chunks; generation decodes n_gen single tokens starting from BOS. Unlike llama-bench, generation
 goes through the loop `hotlora run` uses (Session.steps and the default sampler chain), so the time
-spent in Python around the core's hl_decode calls is part of what is measured; end-of-generation
+spent in Python around the core's hl_decode_batch calls is part of what is measured; end-of-generation
 tokens are never sampled (ignore-eos), so every run generates exactly n_gen tokens.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TestSpec:
 @dataclass(frozen=True)
 class RunTime:
     total_ns: int   # the whole run
-    decode_ns: int  # inside the core's hl_decode calls
+    decode_ns: int  # inside the core's hl_decode_batch calls
 
 
 def random_prompt(model: Model, n: int, rng: np.random.Generator) -> list[int]:

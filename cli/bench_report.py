@@ -195,6 +195,6 @@ class MarkdownPrinter:
         self.out.write(f"\nbuild: {b.commit} ({b.number}), kernels {b.kernel_set}{repacked}\n")
         line = f"peak RSS {_size(self.peak_rss)}"
         if self.python_ms:
-            line += (f", Python {statistics.median(self.python_ms):.3f} ms per generated token outside hl_decode"
+            line += (f", Python {statistics.median(self.python_ms):.3f} ms per generated token outside hl_decode_batch"
                      f" (median of the tg rows)")
         self.out.write(line + "\n")

@@ -86,7 +86,7 @@ class BenchRow:
 
     @property
     def python_ms_per_token(self) -> float | None:
-        """Median time per generated token spent outside hl_decode (generation-only tests)."""
+        """Median time per generated token spent outside hl_decode_batch (generation-only tests)."""
         if not self.test.is_generation_only:
             return None
         return statistics.median((r.total_ns - r.decode_ns) / self.test.n_gen for r in self.runs) / 1e6

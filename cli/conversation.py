@@ -139,7 +139,7 @@ def _read_message(commands, escape: bool) -> str | None:
 def _feed(session: Session, ids: list[int]) -> None:
     """Feeds a turn's tokens after resetting the samplers, as llama-cli does after each user turn (their counts
     go to the model's perf counters first, so the report covers the whole conversation)."""
-    limit = session.model.n_ctx - 4
+    limit = session.sequence.n_ctx - 4
     if len(ids) > limit:
         raise HotLoraError(f"chat message is too long ({len(ids)} tokens, max {limit})")
     session.model.perf.add_sampling(session.sampler.sample_ms, session.sampler.n_accept)

@@ -1,4 +1,5 @@
-"""hotlora.Model: a GGUF model on the C core, with its tokenizer, KV cache and generation loop."""
+"""hotlora.Model: a GGUF model on the C core: weights, tokenizer, loaded adapters, and the context (thread pool,
+buffers) that decodes its sequences; its single-sequence methods act on its default sequence."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,8 @@ import numpy as np
 
 from ._native import check, ffi, lib
 from .adapters import read_adapter_file
-from .errors import ContextFullError, HotLoraError, NonFiniteError
+from .batching import generate_batch
+from .errors import HotLoraError
 from .gguf_io import GGUFFile
 from .hparams import HParams, read_hparams
 from .lora import Adapter
@@ -21,7 +23,6 @@ from .sampling import Sampler, SamplerParams
 from .sequence import Sequence
 from .session import Session
 from .system import physical_cores
-from .timings import PerfCounters
 from .tokenizer import Tokenizer
 from .weights import CoreModelDesc
 
@@ -40,10 +41,13 @@ def default_adapter_paths() -> list[Path]:
 
 
 class Model:
-    """A loaded model and one inference context (KV cache, threads).
+    """A loaded model and one inference context (threads, buffers) with its default sequence (KV cache).
 
     >>> with Model("model.gguf", n_ctx=512) as m:
     ...     logits = m.eval(m.tokenize("Hello"))   # float32 [n_tokens, n_vocab]
+
+    eval, eval_last, reset, n_past, kv_*, set_adapters, adapters and perf act on the default sequence
+    (hotlora.Sequence, default_sequence); sequence() makes more, decoded together by decode_batch.
 
     repack: projections in the core's repacked layouts where this CPU's kernels for them are faster
     (cli/repack.py; llama.cpp repacks the same way, and --no-repack turns it off as its option does).
@@ -53,10 +57,8 @@ class Model:
                  seed: int | None = None, cache_type: str = "f16", n_batch: int = 512, lora_keep_cache: bool = False,
                  repack: bool = True):
         start = time.perf_counter()
-        self._model = self._ctx = None
+        self._model = self._ctx = self._seq = None
         self._loaded: list[Adapter] = []          # in load order
-        self._active: dict[Adapter, float] = {}   # the set, in application order
-        self._history: list[int] = []             # the tokens in the KV cache
         self._next_adapter_id = 0
         self._sequences: weakref.WeakSet[Sequence] = weakref.WeakSet()  # besides the default one
         self.lora_keep_cache = lora_keep_cache
@@ -72,7 +74,8 @@ class Model:
         self._create_core(n_threads, cache_type)
         self._abort_flag = ffi.new("int32_t *")
         lib.hl_set_abort(self._ctx, self._abort_flag)
-        self.perf = PerfCounters(load_ms=(time.perf_counter() - start) * 1e3)
+        self._seq = Sequence.default_of(self)
+        self.perf.load_ms = (time.perf_counter() - start) * 1e3
 
     def _create_core(self, n_threads: int, cache_type: str) -> None:
         if cache_type not in CACHE_TYPES:
@@ -95,12 +98,14 @@ class Model:
     def close(self) -> None:
         for seq in list(self._sequences):
             seq.close()
+        if self._seq is not None:
+            self._seq._release()
         if self._ctx is not None:
             lib.hl_context_free(self._ctx)  # and every sequence left, which releases their adapters
             self._ctx = None
         for adapter in self._loaded:
             adapter.free()
-        self._loaded, self._active = [], {}
+        self._loaded = []
         if self._model is not None:
             lib.hl_model_free(self._model)
             self._model = None
@@ -124,8 +129,12 @@ class Model:
     """The model's validated GGUF file (hotlora.gguf_io.GGUFFile)."""
     weight_bytes = property(lambda self: sum(t.data.nbytes for t in self._file.tensors.values()))
     """Bytes of all tensors in the file (what one decode step reads, up to the embedding table)."""
-    n_past = property(lambda self: lib.hl_kv_used(self._live_ctx()))
-    """Tokens in the KV cache (the position of the next token)."""
+    default_sequence = property(lambda self: self._seq)
+    """The sequence of the single-sequence methods (hotlora.Sequence; owned by the context, freed with it)."""
+    n_past = property(lambda self: self._seq.n_past)
+    """Tokens in the default sequence's KV cache (the position of the next token)."""
+    perf = property(lambda self: self._seq.perf)
+    """The timings: the model's and its adapters' load time, the default sequence's decodes."""
 
     def _live_ctx(self):
         if self._ctx is None:
@@ -139,82 +148,22 @@ class Model:
     def detokenize(self, ids) -> str:
         return self.tokenizer.detokenize(ids)
 
-    # ---- evaluation -------------------------------------------------------------------------------
+    # ---- evaluation (the default sequence) ------------------------------------------------------------
     def reset(self) -> None:
         """Empties the KV cache."""
-        check(lib.hl_kv_keep(self._live_ctx(), 0), "reset")
-        self._history = []
+        self._seq.reset()
 
     def abort(self) -> None:
         """Stops a running evaluation between graph nodes (safe from another thread)."""
         self._abort_flag[0] = 1
 
-    def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
-        """One core decode of at most n_batch tokens; counts time as prompt (>1 token) or eval."""
-        out = np.empty((len(ids) if all_logits else 1, self.n_vocab), dtype=np.float32)
-        tokens = ffi.new("int32_t[]", ids)
-        self._abort_flag[0] = 0
-        start = time.perf_counter()
-        n_before = self.n_past
-        check(lib.hl_decode(self._live_ctx(), tokens, len(ids), ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)), "decode")
-        if not np.isfinite(out).all():
-            self._raise_nonfinite(tokens, len(ids), out, all_logits, n_before)
-        self._history.extend(ids)
-        ms = (time.perf_counter() - start) * 1e3
-        if len(ids) > 1:
-            self.perf.prompt_ms += ms
-            self.perf.prompt_n += len(ids)
-        else:
-            self.perf.eval_ms += ms
-            self.perf.eval_n += 1
-        return out
-
-    def _raise_nonfinite(self, tokens, n_tokens: int, out: np.ndarray, all_logits: bool, n_before: int) -> None:
-        """Drops the batch from the cache, recomputes it node by node to find where NaN/inf first appeared, raises."""
-        bad_row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
-        position = n_before + (bad_row if all_logits else n_tokens - 1)
-        check(lib.hl_kv_keep(self._ctx, n_before), "decode")
-        first_pos, name = ffi.new("int32_t *"), ffi.new("char[]", 128)
-        check(lib.hl_find_nonfinite(self._ctx, tokens, n_tokens, ffi.cast("float *", ffi.from_buffer(out)),
-                                    int(all_logits), first_pos, name, 128), "decode")
-        found = (f"; first non-finite node: {ffi.string(name).decode()} at position {first_pos[0]}"
-                 if first_pos[0] >= 0 else "; no graph node could be found non-finite on recomputing")
-        raise NonFiniteError(f"{self.path}: non-finite logits (NaN or infinity) at token position {position}{found}")
-
-    def _check_room(self, n: int) -> None:
-        if self.n_past + n > self.n_ctx:
-            raise ContextFullError(f"{n} tokens do not fit in the context: {self.n_past} of {self.n_ctx} cells used")
-
-    def _recompute_stale(self) -> None:
-        """Re-evaluates the cached tokens computed under another adapter set (unless lora_keep_cache)."""
-        stale = lib.hl_kv_first_stale(self._live_ctx())
-        if self.lora_keep_cache or stale >= self.n_past:
-            return
-        redo = self._history[stale:]
-        check(lib.hl_kv_keep(self._ctx, stale), "recompute")
-        del self._history[stale:]
-        for i in range(0, len(redo), self.n_batch):
-            self._decode(redo[i:i + self.n_batch], False)
-
     def eval(self, ids) -> np.ndarray:
         """Logits of every token [len(ids), n_vocab] (float32), appended after the cached tokens."""
-        ids = [int(t) for t in ids]
-        self._recompute_stale()
-        self._check_room(len(ids))
-        chunks = [self._decode(ids[i:i + self.n_batch], True) for i in range(0, len(ids), self.n_batch)]
-        return np.concatenate(chunks) if chunks else np.empty((0, self.n_vocab), np.float32)
+        return self._seq.eval(ids)
 
     def eval_last(self, ids) -> np.ndarray:
         """Logits of the last token only [n_vocab]; cheaper than eval() for prompts."""
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise HotLoraError("eval_last needs at least one token")
-        self._recompute_stale()
-        self._check_room(len(ids))
-        logits = None
-        for i in range(0, len(ids), self.n_batch):
-            logits = self._decode(ids[i:i + self.n_batch], False)
-        return logits[0]
+        return self._seq.eval_last(ids)
 
     # ---- sequences ------------------------------------------------------------------------------------
     def sequence(self, n_ctx: int | None = None) -> Sequence:
@@ -235,14 +184,19 @@ class Model:
                 raise HotLoraError(f"decode_batch: segment {i} is not a sequence of this model")
             if not ids:
                 raise HotLoraError(f"decode_batch: segment {i} has no token")
+            if any(seq is other for other, _, _ in segs[:i]):
+                raise HotLoraError(f"decode_batch: segment {i}'s sequence is in an earlier segment too")
+        if sum(len(ids) for _, ids, _ in segs) > self.n_batch:
+            raise HotLoraError(f"decode_batch: {sum(len(ids) for _, ids, _ in segs)} tokens in all, more than "
+                               f"n_batch = {self.n_batch}")
         for seq, ids, _ in segs:
-            seq._recompute_stale()
-            seq._check_room(len(ids))
-        outs = self._decode_segments(segs)
+            seq._prepare(len(ids))
+        outs = self._run_batch(segs)
         return [out if all_logits else out[0] for out, (_, _, all_logits) in zip(outs, segs)]
 
-    def _decode_segments(self, segs: list[tuple[Sequence, list[int], bool]]) -> list[np.ndarray]:
-        """One hl_decode_batch; on non-finite logits the batch is dropped from every sequence and raised."""
+    def _run_batch(self, segs: list[tuple[Sequence, list[int], bool]]) -> list[np.ndarray]:
+        """One hl_decode_batch of checked segments; each segment's logits [n_out, n_vocab]. On non-finite logits
+        the batch is dropped from every sequence, and the first bad segment's sequence finds the node and raises."""
         outs = [np.empty((len(ids) if all_logits else 1, self.n_vocab), np.float32) for _, ids, all_logits in segs]
         tokens = [ffi.new("int32_t[]", ids) for _, ids, _ in segs]
         csegs = ffi.new("hl_segment[]", len(segs))
@@ -251,50 +205,40 @@ class Model:
             cseg.logits, cseg.all_logits = ffi.cast("float *", ffi.from_buffer(out)), int(all_logits)
         n_before = [seq.n_past for seq, _, _ in segs]
         self._abort_flag[0] = 0
-        check(lib.hl_decode_batch(self._live_ctx(), csegs, len(segs)), "decode_batch")
+        start = time.perf_counter()
+        check(lib.hl_decode_batch(self._live_ctx(), csegs, len(segs)), "decode")
+        ms = (time.perf_counter() - start) * 1e3
         bad = [i for i, out in enumerate(outs) if not np.isfinite(out).all()]
         if bad:
             for (seq, _, _), n in zip(segs, n_before):
                 seq.keep(n)
-            raise NonFiniteError(f"{self.path}: non-finite logits (NaN or infinity) in segment {bad[0]} of a batch")
+            i = bad[0]
+            seq, ids, all_logits = segs[i]
+            seq._raise_nonfinite(ids, outs[i], all_logits, f" in segment {i} of a batch" if len(segs) > 1 else "")
         for seq, ids, _ in segs:
-            seq._history.extend(ids)
+            seq._decoded(ids, ms)
         return outs
 
-    # ---- KV cache ---------------------------------------------------------------------------------
+    # ---- KV cache (the default sequence) ----------------------------------------------------------------
     def kv_shift(self, n_keep: int, n_discard: int) -> None:
-        """Context shift: drops the cached tokens n_keep .. n_keep+n_discard-1; the later ones move down
-        n_discard positions (their K re-rotated), so the next token goes at n_past - n_discard."""
-        if not (0 <= n_keep and 1 <= n_discard <= self.n_past - n_keep):
-            raise HotLoraError(f"context shift: cannot keep {n_keep} tokens and drop {n_discard} "
-                               f"of {self.n_past}")
-        check(lib.hl_kv_shift(self._live_ctx(), n_keep, n_discard), "context shift")
-        del self._history[n_keep:n_keep + n_discard]
+        """Context shift (Sequence.shift)."""
+        self._seq.shift(n_keep, n_discard)
 
     def kv_keep(self, n: int) -> None:
         """Keeps the first n cached tokens and drops the rest."""
-        check(lib.hl_kv_keep(self._live_ctx(), n), "KV cache")
-        del self._history[n:]
+        self._seq.keep(n)
 
     def kv_state_size(self, n_tokens: int) -> int:
         """Bytes of the KV state of n_tokens cells (0 if n_tokens is not 0..n_ctx)."""
-        return lib.hl_kv_state_size(self._live_ctx(), n_tokens) if 0 <= n_tokens <= self.n_ctx else 0
+        return self._seq.state_size(n_tokens)
 
     def kv_state(self) -> tuple[list[int], bytes]:
         """The cached tokens and their KV cells as bytes (for load_kv_state)."""
-        buf = bytearray(self.kv_state_size(self.n_past))
-        check(lib.hl_kv_state_read(self._ctx, ffi.from_buffer(buf), len(buf)), "KV state")
-        return list(self._history), bytes(buf)
+        return self._seq.state()
 
     def load_kv_state(self, tokens: list[int], state: bytes) -> None:
-        """Replaces the KV cache with tokens and their cells from kv_state(), taken as computed under the
-        active adapter set (the caller checks that they were)."""
-        if any(not 0 <= t < self.n_vocab for t in tokens):
-            raise HotLoraError(f"KV state: a token is outside the vocabulary [0, {self.n_vocab})")
-        if len(state) != self.kv_state_size(len(tokens)) or not 0 < len(tokens) <= self.n_ctx:
-            raise HotLoraError(f"KV state: {len(state)} bytes do not hold {len(tokens)} cells of {self.n_ctx}")
-        check(lib.hl_kv_state_write(self._live_ctx(), ffi.from_buffer(state), len(state), len(tokens)), "KV state")
-        self._history = [int(t) for t in tokens]
+        """Replaces the KV cache with tokens and their cells from kv_state() (Sequence.load_state)."""
+        self._seq.load_state(tokens, state)
 
     # ---- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, path: str | os.PathLike) -> Adapter:
@@ -323,14 +267,8 @@ class Model:
         return problems
 
     def set_adapters(self, scales: dict[Adapter, float]) -> None:
-        """Makes exactly these adapters active, applied in this order; {} means none.
-
-        Takes effect at the next evaluated token; cached tokens computed under another
-        set are re-evaluated first unless lora_keep_cache is set. Base weights stay put.
-        """
-        handles, values = self._adapter_list(scales)
-        check(lib.hl_context_set_adapters(self._live_ctx(), handles, values, len(scales)), "set_adapters")
-        self._active = {a: float(s) for a, s in scales.items()}
+        """Makes exactly these adapters active in the default sequence, in this order (Sequence.set_adapters)."""
+        self._seq.set_adapters(scales)
 
     def _adapter_list(self, scales: dict[Adapter, float]):
         """The core's (adapter handles, scales) arrays of an adapter set, checked against this model."""
@@ -351,15 +289,13 @@ class Model:
         if any(adapter in seq.adapters for seq in self._sequences):
             raise HotLoraError(f"adapter {adapter.id} ({adapter.path}) is active in a sequence; "
                                "remove it from that sequence's adapters first")
-        if adapter in self._active:
-            self.set_adapters({a: s for a, s in self._active.items() if a is not adapter})
+        if adapter in self.adapters:
+            self.set_adapters({a: s for a, s in self.adapters.items() if a is not adapter})
         adapter.free()
         self._loaded.remove(adapter)
 
-    @property
-    def adapters(self) -> dict[Adapter, float]:
-        """The active set with its scales, in application order."""
-        return dict(self._active)
+    adapters = property(lambda self: self._seq.adapters)
+    """The default sequence's active set with its scales, in application order."""
 
     @property
     def loaded_adapters(self) -> list[Adapter]:
@@ -395,6 +331,13 @@ class Model:
         if self.seed is not None and "seed" not in sampling:
             sampling["seed"] = self.seed
         return Sampler(SamplerParams(**sampling), self.n_vocab, self.tokenizer.eog_ids, self.n_ctx)
+
+    def generate_batch(self, sessions: list[Session], n_predict: int = -1,
+                       reverse_prompts: list[str] = ()) -> Iterator[tuple[int, int, str]]:
+        """Runs several sessions of this model (each on its own sequence, with tokens fed or queued) together,
+        one decode_batch per step (hotlora.batching); yields (session index, token, text piece) as each is
+        sampled, until every session stops on its own rules."""
+        return generate_batch(self, sessions, n_predict, reverse_prompts)
 
     def generate(self, prompt: str | list[int], n_predict: int = -1, **sampling) -> Iterator[tuple[int, str]]:
         """Yields (token id, text piece) for each sampled token, from an empty cache.

@@ -1,4 +1,6 @@
-"""The generation loop behind `hotlora run`: prompt, sampling, stop rules, interactive turns.
+"""The generation loop behind `hotlora run`: prompt, sampling, stop rules, interactive turns, on one sequence
+of a model (its KV cache and adapter set): the model's default sequence, or any other, so that several sessions
+share one model (hotlora.batching runs them in one decode per step).
 
 It mirrors llama-cli's main loop (cli-surface.md §3): the prompt is evaluated in
 n_batch chunks, then tokens are sampled one at a time; generation stops on an
@@ -15,11 +17,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from .errors import HotLoraError
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
     from .model import Model
+    from .sequence import Sequence
 
 REVERSE_PROMPT_WINDOW = 32  # tokens whose text is searched for a reverse prompt
 
@@ -38,33 +42,41 @@ class Turn:
 
 
 class Session:
-    """A conversation with the model: every token fed or sampled, in order, in its KV cache."""
+    """A conversation with the model: every token fed or sampled, in order, in its sequence's KV cache."""
 
     def __init__(self, model: Model, sampler: Sampler, on_text: Callable[[str], None] = lambda s: None,
-                 n_keep: int | None = None):
-        """n_keep: tokens kept when a full context is shifted (kept_tokens()); None stops instead."""
+                 n_keep: int | None = None, sequence: Sequence | None = None):
+        """n_keep: tokens kept when a full context is shifted (kept_tokens()); None stops instead.
+        sequence: the model's sequence it runs on (cache, adapter set, timings); None: the default one."""
         self.model = model
+        self.sequence = model.default_sequence if sequence is None else sequence
+        if self.sequence.model is not model:
+            raise HotLoraError("Session: the sequence belongs to another model")
         self.n_keep = n_keep
         self.n_shifts = 0             # context shifts so far
         self.sampler = sampler
         self.on_text = on_text
         self.history: list[int] = []
         self.logits: np.ndarray | None = None
-        self.pending: list[int] = []  # the last sampled token, not yet evaluated (as llama.cpp)
+        self.pending: list[int] = []  # tokens not evaluated yet: queued input, or the last sampled token (as llama.cpp)
         self.stop = ""                # why the last turn stopped
         self._decoder = StreamDecoder(model.tokenizer)
 
     def feed(self, ids: list[int], n_cached: int = 0) -> None:
         """Evaluates tokens (the prompt or user input) after any pending one; accepts them into the sampler.
 
-        n_cached: how many of the first ids the model's cache already holds (a prompt cache; < len(ids)).
+        n_cached: how many of the first ids the sequence's cache already holds (a prompt cache; < len(ids)).
         """
         if not ids:
             return
-        batch = self.pending + ids[n_cached:]
-        self._make_room(len(batch))
-        self.logits = self.model.eval_last(batch)
+        self.queue(ids, n_cached)
+        self._make_room(len(self.pending))
+        self.logits = self.sequence.eval_last(self.pending)
         self.pending = []
+
+    def queue(self, ids: list[int], n_cached: int = 0) -> None:
+        """As feed(), but the tokens wait after any pending one: the next steps() or batch step evaluates them."""
+        self.pending += ids[n_cached:]
         for t in ids:
             self.sampler.accept(t)
         self.history.extend(ids)
@@ -88,15 +100,16 @@ class Session:
 
     def _make_room(self, n: int) -> bool:
         """Shifts the context if n more tokens would reach n_ctx and shifting is on; False if they do not fit."""
-        n_past = self.model.n_past
-        if n_past + n < self.model.n_ctx:
+        seq = self.sequence
+        n_past = seq.n_past
+        if n_past + n < seq.n_ctx:
             return True
         n_discard = (n_past - self.n_keep) // 2 if self.n_keep is not None else 0
         if n_discard < 1:
             return False
-        self.model.kv_shift(self.n_keep, n_discard)
+        seq.shift(self.n_keep, n_discard)
         self.n_shifts += 1
-        return self.model.n_past + n < self.model.n_ctx
+        return seq.n_past + n < seq.n_ctx
 
     def steps(self, n_predict: int, reverse_prompts: list[str] = ()) -> Iterator[tuple[int, str]]:
         """Samples until a stop rule fires, yielding (token, text piece); self.stop then names the rule.
@@ -104,27 +117,32 @@ class Session:
         The last sampled token is left unevaluated (pending), as llama-cli leaves it.
         """
         self.stop = "n_predict" if n_predict == 0 else ""
-        if self.stop:
-            return
-        if self.pending:
-            if not self._make_room(len(self.pending)):
-                self.stop = "context_full"
-                return
-            self.logits = self.model.eval_last(self.pending)
-            self.pending = []
         n = 0
         while not self.stop:
-            token = self.sampler.sample(self.logits)
-            self.sampler.accept(token)
-            self.history.append(token)
+            if self.pending and not self._eval_pending():
+                self.stop = "context_full"
+                return
             n += 1
-            self.stop = self._stop_rule(token, n, n_predict, list(reverse_prompts))
-            piece = self._decoder.push(token) + (self._decoder.flush() if self.stop else "")
-            yield token, piece
-            if self.stop:
-                self.pending = [token]
-            else:
-                self.logits = self.model.eval_last([token])
+            yield self._sample(n, n_predict, reverse_prompts)
+
+    def _eval_pending(self) -> bool:
+        """Evaluates the pending tokens (shifting the context first if needed); False if they do not fit."""
+        if not self._make_room(len(self.pending)):
+            return False
+        self.logits = self.sequence.eval_last(self.pending)
+        self.pending = []
+        return True
+
+    def _sample(self, n: int, n_predict: int, reverse_prompts) -> tuple[int, str]:
+        """Samples the n-th token of a turn from self.logits and leaves it pending; sets self.stop if a rule fires."""
+        if self.logits is None:
+            raise HotLoraError("Session: nothing to sample from (feed or queue tokens first)")
+        token = self.sampler.sample(self.logits)
+        self.sampler.accept(token)
+        self.history.append(token)
+        self.stop = self._stop_rule(token, n, n_predict, list(reverse_prompts))
+        self.pending = [token]
+        return token, self._decoder.push(token) + (self._decoder.flush() if self.stop else "")
 
     def generate(self, n_predict: int, reverse_prompts: list[str] = ()) -> Turn:
         """Samples until a stop rule fires; streams text pieces to on_text."""

@@ -157,8 +157,8 @@ def test_closing_the_model_frees_sequences_that_hold_adapters(files):
 
 
 def test_non_finite_segment_drops_the_batch(files, tmp_path):
-    """A segment whose adapter makes its logits non-finite: the error names the segment and no sequence of the
-    batch keeps its tokens."""
+    """A segment whose adapter makes its logits non-finite: the error names the segment and its first non-finite
+    node (found by recomputing that segment alone), and no sequence of the batch keeps its tokens."""
     pairs = tiny_adapter_pairs(TinySpec(), ["ffn_down"], layers=[0])
     (base, (a, b)), = pairs.items()
     b[:, 0] = np.nan
@@ -167,7 +167,8 @@ def test_non_finite_segment_drops_the_batch(files, tmp_path):
     with open_model(files[0]) as m:
         s0, s1 = m.sequence(), m.sequence()
         s1.set_adapters({m.load_adapter(bad): 1.0})
-        with pytest.raises(hotlora.errors.NonFiniteError, match="segment 1 of a batch"):
+        with pytest.raises(hotlora.errors.NonFiniteError, match=r"segment 1 of a batch at token position 0; first "
+                                                                 r"non-finite node: blk\.0\.ffn_down \(ffn_down\)"):
             m.decode_batch([(s0, [1, 2], False), (s1, [3], False)])
         assert (s0.n_past, s0.history, s1.n_past) == (0, [], 0)
         assert m.decode_batch([(s0, [1, 2], False)])[0].shape == (N_VOCAB,)
@@ -204,6 +205,10 @@ def test_bad_segments_are_refused(files):
             m.decode_batch([(s1, [1], False), (foreign, [1], False)])
         with pytest.raises(hotlora.HotLoraError, match="segment 1 has no token"):
             m.decode_batch([(s1, [1], False), (s2, [], False)])
+        with pytest.raises(hotlora.HotLoraError, match="segment 1's sequence is in an earlier segment too"):
+            m.decode_batch([(s1, [1], False), (s1, [2], False)])
+        with pytest.raises(hotlora.HotLoraError, match="9 tokens in all, more than n_batch = 8"):
+            m.decode_batch([(s1, [1] * 5, False), (s2, [2] * 4, False)])
         m.decode_batch([(s2, [1, 2, 3], False)])
         with pytest.raises(hotlora.errors.ContextFullError, match="do not fit in the sequence"):
             m.decode_batch([(s1, [1], False), (s2, [4, 5], False)])

@@ -117,9 +117,9 @@ def test_kv_shift_refuses_bad_ranges(tmp_path):
         for n_keep, n_discard in ((-1, 2), (2, 0), (4, 7), (11, 1)):
             with pytest.raises(HotLoraError, match="context shift"):
                 m.kv_shift(n_keep, n_discard)
-            assert hotlora.model.lib.hl_kv_shift(m._ctx, n_keep, n_discard) != 0
+            assert hotlora.model.lib.hl_sequence_shift(m.default_sequence.handle, n_keep, n_discard) != 0
         m.kv_shift(1, 9)
-        assert m.n_past == 1 and m._history == PROMPT[:1]
+        assert m.n_past == 1 and m.default_sequence.history == PROMPT[:1]
 
 
 def test_minus_one_runs_through_shifts_until_an_end_of_generation_token():

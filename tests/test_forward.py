@@ -169,7 +169,10 @@ def test_abort_flag_stops_compute(tmp_path):
         flag = ffi.new("int32_t *", 1)
         lib.hl_set_abort(m._ctx, flag)
         logits = np.empty(m.n_vocab, np.float32)
-        status = lib.hl_decode(m._ctx, ffi.new("int32_t[]", [1, 2]), 2, ffi.cast("float *", ffi.from_buffer(logits)), 0)
+        tokens = ffi.new("int32_t[]", [1, 2])
+        segment = ffi.new("hl_segment *", {"seq": lib.hl_context_sequence(m._ctx), "tokens": tokens, "n_tokens": 2,
+                                           "logits": ffi.cast("float *", ffi.from_buffer(logits)), "all_logits": 0})
+        status = lib.hl_decode_batch(m._ctx, segment, 1)
         assert status == lib.HL_ERR_ABORTED
         assert "abort" in ffi.string(lib.hl_last_error()).decode()
         assert m.n_past == 0

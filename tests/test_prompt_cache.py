@@ -170,12 +170,14 @@ def test_core_state_calls_check_sizes():
     with hotlora.Model(MODEL, n_ctx=16, n_threads=1) as m:
         m.eval_last(m.tokenize("The cat"))
         tokens, state = m.kv_state()
-        size = lib.hl_kv_state_size(m._ctx, len(tokens))
-        assert size == len(state) > 0 and lib.hl_kv_state_size(m._ctx, 17) == lib.hl_kv_state_size(m._ctx, -1) == 0
+        seq = lib.hl_context_sequence(m._ctx)
+        assert seq == m.default_sequence.handle
+        size = lib.hl_sequence_state_size(seq, len(tokens))
+        assert size == len(state) > 0 and lib.hl_sequence_state_size(seq, 17) == lib.hl_sequence_state_size(seq, -1) == 0
         small = bytearray(size - 1)
-        assert lib.hl_kv_state_read(m._ctx, ffi.from_buffer(small), len(small)) != lib.HL_OK
+        assert lib.hl_sequence_state_read(seq, ffi.from_buffer(small), len(small)) != lib.HL_OK
         for n_cells, n_bytes in ((len(tokens), size - 1), (len(tokens) + 1, size), (17, size), (-1, size)):
-            assert lib.hl_kv_state_write(m._ctx, ffi.from_buffer(state), n_bytes, n_cells) != lib.HL_OK
+            assert lib.hl_sequence_state_write(seq, ffi.from_buffer(state), n_bytes, n_cells) != lib.HL_OK
         assert m.n_past == len(tokens)
         with pytest.raises(hotlora.HotLoraError, match="KV state"):
             m.load_kv_state(tokens + [10**6], state)

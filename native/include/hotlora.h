@@ -7,12 +7,14 @@
  * hl_status; hl_last_error() then holds a specific message (per thread).
  * Buffers passed in (logits, outputs) belong to the caller.
  *
- * Threading: one thread at a time drives a context and its sequences (decode, KV and adapter-set calls);
- * the context's own thread pool does the compute. Different contexts may run on different threads, and
- * may share a model and adapters (read only; an adapter's users count is atomic).
+ * Threading: one thread at a time drives a context and its sequences (decode, shift, state, keep and
+ * adapter-set calls: a sequence uses its context's scratch buffers and thread pool); the context's own thread
+ * pool does the compute. Different contexts may run on different threads, and may share a model and adapters
+ * (read only; an adapter's users count is atomic).
  *
- * Ownership: a context owns its sequences (hl_context_free frees those left); a sequence's active set
- * holds its adapters, so hl_adapter_free refuses an adapter still active in any sequence.
+ * Ownership: a context owns its sequences, its default one (hl_context_sequence) included; hl_context_free
+ * frees those left. A sequence's active set holds its adapters, so hl_adapter_free refuses an adapter still
+ * active in any sequence.
  *
  * Shapes use ggml order: ne[0] is the contiguous row length, ne[1] the number
  * of rows. A weight W with ne = [n_in, n_out] maps n_in inputs to n_out outputs.
@@ -96,7 +98,7 @@ typedef struct {
 
 typedef struct {
     int32_t n_ctx;      /* KV cells of the default sequence */
-    int32_t n_batch;    /* most tokens one hl_decode call may take */
+    int32_t n_batch;    /* most tokens one hl_decode_batch call may take, all segments together */
     int32_t n_threads;  /* >= 1 */
     int32_t cache_type; /* HL_TYPE_F16 or HL_TYPE_F32 */
 } hl_context_params;
@@ -167,11 +169,12 @@ hl_status hl_adapter_free(hl_adapter *adapter);
  * entries with scale 0 are skipped (they cost nothing). n = 0 means none.
  */
 hl_status hl_sequence_set_adapters(hl_sequence *seq, hl_adapter *const *adapters, const float *scales, int32_t n);
-/* hl_sequence_set_adapters on the context's default sequence. */
-hl_status hl_context_set_adapters(hl_context *ctx, hl_adapter *const *adapters, const float *scales, int32_t n);
 
 /* A new empty sequence of n_ctx cells (cache type of ctx), owned by ctx. */
 hl_status hl_sequence_create(hl_context *ctx, int32_t n_ctx, hl_sequence **out);
+/* The context's default sequence (params.n_ctx cells), made and owned by the context: valid until
+ * hl_context_free, which frees it; hl_sequence_free ignores it. NULL for a NULL context. */
+hl_sequence *hl_context_sequence(hl_context *ctx);
 /* Frees a sequence (not the default one) and drops its adapter set. NULL is ignored. */
 void hl_sequence_free(hl_sequence *seq);
 /* Number of cells of seq in use (= position of its next token). */
@@ -190,42 +193,31 @@ hl_status hl_sequence_keep(hl_sequence *seq, int32_t n);
 hl_status hl_decode_batch(hl_context *ctx, const hl_segment *segments, int32_t n_segments);
 
 /*
- * Appends n_tokens tokens (1..n_batch) at the next cells of the default sequence and computes them.
- * logits: caller buffer of n_vocab floats (last token only) or n_tokens*n_vocab
- * floats when all_logits != 0. Positions continue from hl_kv_used().
+ * Context shift: drops cells n_keep .. n_keep+n_discard-1 of seq (n_discard >= 1), moves the later cells down
+ * and re-rotates their K by -n_discard positions (V unchanged); hl_sequence_used() drops by n_discard. Runs on
+ * the threads of the sequence's context.
  */
-hl_status hl_decode(hl_context *ctx, const int32_t *tokens, int32_t n_tokens,
-                    float *logits, int32_t all_logits);
-/* The hl_kv_* calls work on the default sequence. Number of its cells in use (= position of the next token). */
-int32_t hl_kv_used(const hl_context *ctx);
-/* First cache cell computed under another adapter set than the active one (hl_kv_used() if none). */
-int32_t hl_kv_first_stale(const hl_context *ctx);
-/* Keeps the first n cells and drops the rest (0 clears the cache). */
-hl_status hl_kv_keep(hl_context *ctx, int32_t n);
-/*
- * Context shift: drops cells n_keep .. n_keep+n_discard-1 (n_discard >= 1), moves the later cells down and
- * re-rotates their K by -n_discard positions (V unchanged); hl_kv_used() drops by n_discard.
- */
-hl_status hl_kv_shift(hl_context *ctx, int32_t n_keep, int32_t n_discard);
-/* Bytes of the state of n_cells cells (per layer: K [n_cells][n_embd_kv], V [n_embd_kv][n_cells]); 0 if invalid. */
-size_t hl_kv_state_size(const hl_context *ctx, int32_t n_cells);
-/* Copies the state of the cells in use into buf (cap >= hl_kv_state_size(ctx, hl_kv_used(ctx))). */
-hl_status hl_kv_state_read(const hl_context *ctx, void *buf, size_t cap);
-/* Replaces the cache with n_cells cells read back (size must be hl_kv_state_size(ctx, n_cells)), marked as
- * computed under the active adapter set. */
-hl_status hl_kv_state_write(hl_context *ctx, const void *buf, size_t size, int32_t n_cells);
+hl_status hl_sequence_shift(hl_sequence *seq, int32_t n_keep, int32_t n_discard);
+/* Bytes of the state of n_cells cells of seq (per layer: K [n_cells][n_embd_kv], V [n_embd_kv][n_cells]);
+ * 0 if n_cells is not 0..its n_ctx. */
+size_t hl_sequence_state_size(const hl_sequence *seq, int32_t n_cells);
+/* Copies the state of the cells of seq in use into buf (cap >= hl_sequence_state_size(seq, hl_sequence_used(seq))). */
+hl_status hl_sequence_state_read(const hl_sequence *seq, void *buf, size_t cap);
+/* Replaces the cells of seq with n_cells cells read back (size must be hl_sequence_state_size(seq, n_cells)),
+ * marked as computed under its active adapter set. */
+hl_status hl_sequence_state_write(hl_sequence *seq, const void *buf, size_t size, int32_t n_cells);
 /* While *flag != 0, compute stops between graph nodes with HL_ERR_ABORTED. */
 void hl_set_abort(hl_context *ctx, volatile int32_t *flag);
 
 /*
- * Writes the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all)
+ * Writes the graph of one decode of n_tokens (default sequence; layer >= 0: that block only; -1: all)
  * as Graphviz DOT into buf (cap bytes, NUL-terminated); *needed gets the full
  * length + 1 (cap = 0 asks only for that). LoRA nodes carry lora=1. Nothing is computed.
  */
 hl_status hl_graph_dot(hl_context *ctx, int32_t n_tokens, int32_t layer, char *buf, size_t cap, size_t *needed);
 
 /*
- * Counts of the graph of one hl_decode of n_tokens (default sequence; layer >= 0: that block only; -1: all):
+ * Counts of the graph of one decode of n_tokens (default sequence; layer >= 0: that block only; -1: all):
  * its nodes and its barriers (one after every phase of every node). Nothing is computed.
  */
 hl_status hl_graph_stats(hl_context *ctx, int32_t n_tokens, int32_t layer, int32_t *n_nodes, int32_t *n_barriers);
@@ -269,13 +261,14 @@ hl_status hl_quantize(int32_t type, const float *src, void *dst, int64_t n_rows,
 hl_status hl_check_tensor(int32_t type, const void *data, int64_t n_cols, int64_t n_rows, int32_t n_threads,
                           int64_t *bad_row);
 /*
- * After hl_decode returned non-finite logits and hl_kv_keep restored the cells before that batch (default
- * sequence only; hl_decode_batch has no finder): recomputes the same batch node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the
- * residual it adds to, the KV cache rows it stores). *position gets that token's position (-1 if no node
- * did), name its node, e.g. "blk.0.attn_qkv (attn_k)" (cap bytes, NUL-terminated). The cache keeps only the
- * cells it had; hl_decode's graph is not changed by this check.
+ * After hl_decode_batch returned non-finite logits in the segment of seq and hl_sequence_keep restored the
+ * cells seq had before that batch: recomputes that segment alone (the same tokens, under the same adapter
+ * set) node by node, stopping at the first node that wrote a NaN or infinity (its outputs, the residual it
+ * adds to, the KV cache rows it stores). *position gets that token's position (-1 if no node did), name its
+ * node, e.g. "blk.0.attn_qkv (attn_k)" (cap bytes, NUL-terminated). seq keeps only the cells it had;
+ * hl_decode_batch's graph is not changed by this check.
  */
-hl_status hl_find_nonfinite(hl_context *ctx, const int32_t *tokens, int32_t n_tokens, float *logits,
+hl_status hl_find_nonfinite(hl_sequence *seq, const int32_t *tokens, int32_t n_tokens, float *logits,
                             int32_t all_logits, int32_t *position, char *name, size_t cap);
 
 /*

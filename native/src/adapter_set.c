@@ -3,7 +3,7 @@
  * counts its pairs and ranks (what the graph's term storage needs per token), counts each entry as a
  * user of its adapter (hl_adapter_free refuses an adapter in use), and gives the set a signature. Each
  * KV cell records the signature it was computed under, so the library can find cells a swap made stale
- * (hl_kv_first_stale).
+ * (hl_sequence_first_stale).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -76,9 +76,4 @@ hl_status hl_sequence_set_adapters(hl_sequence *seq, hl_adapter *const *adapters
     count_terms(seq->ctx->model, set, n_set, &seq->set_terms, &seq->set_ranks);
     seq->set_sig = set_signature(set, n_set);
     return HL_OK;
-}
-
-hl_status hl_context_set_adapters(hl_context *c, hl_adapter *const *adapters, const float *scales, int32_t n) {
-    if (!c) return hl_fail(HL_ERR_INVALID, "hl_context_set_adapters: NULL context");
-    return hl_sequence_set_adapters(c->seq0, adapters, scales, n);
 }

@@ -1,6 +1,6 @@
 /*
  * A context: activation and work buffers for n_batch tokens, the thread pool, its sequences (a default
- * one for the single-sequence calls), and the decode entry points.
+ * one made with it, hl_context_sequence), and the decode entry point.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,7 +94,7 @@ void hl_batch_layout(hl_context *c) {
     c->n_tokens = t, c->n_out = out;
 }
 
-/* Segment i's checks; where: "" (hl_decode) or "segment i: " (hl_decode_batch). Copies its tokens to c->tokens. */
+/* Segment i's checks; where: "" (one segment) or "fn: segment i: " (several). Copies its tokens to c->tokens. */
 static hl_status check_segment(hl_context *c, const hl_segment *sg, int32_t i, int32_t t0, const char *where) {
     hl_sequence *seq = sg->seq;
     if (!seq || !sg->tokens || !sg->logits) return hl_fail(HL_ERR_INVALID, "%sNULL sequence, tokens or logits", where);
@@ -151,11 +151,11 @@ static hl_status prepare_batch(hl_context *c, const hl_segment *segments, int32_
     return st == HL_OK ? hl_graph_plan(c) : st;
 }
 
-hl_status hl_decode_prepare(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits,
+hl_status hl_decode_prepare(hl_sequence *seq, const int32_t *tokens, int32_t n_tokens, float *logits,
                             int32_t all_logits) {
-    if (!c || !tokens || !logits) return hl_fail(HL_ERR_INVALID, "hl_decode: NULL argument");
-    const hl_segment seg = {c->seq0, tokens, n_tokens, logits, all_logits};
-    return prepare_batch(c, &seg, 1, "hl_decode");
+    if (!seq || !tokens || !logits) return hl_fail(HL_ERR_INVALID, "hl_find_nonfinite: NULL argument");
+    const hl_segment seg = {seq, tokens, n_tokens, logits, all_logits};
+    return prepare_batch(seq->ctx, &seg, 1, "hl_find_nonfinite");
 }
 
 /* After compute: the segments' logits out of the batch buffer (several segments), their cells taken. */
@@ -170,32 +170,14 @@ static void finish_batch(hl_context *c) {
     }
 }
 
-/* Computes a prepared batch (st: how preparing it went) and takes its cells. */
-static hl_status run_batch(hl_context *c, hl_status st) {
+hl_status hl_decode_batch(hl_context *c, const hl_segment *segments, int32_t n_segments) {
+    hl_status st = prepare_batch(c, segments, n_segments, "hl_decode_batch");
     if (st == HL_OK) st = hl_graph_compute(c);
     if (st == HL_OK) finish_batch(c);
     return st;
 }
 
-hl_status hl_decode_batch(hl_context *c, const hl_segment *segments, int32_t n_segments) {
-    return run_batch(c, prepare_batch(c, segments, n_segments, "hl_decode_batch"));
-}
-
-hl_status hl_decode(hl_context *c, const int32_t *tokens, int32_t n_tokens, float *logits, int32_t all_logits) {
-    return run_batch(c, hl_decode_prepare(c, tokens, n_tokens, logits, all_logits));
-}
-
-int32_t hl_kv_used(const hl_context *c) { return c ? hl_sequence_used(c->seq0) : 0; }
-
-int32_t hl_kv_first_stale(const hl_context *c) { return c ? hl_sequence_first_stale(c->seq0) : 0; }
-
-hl_status hl_kv_keep(hl_context *c, int32_t n) {
-    if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_keep: NULL context");
-    if (n < 0 || n > c->seq0->n_used)
-        return hl_fail(HL_ERR_INVALID, "hl_kv_keep: %d cells requested, %d in use", n, c->seq0->n_used);
-    c->seq0->n_used = n;
-    return HL_OK;
-}
+hl_sequence *hl_context_sequence(hl_context *c) { return c ? c->seq0 : NULL; }
 
 void hl_set_abort(hl_context *c, volatile int32_t *flag) {
     if (c) c->abort_flag = flag;

@@ -138,7 +138,7 @@ struct hl_context {
     volatile int32_t *abort_flag;
     atomic_int abort_at; /* index of the node after which compute stops */
 
-    hl_sequence *seq0;   /* the default sequence (hl_decode, hl_kv_*, hl_context_set_adapters) */
+    hl_sequence *seq0;   /* the default sequence (hl_context_sequence; the graph tools' sequence) */
     hl_sequence *seqs;   /* every sequence of this context, seq0 included */
 
     hl_lora_term *terms; /* storage for the graph's terms */
@@ -177,8 +177,9 @@ void hl_graph_compute_node(hl_context *ctx, int32_t i);
 hl_status hl_graph_build_for_tools(hl_context *ctx, const char *fn, int32_t n_tokens, int32_t layer);
 int32_t hl_graph_max_nodes(const hl_model *model, int32_t n_segs);
 
-/* context.c: hl_decode's checks, graph build and plan; nothing computed, the cache unchanged. */
-hl_status hl_decode_prepare(hl_context *ctx, const int32_t *tokens, int32_t n_tokens, float *logits,
+/* context.c: the checks, graph build and plan of a batch of one segment of seq (the non-finite node finder);
+ * nothing computed, the cache unchanged. */
+hl_status hl_decode_prepare(hl_sequence *seq, const int32_t *tokens, int32_t n_tokens, float *logits,
                             int32_t all_logits);
 /* context.c: fills the layout of segs (t0, pos0, out0, tok_seq, tok_pos) from their seq, n and n_out. */
 void hl_batch_layout(hl_context *ctx);

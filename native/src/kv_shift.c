@@ -1,17 +1,17 @@
 /*
- * Context shift (gguf-llama.md §6): drops cells [n_keep, n_keep + n_discard) of the KV cache, moves the
+ * Context shift (gguf-llama.md §6): drops cells [n_keep, n_keep + n_discard) of a sequence's KV cache, moves the
  * later cells down by n_discard and re-rotates their cached K by -n_discard positions, so that cell index
  * = position still holds afterwards, as llama.cpp's seq_rm + seq_add leave the positions.
  *
  * RoPE composes additively: K stored rotated at position p, rotated again by the angles of -n_discard
  * (same base, rope_freqs and freq scale as the forward pass, from hl_rope_table), is K rotated at
  * p - n_discard. The shift is a pure rotation: the attn factor, which the stored K already carries, is
- * divided out of the table. V moves unchanged. Layers are split over the context's threads.
+ * divided out of the table. V moves unchanged. Layers are split over the threads of the sequence's context.
  */
 #include "core.h"
 
 typedef struct {
-    hl_context *ctx;
+    const hl_sequence *seq;
     int32_t n_keep, n_discard;
     const float *cs; /* [head_dim/2][cos, sin] of the rotation by -n_discard */
 } shift_job;
@@ -43,9 +43,9 @@ static void rotate_k_row(const hl_context *c, void *row, const float *cs) {
 
 /* Layer il: K rows [n_ctx][n_embd_kv] and transposed V rows [n_embd_kv][n_ctx], cells moved down. */
 static void shift_layer(const shift_job *job, int il) {
-    const hl_context *c = job->ctx;
+    const hl_sequence *s = job->seq;
+    const hl_context *c = s->ctx;
     const size_t es = c->params.cache_type == HL_TYPE_F32 ? 4 : 2;
-    const hl_sequence *s = c->seq0;
     const size_t n_kv = (size_t)c->model->n_embd_kv, n_ctx = (size_t)s->n_ctx;
     const size_t keep = (size_t)job->n_keep, from = keep + (size_t)job->n_discard;
     const size_t n_move = (size_t)s->n_used - from;
@@ -57,21 +57,21 @@ static void shift_layer(const shift_job *job, int il) {
 
 static void shift_job_run(void *arg, int ith, int nth) {
     const shift_job *job = arg;
-    for (int il = ith; il < job->ctx->model->hp.n_layer; il += nth) shift_layer(job, il);
+    for (int il = ith; il < job->seq->ctx->model->hp.n_layer; il += nth) shift_layer(job, il);
 }
 
-hl_status hl_kv_shift(hl_context *c, int32_t n_keep, int32_t n_discard) {
-    if (!c) return hl_fail(HL_ERR_INVALID, "hl_kv_shift: NULL context");
-    hl_sequence *s = c->seq0;
+hl_status hl_sequence_shift(hl_sequence *s, int32_t n_keep, int32_t n_discard) {
+    if (!s) return hl_fail(HL_ERR_INVALID, "hl_sequence_shift: NULL sequence");
+    hl_context *c = s->ctx;
     if (n_keep < 0 || n_discard < 1 || n_discard > s->n_used - n_keep)
-        return hl_fail(HL_ERR_INVALID, "hl_kv_shift: cannot keep %d cells and drop %d of %d in use", n_keep,
+        return hl_fail(HL_ERR_INVALID, "hl_sequence_shift: cannot keep %d cells and drop %d of %d in use", n_keep,
                        n_discard, s->n_used);
     hl_rope_table(c, 0, -n_discard, 1);
     const float af = c->model->hp.rope_attn_factor;
     const int half = c->model->hp.head_dim / 2;
     if (af != 0.0f && af != 1.0f)
         for (int i = 0; i < 2 * half; i++) c->rope_cs[i] /= af;
-    shift_job job = {c, n_keep, n_discard, c->rope_cs};
+    shift_job job = {s, n_keep, n_discard, c->rope_cs};
     hl_pool_run(c->pool, shift_job_run, &job);
     const int32_t from = n_keep + n_discard;
     memmove(s->cell_sig + n_keep, s->cell_sig + from, (size_t)(s->n_used - from) * sizeof *s->cell_sig);
