@@ -7,12 +7,16 @@ Starts one server (all adapters loaded at launch, global scale 0), then runs, in
 * `sequential`: the same N requests as `mixed`, one after another.
 
 Each request streams --tokens tokens (greedy, end of generation ignored) after a prompt of --prompt-tokens
-random token ids. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
+token ids. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
 time of the scenario), time to first token and request latency p50/p90, and the issue-9 ratios: mixed against
 what the bytes allow (one-adapter throughput × (base + 1 adapter bytes) / (base + K adapter bytes)) and against
 sequential.
 
     python benches/serve_load.py -m MODEL.gguf --adapters A1.gguf,...,A8.gguf --clients 8 --tokens 64
+
+With --llama-server PATH, llama.cpp's server runs the same three scenarios on the same files (same options:
+-np, -c, -t, every adapter loaded with --lora-init-without-apply, the same request bodies with per-request
+"lora"), its rounds interleaved with hotlora's, both servers up for the whole run.
 """
 from __future__ import annotations
 
@@ -37,11 +41,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hotlora", "serve", "-m", args.model, "--port", str(port), "-c", str(args.ctx),
-           "-np", str(args.clients), "-t", str(args.threads), "--lora-init-without-apply"]
+def server_command(args, engine: str, port: int) -> list[str]:
+    """The command line of one engine's server with the model, every adapter (at scale 0) and -np clients."""
+    program = [sys.executable, "-m", "hotlora", "serve"] if engine == "hotlora" else [args.llama_server]
+    cmd = program + ["-m", args.model, "--port", str(port), "-c", str(args.ctx), "-np", str(args.clients),
+                     "-t", str(args.threads), "--lora-init-without-apply"]
     for adapter in args.adapters:
         cmd += ["--lora", adapter]
+    return cmd
+
+
+def start_server(cmd: list[str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         try:
@@ -50,7 +60,7 @@ def start_server(args, port: int) -> subprocess.Popen:
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    sys.exit(f"the server did not start: {proc.communicate()[1][-2000:]}")
+    sys.exit(f"{cmd[0]} did not start: {proc.communicate()[1][-2000:]}")
 
 
 def one_request(base: str, prompt: list[int], adapter: int, n_tokens: int) -> tuple[float, float, int]:
@@ -66,6 +76,8 @@ def one_request(base: str, prompt: list[int], adapter: int, n_tokens: int) -> tu
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"])
+            if not chunk.get("choices"):  # llama-server's closing chunk of usage and timings
+                continue
             first = first or time.perf_counter() - start
             if chunk["choices"][0]["finish_reason"] is None:
                 n += 1
@@ -110,28 +122,42 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=0, help="server -c (default: clients × (prompt + tokens + 8))")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary: run the same load against it too")
     args = ap.parse_args()
     args.ctx = args.ctx or args.clients * (args.prompt_tokens + args.tokens + 8)
-    port = free_port()
-    server = start_server(args, port)
-    base = f"http://127.0.0.1:{port}"
+    engines = ["hotlora"] + (["llama-server"] if args.llama_server else [])
+    servers, bases = [], {}
     try:
-        prompts = client_prompts(base, args.clients, args.prompt_tokens)
-        mixed = [i % len(args.adapters) for i in range(args.clients)]
-        plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
-        scenario(base, prompts, mixed, 4, True)  # warm-up
-        runs: dict[str, list[dict]] = {name: [] for name in plans}
-        for _ in range(args.rounds):
-            for name, (adapters, together) in plans.items():
-                runs[name].append(scenario(base, prompts, adapters, args.tokens, together))
+        for engine in engines:
+            port = free_port()
+            servers.append(start_server(server_command(args, engine, port), port))
+            bases[engine] = f"http://127.0.0.1:{port}"
+        runs = run_rounds(args, bases)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-    report(args, {name: summary(r) for name, r in runs.items()})
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
+    for engine in engines:
+        report(args, engine, {name: summary(r) for name, r in runs[engine].items()})
 
 
-def report(args, results: dict[str, dict]) -> None:
-    print(f"model {Path(args.model).name}, {len(args.adapters)} adapters, {args.clients} clients, "
+def run_rounds(args, bases: dict[str, str]) -> dict[str, dict[str, list[dict]]]:
+    """Every engine's three scenarios, interleaved round by round, after one warm-up each."""
+    prompts = client_prompts(bases["hotlora"], args.clients, args.prompt_tokens)
+    mixed = [i % len(args.adapters) for i in range(args.clients)]
+    plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
+    for base in bases.values():
+        scenario(base, prompts, mixed, 4, True)
+    runs = {engine: {name: [] for name in plans} for engine in bases}
+    for _ in range(args.rounds):
+        for engine, base in bases.items():
+            for name, (adapters, together) in plans.items():
+                runs[engine][name].append(scenario(base, prompts, adapters, args.tokens, together))
+    return runs
+
+
+def report(args, engine: str, results: dict[str, dict]) -> None:
+    print(f"\n{engine}: model {Path(args.model).name}, {len(args.adapters)} adapters, {args.clients} clients, "
           f"{args.prompt_tokens}-token prompts, {args.tokens} tokens each, {args.threads} threads, "
           f"{args.rounds} rounds (medians)\n")
     print("| scenario | tokens/s | TTFT p50 | TTFT p90 | latency p50 | latency p90 |")
