@@ -12,10 +12,10 @@
  *             (bytewise; the 16-bit shifts move no bit across a byte after the masks); the -32 offset of the
  *             quants is taken off once, 32 * (8 vpdpwssd of the groups' scale pairs against the bsums' pairs).
  *
- * A single token dots the quants as they are made from the panel, prefetching two super-blocks ahead (its
- * steps are short, and Q6_K_R16's three interleaved streams are not followed by the hardware prefetchers);
- * more tokens reuse them from a per-panel buffer (passes of 32, 16, 8, 4 and 2), GROUP tokens at a time, so
- * one load of a quant register feeds GROUP vpdpbusd. Every (row, token) value is the same exact integer sum
+ * Up to GROUP tokens (one register tile) dot the Q4_K quants as they are made from the panel (Q6_K: one
+ * token), prefetching two super-blocks ahead (the steps are short, and Q6_K_R16's three interleaved streams are
+ * not followed by the hardware prefetchers); more tokens reuse them from a per-panel buffer (passes of 32 and
+ * 16), GROUP tokens at a time, so one quant register feeds GROUP vpdpbusd. Every (row, token) value is the same exact integer sum
  * followed by the same float operations in any pass.
  */
 #include "common.h"
@@ -73,9 +73,18 @@ TGT static AI __m512i quad_of(const int8_t *q) {
     return _mm512_set1_epi32(v);
 }
 
-/* acc[t] (16 rows) after the unpacked super-block against G tokens' activation blocks y[t] (G <= 4): each
- * quant register is loaded once for the G tokens. */
-TGT static AI void q4_tokens_step(const q4_unpacked *u, const int G, const block_q8_K *const *y, __m512 *acc) {
+/* Sub-block (2c + half)'s quant dword k of the 16 rows: from the unpacked buffer u, or made from the panel's
+ * block when u is NULL (a constant at every call). */
+TGT static AI __m512i q4_quants(const block_q4_K_r16 *blk, const q4_unpacked *u, int c, int half, int k) {
+    if (u) return u->q[c][half][k];
+    const __m512i x = _mm512_loadu_si512(blk->qs[8 * c + k]);
+    return _mm512_and_si512(half ? _mm512_srli_epi16(x, 4) : x, _mm512_set1_epi8(0x0F));
+}
+
+/* acc[t] (16 rows) after the super-block against G tokens' activation blocks y[t] (G <= GROUP): each quant
+ * register is made or loaded once for the G tokens. Quants, scales and mins from u, or from blk if u is NULL. */
+TGT static AI void q4_tokens_step(const block_q4_K_r16 *blk, const q4_unpacked *u, const int G,
+                                  const block_q8_K *const *y, __m512 *acc) {
     __m512i main[GROUP], mins[GROUP];
     for (int t = 0; t < G; t++) main[t] = mins[t] = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++)
@@ -83,42 +92,25 @@ TGT static AI void q4_tokens_step(const q4_unpacked *u, const int G, const block
             __m512i dot[GROUP];
             for (int t = 0; t < G; t++) dot[t] = _mm512_setzero_si512();
             for (int k = 0; k < 8; k++) {
-                const __m512i w = u->q[c][half][k];
+                const __m512i w = q4_quants(blk, u, c, half, k);
                 for (int t = 0; t < G; t++)
                     dot[t] = _mm512_dpbusd_epi32(dot[t], w, quad_of(y[t]->qs + 64 * c + 32 * half + 4 * k));
             }
-            for (int t = 0; t < G; t++) main[t] = _mm512_add_epi32(main[t], _mm512_mullo_epi32(dot[t], u->sc[2 * c + half]));
+            const int j = 2 * c + half;
+            const __m512i sc = u ? u->sc[j] : _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
+            for (int t = 0; t < G; t++) main[t] = _mm512_add_epi32(main[t], _mm512_mullo_epi32(dot[t], sc));
         }
-    for (int j = 0; j < 8; j++)
-        for (int t = 0; t < G; t++) mins[t] = q4_add_mins(mins[t], u->mn2[j], y[t], j);
+    for (int j = 0; j < 8; j++) {
+        const __m512i mn2 = u ? u->mn2[j] : q4_min_pair(blk, j);
+        for (int t = 0; t < G; t++) mins[t] = q4_add_mins(mins[t], mn2, y[t], j);
+    }
+    const __m512 d = u ? u->d : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
+    const __m512 dmin = u ? u->dmin : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
     for (int t = 0; t < G; t++) {
         const __m512 yd = _mm512_set1_ps(y[t]->d);
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main[t]), _mm512_mul_ps(u->d, yd), acc[t]);
-        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(u->dmin, yd), _mm512_cvtepi32_ps(mins[t]), acc[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main[t]), _mm512_mul_ps(d, yd), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(mins[t]), acc[t]);
     }
-}
-
-/* The same super-block step for one token straight from the panel (a decode: nothing to reuse, so the
- * nibbles are not kept). */
-TGT static AI __m512 q4_direct_step(const block_q4_K_r16 *blk, const block_q8_K *y, __m512 acc) {
-    __m512i main = _mm512_setzero_si512(), mins = _mm512_setzero_si512();
-    for (int c = 0; c < 4; c++) {
-        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-        for (int k = 0; k < 8; k++) {
-            const __m512i x = _mm512_loadu_si512(blk->qs[8 * c + k]);
-            lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(x, _mm512_set1_epi8(0x0F)), quad_of(y->qs + 64 * c + 4 * k));
-            hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F)),
-                                     quad_of(y->qs + 64 * c + 32 + 4 * k));
-        }
-        main = _mm512_add_epi32(main, _mm512_mullo_epi32(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c]))));
-        main = _mm512_add_epi32(main, _mm512_mullo_epi32(hi, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[2 * c + 1]))));
-    }
-    for (int j = 0; j < 8; j++) mins = q4_add_mins(mins, q4_min_pair(blk, j), y, j);
-    const __m512 yd = _mm512_set1_ps(y->d);
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
-    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(main), _mm512_mul_ps(d, yd), acc);
-    return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(mins), acc);
 }
 
 /* ---- Q6_K_R16 ------------------------------------------------------------------------------------ */
@@ -228,9 +220,15 @@ TGT static AI void prefetch_block(kind k, const char *blk, const char *end) {
     for (size_t at = 0; at < block_bytes(k); at += 64) _mm_prefetch(blk + at, _MM_HINT_T0);
 }
 
-TGT static AI __m512 direct_step(kind k, const char *blk, const block_q8_K *y, __m512 acc) {
-    return k == R16_Q4_K ? q4_direct_step((const block_q4_K_r16 *)blk, y, acc)
-                         : q6_direct_step((const block_q6_K_r16 *)blk, y, acc);
+/* acc[t] after block blk against N <= GROUP tokens without a buffer: Q4_K_R16 makes each quant register once
+ * for the N tokens; Q6_K_R16 dots one token as its quants are made, and unpacks into u for more. */
+TGT static AI void direct_step(kind k, const char *blk, unpacked *u, const int N, const block_q8_K *const *y, __m512 *acc) {
+    if (k == R16_Q4_K) q4_tokens_step((const block_q4_K_r16 *)blk, NULL, N, y, acc);
+    else if (N == 1) acc[0] = q6_direct_step((const block_q6_K_r16 *)blk, y[0], acc[0]);
+    else {
+        q6_unpack((const block_q6_K_r16 *)blk, &u->q6);
+        q6_tokens_step(&u->q6, N, y, acc);
+    }
 }
 
 TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
@@ -239,10 +237,9 @@ TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
 }
 
 TGT static AI void tokens_step(kind k, const unpacked *u, const int G, const block_q8_K *const *y, __m512 *acc) {
-    if (k == R16_Q4_K) q4_tokens_step(&u->q4, G, y, acc);
+    if (k == R16_Q4_K) q4_tokens_step(NULL, &u->q4, G, y, acc);
     else q6_tokens_step(&u->q6, G, y, acc);
 }
-
 
 /* N tokens (a constant at every call) against every panel of the nr rows. */
 TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const char *w, size_t w_stride,
@@ -253,17 +250,19 @@ TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const
         const char *panel = w + (size_t)p * HL_R16_ROWS * w_stride, *end = panel + (size_t)nb * block_bytes(k);
         __m512 acc[32];
         for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb && N == 1; b++) {
-            prefetch_block(k, panel + (size_t)(b + PREFETCH_BLOCKS) * block_bytes(k), end);
-            acc[0] = direct_step(k, panel + (size_t)b * block_bytes(k), (const block_q8_K *)a + b, acc[0]);
-        }
-        for (int64_t b = 0; b < nb && N > 1; b++) {
-            unpack(k, panel + (size_t)b * block_bytes(k), &u);
-            const int G = N < GROUP ? N : GROUP; /* N is 16, 8, 4, 2 */
-            for (int t0 = 0; t0 < N; t0 += G) {
-                const block_q8_K *y[GROUP];
-                for (int t = 0; t < G; t++) y[t] = (const block_q8_K *)(a + (size_t)(t0 + t) * a_stride) + b;
-                tokens_step(k, &u, G, y, acc + t0);
+        for (int64_t b = 0; b < nb; b++) {
+            const char *blk = panel + (size_t)b * block_bytes(k);
+            const block_q8_K *y[GROUP];
+            if (N <= GROUP) { /* one register tile: nothing to reuse, the quants are not kept */
+                prefetch_block(k, blk + (size_t)PREFETCH_BLOCKS * block_bytes(k), end);
+                for (int t = 0; t < N; t++) y[t] = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                direct_step(k, blk, &u, N, y, acc);
+                continue;
+            }
+            unpack(k, blk, &u);
+            for (int t0 = 0; t0 < N; t0 += GROUP) {
+                for (int t = 0; t < GROUP; t++) y[t] = (const block_q8_K *)(a + (size_t)(t0 + t) * a_stride) + b;
+                tokens_step(k, &u, GROUP, y, acc + t0);
             }
         }
         for (int t = 0; t < N; t++) _mm512_storeu_ps(dst + (size_t)t * dst_stride + (size_t)p * HL_R16_ROWS, acc[t]);
@@ -276,12 +275,17 @@ TGT static AI void gemm_r16(kind k, int64_t n, int64_t nr, int64_t nt, const voi
         const int64_t left = nt - t0;
         const char *at = (const char *)a + (size_t)t0 * a_stride;
         float *dt = dst + (size_t)t0 * dst_stride;
-        const int N = left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        switch (N) {
+        const int N = left >= 32 ? 32 : left >= 16 ? 16 : left >= GROUP ? GROUP : (int)left;
+        _Static_assert(GROUP == 8, "a case for every pass size up to GROUP");
+        switch (N) { /* a pass of every count up to GROUP: a decode of 3 to 7 tokens reads the weights once */
         case 32: tokens_pass(k, 32, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 16: tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 8: tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 7: tokens_pass(k, 7, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 6: tokens_pass(k, 6, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 5: tokens_pass(k, 5, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 4: tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
+        case 3: tokens_pass(k, 3, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         case 2: tokens_pass(k, 2, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         default: tokens_pass(k, 1, n, nr, w, w_stride, at, a_stride, dt, dst_stride); break;
         }
