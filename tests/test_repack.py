@@ -122,7 +122,7 @@ def test_simd_kernel_equals_the_reference_bit_for_bit(qtype, n_blocks):
         raw = quantized_rows(qtype, rng, n_rows, n_cols)
         packed = c_repack(qtype, raw, n_cols, n_rows)
         assert np.array_equal(packed, numpy_r16(qtype, raw, n_cols))
-        for n_tokens in (1, 2, 3, 5, 17, 47, 64):  # 47: passes of 32, 8, 4, 2 and 1
+        for n_tokens in (1, 2, 3, 4, 5, 6, 17, 47, 64):  # every pass size of the kernels (47: 32, 8 and 7)
             x = without_ties(rng.standard_normal((n_tokens, n_cols)).astype(np.float32))  # Q8_0's ties: activations.py
             ref = mat_mul(repacked, packed, n_cols, n_rows, x, REFERENCE)
             assert np.array_equal(mat_mul(repacked, packed, n_cols, n_rows, x, AUTO), ref), (n_rows, n_tokens)
