@@ -133,6 +133,22 @@ TGT static AI void unpack_panel(kind k, const char *const *p, __m512i vindex, in
     }
 }
 
+/* acc[t] (16 rows) += block b's dot for G tokens (G <= GROUP, a constant): G independent dpbusd chains per weight
+ * register; q: the first token's activation quants of the block, a_stride bytes between tokens. */
+TGT static AI void tokens_group(const int G, const __m512i w[8], __m512 dw, const int8_t *q, size_t a_stride,
+                                const act_table *tab, int t0, int64_t b, __m512 *acc) {
+    __m512i sum[GROUP];
+    for (int t = 0; t < G; t++) sum[t] = _mm512_set1_epi32(tab->corr[t0 + t][b]);
+    for (int g = 0; g < 8; g++)
+        for (int t = 0; t < G; t++) {
+            int32_t quad;
+            memcpy(&quad, q + (size_t)t * a_stride + 4 * g, 4);
+            sum[t] = _mm512_dpbusd_epi32(sum[t], w[g], _mm512_set1_epi32(quad));
+        }
+    for (int t = 0; t < G; t++)
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t0 + t][b])), acc[t]);
+}
+
 /* One panel x N tokens over blocks b0 .. b0 + bn - 1: acc (16 rows) per token, kept in dst between chunks. */
 TGT static AI void panel_pass(kind k, const int N, const char *const *p, __m512i vindex, __mmask16 rows,
                               const char *a, size_t a_stride, int64_t b0, int64_t bn, const act_table *tab,
@@ -144,24 +160,10 @@ TGT static AI void panel_pass(kind k, const int N, const char *const *p, __m512i
         __m512i w[8];
         __m512 dw;
         unpack_panel(k, p, vindex, b0 + b, w, &dw);
-        const int G = N < GROUP ? N : GROUP;
-        for (int t0 = 0; t0 < N; t0 += G) { /* G independent dpbusd chains per weight register */
-            const int8_t *q[GROUP];
-            __m512i sum[GROUP];
-            for (int t = 0; t < G; t++) {
-                q[t] = ((const block_q8_0 *)(a + (size_t)(t0 + t) * a_stride) + b0 + b)->qs;
-                sum[t] = _mm512_set1_epi32(tab->corr[t0 + t][b]);
-            }
-            for (int g = 0; g < 8; g++)
-                for (int t = 0; t < G; t++) {
-                    int32_t quad;
-                    memcpy(&quad, q[t] + 4 * g, 4);
-                    sum[t] = _mm512_dpbusd_epi32(sum[t], w[g], _mm512_set1_epi32(quad));
-                }
-            for (int t = 0; t < G; t++)
-                acc[t0 + t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t0 + t][b])),
-                                              acc[t0 + t]);
-        }
+        const int8_t *q = ((const block_q8_0 *)a + b0 + b)->qs;
+        const int full = N / GROUP * GROUP; /* whole groups, then the rest (constants) */
+        for (int t0 = 0; t0 < full; t0 += GROUP) tokens_group(GROUP, w, dw, q + (size_t)t0 * a_stride, a_stride, tab, t0, b, acc + t0);
+        if (N > full) tokens_group(N - full, w, dw, q + (size_t)full * a_stride, a_stride, tab, full, b, acc + full);
     }
     for (int t = 0; t < N; t++) _mm512_mask_storeu_ps(dst + (size_t)t * dst_stride, rows, acc[t]);
 }
@@ -188,15 +190,23 @@ TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const
 TGT static void gemm_panel16(kind k, int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride,
                              const void *a, size_t a_stride, float *dst, size_t dst_stride) {
     act_table tab;
-    for (int64_t t0 = 0; t0 < nt;) { /* passes of 16, 8, 4, 2 or 1 tokens */
+    for (int64_t t0 = 0; t0 < nt;) { /* passes of 16, 8 or every count below (3 to 7 tokens: one read of W) */
         const int64_t left = nt - t0;
         const char *at = (const char *)a + (size_t)t0 * a_stride;
         float *dt = dst + (size_t)t0 * dst_stride;
-        if (left >= 16) tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 16;
-        else if (left >= 8) tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 8;
-        else if (left >= 4) tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 4;
-        else if (left >= 2) tokens_pass(k, 2, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 2;
-        else tokens_pass(k, 1, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab), t0 += 1;
+        const int N = left >= 16 ? 16 : left >= 8 ? 8 : (int)left;
+        switch (N) {
+        case 16: tokens_pass(k, 16, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 8: tokens_pass(k, 8, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 7: tokens_pass(k, 7, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 6: tokens_pass(k, 6, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 5: tokens_pass(k, 5, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 4: tokens_pass(k, 4, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 3: tokens_pass(k, 3, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        case 2: tokens_pass(k, 2, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        default: tokens_pass(k, 1, n, nr, w, w_stride, at, a_stride, dt, dst_stride, &tab); break;
+        }
+        t0 += N;
     }
 }
 
