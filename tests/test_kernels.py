@@ -455,3 +455,19 @@ def test_q8_k_activations_match_spec(kernel):
     got = c_mat_vec(QT.Q6_K, raw, n, n, x, kernel).astype(np.float32)
     expect = _q8_k_reference(x)
     assert np.array_equal(got, expect)  # by value: the kernels give +0 where d * (-0.0) is -0
+
+
+@pytest.mark.parametrize("qtype", [t for t in ALL_WEIGHT_TYPES if t not in FLOAT_TYPES], ids=lambda t: t.name)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("kernel", [REFERENCE, AUTO], ids=["reference", "auto"])
+def test_non_finite_activation_gives_non_finite_dots(qtype, bad, kernel):
+    """A NaN or an infinity in a block of the activation makes every dot product with it non-finite: the
+    quantizers give that block d = NaN, never finite quants that would hide it."""
+    rng = np.random.default_rng(71)
+    n_cols, n_rows = 512, 7
+    raw, _ = make_weights(qtype, n_rows, n_cols, rng)
+    x = rng.standard_normal((3, n_cols)).astype(np.float32)
+    x[1, 300] = bad
+    with np.errstate(invalid="ignore"):
+        y = c_mat_mul(qtype, raw, n_cols, n_rows, x, kernel)
+    assert np.isfinite(y[[0, 2]]).all() and not np.isfinite(y[1]).any()

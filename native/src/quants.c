@@ -12,6 +12,7 @@
  *
  * K-quants live in quants_kquants.c, SIMD kernels in quants_avx2.c.
  */
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -200,18 +201,26 @@ static void vec_dot_q8_0_q8_0_ref(int64_t n, float *s, const void *w, const void
 /* ------------------------------------------------ Q8_0 / Q8_1 activation quantizers */
 
 /* One 32-element block, quants.md §3: d = amax/127, q = roundf(x/d)
- * (half away from zero), d stored as half. Returns d and sum(q). */
+ * (half away from zero), d stored as half. Returns d and sum(q). A block holding a NaN or an infinity gets
+ * d = NaN and q = 0, so that every dot product with it is NaN (never a silently finite value). */
 static float quantize_block_q8(const float *x, int8_t *qs, int *qsum) {
     float amax = 0.0f;
-    for (int e = 0; e < QK; e++) amax = fmaxf(amax, fabsf(x[e]));
+    int finite = 1;
+    for (int e = 0; e < QK; e++) {
+        finite &= fabsf(x[e]) <= FLT_MAX;
+        amax = fmaxf(amax, fabsf(x[e]));
+    }
+    *qsum = 0;
+    if (!finite) {
+        memset(qs, 0, QK);
+        return NAN;
+    }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    int sum = 0;
     for (int e = 0; e < QK; e++) {
         qs[e] = (int8_t)roundf(x[e] * id);
-        sum += qs[e];
+        *qsum += qs[e];
     }
-    *qsum = sum;
     return d;
 }
 

@@ -17,6 +17,7 @@
  */
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -256,6 +257,17 @@ void TARGET hl_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *w, const 
 
 /* ----------------------------------------------------------- Q8_0 / Q8_1 quantizers */
 
+/* Whether the n floats (a multiple of 8) hold no NaN and no infinity. */
+TARGET static inline int all_finite(const float *x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), max = _mm256_set1_ps(FLT_MAX);
+    __m256 bad = _mm256_setzero_ps();
+    for (int e = 0; e < n; e += 8) /* !(|x| <= FLT_MAX): true for NaN and +-inf */
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), max, _CMP_NLE_UQ));
+    return _mm256_testz_ps(bad, bad);
+}
+
+
+
 /* One block: d = amax/127, id = 1/d, q = rne(x*id). Returns d; *qsum = sum(q). */
 TARGET static inline float quantize_block_q8_avx2(const float *x, int8_t *qs, int *qsum) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -268,6 +280,11 @@ TARGET static inline float quantize_block_q8_avx2(const float *x, int8_t *qs, in
     __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    if (!all_finite(x, QK)) { /* as the reference: d = NaN, q = 0 */
+        memset(qs, 0, QK);
+        *qsum = 0;
+        return NAN;
+    }
     const float d = _mm_cvtss_f32(m4) / 127.0f;
     const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
     __m256i q[4];
@@ -298,8 +315,8 @@ void TARGET hl_quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
     }
 }
 
-/* Q8_K as hl_quantize_row_q8_K_ref, bit for bit: the same m (first value of largest |x|; NaN ignored, as the
- * reference's comparison does), the same iscale * x products, rne by vcvtps2dq as nearest_int, min 127. */
+/* Q8_K as hl_quantize_row_q8_K_ref, bit for bit: the same m (first value of largest |x|), the same iscale * x
+ * products, rne by vcvtps2dq as nearest_int, min 127; a non-finite block as the reference's. */
 void TARGET hl_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
     block_q8_K *y = vy;
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -310,8 +327,10 @@ void TARGET hl_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
         __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax8, 1), _mm256_castps256_ps128(amax8));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        if (amax == 0.0f) {
+        const int finite = all_finite(x, QK_K);
+        if (amax == 0.0f || !finite) {
             memset(&y[i], 0, sizeof y[i]);
+            y[i].d = finite ? 0.0f : NAN;
             continue;
         }
         int first = 0;

@@ -8,6 +8,8 @@
  * term of Q2_K/Q4_K/Q5_K uses Q8_K's bsums (sums of 16 activation quants).
  * Dequantisation follows gguf's float32 evaluation order: (d*scale)*q - dmin*min.
  */
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "common.h"
@@ -26,17 +28,21 @@ static inline int nearest_int(float f) {
 }
 
 /* quants.md §3: m = value of largest |x| (first wins); iscale = -127/m;
- * q = min(127, rne(iscale*x)); d = 1/iscale (negative when m > 0). */
+ * q = min(127, rne(iscale*x)); d = 1/iscale (negative when m > 0). A block holding a NaN or an infinity gets
+ * d = NaN and q = 0 (its dot products are NaN, never silently finite). */
 void hl_quantize_row_q8_K_ref(const float *x, void *vy, int64_t n) {
     block_q8_K *y = vy;
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         float amax = 0.0f, m = 0.0f;
+        int finite = 1;
         for (int e = 0; e < QK_K; e++) {
             float ax = x[e] < 0 ? -x[e] : x[e];
+            finite &= ax <= FLT_MAX;
             if (ax > amax) { amax = ax; m = x[e]; }
         }
-        if (amax == 0.0f) {
+        if (amax == 0.0f || !finite) {
             memset(&y[i], 0, sizeof y[i]);
+            y[i].d = finite ? 0.0f : NAN;
             continue;
         }
         const float iscale = -127.0f / m;
