@@ -2,8 +2,8 @@
  * AVX-512 kernels for hl_axpy_rows_fn (quants.h): y[t][j] += alpha[t][k] * x[k][j] for k in order, the LoRA
  * B half of a float adapter over a batch (x = B transposed, [rank][n_out]; alpha[t][k] = s * (A.x_t)[k]).
  *
- * A tile of 16 outputs j (one zmm) x up to 8 tokens keeps the 8 partial sums in registers across all k and
- * converts each x[k][j..j+15] once for the 8 tokens; every element still sees fmaf(alpha, x, y) for
+ * A tile of 16 outputs j (one zmm) x up to 8 tokens (64 outputs x 1 or 2 tokens) keeps the partial sums in
+ * registers across all k and converts each x[k][j..j+15] once for the tile's tokens; every element still sees fmaf(alpha, x, y) for
  * k = 0, 1, ... in order, so the result equals nk plain axpys bit for bit, whatever the tile. Without
  * AVX-512 the dispatcher (gemm.c) runs the type's axpy per (t, k).
  */
@@ -36,19 +36,30 @@ TARGET static inline __m512 load_x(x_kind kind, const void *x, int64_t j, __mmas
 
 static inline size_t x_elem_bytes(x_kind kind) { return kind == X_F32 ? 4 : 2; }
 
-/* Columns j..j+15 (mask) of nt <= TILE_T token rows. */
-TARGET static inline void tile(x_kind kind, int64_t j, __mmask16 mask, int64_t nk, int64_t nt, const char *x,
-                               size_t x_stride, const float *alpha, size_t alpha_stride, float *y, size_t y_stride) {
+/* Columns j..j+16*NV-1 (mask: the last vector's valid columns) of nt <= TILE_T / NV token rows: NV * nt
+ * independent FMA chains, so that a decode (nt = 1) is not one chain of nk dependent FMAs. */
+TARGET static inline void tile(x_kind kind, const int NV, int64_t j, __mmask16 mask, int64_t nk, int64_t nt,
+                               const char *x, size_t x_stride, const float *alpha, size_t alpha_stride, float *y,
+                               size_t y_stride) {
     __m512 acc[TILE_T];
-    for (int64_t t = 0; t < nt; t++) acc[t] = _mm512_maskz_loadu_ps(mask, y + (size_t)t * y_stride + j);
+    for (int64_t t = 0; t < nt; t++)
+        for (int v = 0; v < NV; v++)
+            acc[NV * t + v] = _mm512_maskz_loadu_ps(v == NV - 1 ? mask : 0xFFFF, y + (size_t)t * y_stride + j + 16 * v);
     for (int64_t k = 0; k < nk; k++) {
-        _mm_prefetch(x + (size_t)k * x_stride + (size_t)(j + PREFETCH_AHEAD) * x_elem_bytes(kind), _MM_HINT_T0);
-        const __m512 xv = load_x(kind, x + (size_t)k * x_stride, j, mask);
-        for (int64_t t = 0; t < nt; t++)
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[t]);
+        const char *row = x + (size_t)k * x_stride;
+        for (int v = 0; v < NV; v++) {
+            _mm_prefetch(row + (size_t)(j + 16 * v + PREFETCH_AHEAD) * x_elem_bytes(kind), _MM_HINT_T0);
+            const __m512 xv = load_x(kind, row, j + 16 * v, v == NV - 1 ? mask : 0xFFFF);
+            for (int64_t t = 0; t < nt; t++)
+                acc[NV * t + v] = _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[NV * t + v]);
+        }
     }
-    for (int64_t t = 0; t < nt; t++) _mm512_mask_storeu_ps(y + (size_t)t * y_stride + j, mask, acc[t]);
+    for (int64_t t = 0; t < nt; t++)
+        for (int v = 0; v < NV; v++)
+            _mm512_mask_storeu_ps(y + (size_t)t * y_stride + j + 16 * v, v == NV - 1 ? mask : 0xFFFF, acc[NV * t + v]);
 }
+
+#define DECODE_VECTORS 4 /* column vectors per tile for 1 or 2 tokens */
 
 TARGET static void axpy_rows_avx512(x_kind kind, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
                                     const float *alpha, size_t alpha_stride, float *y, size_t y_stride) {
@@ -56,9 +67,12 @@ TARGET static void axpy_rows_avx512(x_kind kind, int64_t n, int64_t nk, int64_t 
         const int64_t tn = nt - t0 < TILE_T ? nt - t0 : TILE_T;
         const float *al = alpha + (size_t)t0 * alpha_stride;
         float *yt = y + (size_t)t0 * y_stride;
-        for (int64_t j = 0; j < n; j += 16) {
+        int64_t j = 0;
+        for (; tn <= TILE_T / DECODE_VECTORS && j + 16 * DECODE_VECTORS <= n; j += 16 * DECODE_VECTORS)
+            tile(kind, DECODE_VECTORS, j, 0xFFFF, nk, tn, x, x_stride, al, alpha_stride, yt, y_stride);
+        for (; j < n; j += 16) {
             const __mmask16 mask = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-            tile(kind, j, mask, nk, tn, x, x_stride, al, alpha_stride, yt, y_stride);
+            tile(kind, 1, j, mask, nk, tn, x, x_stride, al, alpha_stride, yt, y_stride);
         }
     }
 }
