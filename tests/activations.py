@@ -1,9 +1,10 @@
 """Activation quantisation as the CPU dot products see it (quants.md §3-§4), in numpy.
 
 A quantized weight is dotted against its input converted to Q8_0 (Q4_0, Q5_0,
-Q8_0 weights), Q8_1 (Q4_1, Q5_1) or Q8_K (K-quants). `roundtrip` returns the
-dequantised activation, so that a float64 reference using it reproduces what
-the engine computes up to float32 accumulation.
+Q8_0 weights), Q8_1 (Q4_1, Q5_1) or Q8_K (K-quants), a BF16 weight against its
+input rounded to BF16 (as llama.cpp does). `roundtrip` returns the dequantised
+activation, so that a float64 reference using it reproduces what the engine
+computes up to float32 accumulation.
 """
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ import numpy as np
 
 ACTIVATION_TYPE = {
     "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
-    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
+    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K", "BF16": "BF16",
 }
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """Each float32 value rounded to the nearest BF16, ties to even (quants.md §2; finite x)."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32)
+    return rounded.view(np.float32).astype(np.float64)
 
 
 def _q8_0(x: np.ndarray) -> np.ndarray:
@@ -55,7 +63,7 @@ def roundtrip(x: np.ndarray, weight_type: str) -> np.ndarray:
     if act is None:
         return x
     x32 = np.asarray(x, dtype=np.float32)
-    return _q8_k(x32) if act == "Q8_K" else _q8_0(x32)
+    return {"Q8_K": _q8_k, "BF16": _bf16}.get(act, _q8_0)(x32)
 
 
 def without_ties(x):

@@ -3,7 +3,8 @@
 * hl_dequantize_row equals gguf.quants.dequantize bit for bit (the C code uses
   gguf's float32 evaluation order), for every weight type.
 * hl_mat_mul (reference and chosen kernels) vs float64 dequantize(W) @ x:
-  float types within 1e-6 of sum|w*x| per row; quantized types within the
+  float types within 1e-6 of sum|w*x| per row (BF16: with x rounded to BF16, its activation type, as the
+  engine rounds it); quantized types within the
   activation-quantisation bound derived in tests/KERNEL_BOUNDS.md, which is
   computed here per row (and the error is also checked to be < 1% of sum|w*x|).
 * The chosen (SIMD) kernels agree with the references on random, ragged shapes (tokens and rows), and
@@ -20,7 +21,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 from hotlora._core import ffi, lib  # noqa: E402
-from activations import without_ties  # noqa: E402
+from activations import roundtrip, without_ties  # noqa: E402
 
 HL_OK, HL_ERR_INVALID, HL_ERR_NOMEM, HL_ERR_UNSUPPORTED = 0, 1, 2, 3
 AUTO, REFERENCE = 0, 1
@@ -29,7 +30,7 @@ AUTO, REFERENCE = 0, 1
 WEIGHT_TYPES = {
     QT.F32: (1, 4, "f32"),
     QT.F16: (1, 2, "f32"),
-    QT.BF16: (1, 2, "f32"),
+    QT.BF16: (1, 2, "bf16"),
     QT.Q4_0: (32, 18, "q8_0"),
     QT.Q4_1: (32, 20, "q8_1"),
     QT.Q5_0: (32, 22, "q8_0"),
@@ -162,8 +163,9 @@ def test_mat_vec_against_float64(qtype, kernel):
     raw, w64 = make_weights(qtype, n_rows, n_cols, rng)
     x = rng.standard_normal(n_cols).astype(np.float32)
     x[rng.integers(0, n_cols, 8)] *= 6.0  # a few outliers, as real activations have
-    expect = w64 @ x.astype(np.float64)
-    scale = np.abs(w64) @ np.abs(x.astype(np.float64))  # sum |w*x| per row
+    seen = roundtrip(x, qtype.name)  # BF16 weights see x rounded to BF16; other float types x itself
+    expect = w64 @ seen
+    scale = np.abs(w64) @ np.abs(seen)  # sum |w*x| per row
     got = c_mat_vec(qtype, raw, n_cols, n_rows, x, kernel)
     err = np.abs(got - expect)
     if qtype in FLOAT_TYPES:
@@ -355,16 +357,32 @@ def test_subnormal_and_infinite_block_scales(qtype):
     assert np.array_equal(got[~nan].view(np.uint32), expect[~nan].view(np.uint32))
 
 
-def test_float_weights_use_f32_activations():
-    # An activation that f16 would flush/round (1e-8, 1+2^-20) must survive: float weights see x in f32.
+def test_f32_and_f16_weights_use_f32_activations():
+    # An activation that f16 would flush/round (1e-8, 1+2^-20) must survive: F32 and F16 weights see x in f32.
     x = np.array([1e-8, 1.0 + 2.0 ** -20, 3e5, -7.25] * 8, dtype=np.float32)
     w = np.ones((1, 32), dtype=np.float32)
-    for qtype, raw in ((QT.F32, w.view(np.uint8)), (QT.F16, w.astype(np.float16).view(np.uint8)),
-                       (QT.BF16, gguf.quants.quantize(w, QT.BF16))):
+    for qtype, raw in ((QT.F32, w.view(np.uint8)), (QT.F16, w.astype(np.float16).view(np.uint8))):
         for kernel in (REFERENCE, AUTO):
             got = c_mat_vec(qtype, np.ascontiguousarray(raw), 32, 1, x, kernel)[0]
             expect = float(np.sum(x.astype(np.float64)))
             assert abs(got - expect) <= 1e-6 * float(np.sum(np.abs(x.astype(np.float64)))), qtype.name
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 5])
+def test_bf16_weights_see_activations_rounded_as_gguf_rounds(n_tokens):
+    """BF16 weights dot x rounded to BF16 (nearest, ties to even: gguf's own BF16 rounding is the oracle), in
+    the reference, the decode-sized and the batch kernels. One-hot rows return each rounded value exactly."""
+    ties = [1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, -(1.0 + 2.0 ** -8), 2.0 ** -20 * (1 + 2.0 ** -8)]
+    near = [1.0 + 2.0 ** -20, 1.0 + 2.0 ** -8 + 2.0 ** -20, 3e5, -7.25, 1e-8, 65504.0, 1.0 - 2.0 ** -24]
+    rng = np.random.default_rng(81)
+    x = np.resize(np.array(ties + near, dtype=np.float32), (n_tokens, 64)) * np.float32(1.0)
+    x[:, 40:] = rng.standard_normal((n_tokens, 24)).astype(np.float32)
+    expect = gguf.quants.dequantize(gguf.quants.quantize(x, QT.BF16), QT.BF16).astype(np.float32)
+    assert not np.array_equal(expect, x)  # the rounding is visible
+    one_hot = gguf.quants.quantize(np.eye(64, dtype=np.float32), QT.BF16)
+    for kernel in (REFERENCE, AUTO):
+        got = c_mat_mul(QT.BF16, np.ascontiguousarray(one_hot), 64, 64, x, kernel).astype(np.float32)
+        assert np.array_equal(got, expect), kernel
 
 
 # ----------------------------------------------------------------- 6. activation quantizers, exactly

@@ -63,4 +63,13 @@ static inline float hl_bf16_to_fp32(uint16_t h) {
     return f;
 }
 
+/* float -> bf16 as gguf and llama.cpp round it (quants.md §2): NaN -> (bits >> 16) | 64 (quiet), else
+ * round to nearest even. */
+static inline uint16_t hl_fp32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 64);
+    return (uint16_t)(((uint64_t)bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
 #endif

@@ -1,12 +1,14 @@
 /*
- * Tiled multi-token mat-mul kernels (hl_gemm_fn) for F32, F16 and BF16 weights against F32 activations.
+ * Tiled multi-token mat-mul kernels (hl_gemm_fn) for F32 and F16 weights against F32 activations and BF16
+ * weights against BF16 activations (their vec_dot_type, as in llama.cpp).
  *
  * Technique (register tiling, as in llamafile's tinyBLAS): a micro-kernel computes a tile of R weight
  * rows x T tokens at once, holding one f32 vector accumulator per (row, token) pair in registers
  * (AVX-512: 4 x 6 zmm; AVX2: 3 x 4 ymm, 6 x 1 for a single token). Each step along the row loads and
  * widens one vector of every weight row once (F16 by vcvtph2ps, BF16 by a 16-bit shift: both exact)
- * and uses it for every token of the tile; each activation vector is loaded once and used for every
- * row of the tile.
+ * and uses it for every token of the tile; each activation vector is loaded (BF16: widened) once and used
+ * for every row of the tile. Where the CPU has AVX-512 BF16, BF16 tiles skip the widening: vdpbf16ps
+ * multiplies 32 pairs of BF16 values exactly and adds them into 16 f32 lanes, two products per lane.
  *
  * Bit-identical results whatever the tile: every (row, token) pair has its own accumulator, which
  * runs over the row in the same vector steps (a zero-filled tail step for n not a multiple of the
@@ -40,17 +42,17 @@
 
 /* One register tile: d[i][t * dst_stride] = w[i] . a[t] for t < n_tokens (<= the kernel's tokens) and
  * i < the kernel's rows (single_rows when n_tokens = 1), where the vector of a[t] at element k (a
- * multiple of the vector width) starts at a[t] + k * a_step. A row may repeat (then it is stored
- * twice, with the same value). */
-typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const float *const a[], int64_t a_step,
+ * multiple of the vector width) starts at element k * a_step of a[t] (a_step > 1: packed F32). A row may
+ * repeat (then it is stored twice, with the same value). */
+typedef void (*tile_fn)(int n_tokens, int64_t n, const char *const w[], const void *const a[], int64_t a_step,
                         float *const d[], size_t dst_stride);
 
 typedef struct {
     tile_fn tile;
     int rows, tokens;   /* tile shape */
     int single_rows;    /* tile rows when a tile has a single token (enough accumulator chains to stream) */
-    int width;          /* f32 lanes of a vector */
-    size_t weight_size; /* bytes per weight element */
+    int width;          /* elements of a row per step */
+    size_t weight_size; /* bytes per weight element (F32 weights alone read packed F32 activations) */
 } tiled_kernel;
 
 static int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
@@ -94,10 +96,10 @@ typedef struct {
 
 /* The activation pointers and step of token tile tt (n_tokens tokens) for the tile kernel. */
 static int64_t tile_tokens(const tiled_kernel *k, const token_group *g, int64_t tt, int n_tokens,
-                           const float *a_rows[]) {
+                           const void *a_rows[]) {
     for (int t = 0; t < n_tokens; t++)
-        a_rows[t] = g->packed ? g->packed + tt * g->padded_n + (int64_t)t * k->width
-                              : (const float *)(g->a + (size_t)(tt + t) * g->a_stride);
+        a_rows[t] = g->packed ? (const void *)(g->packed + tt * g->padded_n + (int64_t)t * k->width)
+                              : (const void *)(g->a + (size_t)(tt + t) * g->a_stride);
     return g->packed ? n_tokens : 1;
 }
 
@@ -116,7 +118,7 @@ static void gemm_block(const tiled_kernel *k, int64_t n, int64_t r0, int64_t r1,
     for (int64_t tt = 0; tt < g->nt; tt += k->tokens) {
         const int n_tokens = (int)min64(k->tokens, g->nt - tt), rows = n_tokens > 1 ? k->rows : k->single_rows;
         const int64_t stripe = (r1 - r0 + rows - 1) / rows;
-        const float *a_rows[MAX_TILE_TOKENS];
+        const void *a_rows[MAX_TILE_TOKENS];
         const int64_t a_step = tile_tokens(k, g, tt, n_tokens, a_rows);
         for (int64_t j = 0; j < stripe; j++) {
             const char *w_rows[MAX_TILE_ROWS];
@@ -179,7 +181,8 @@ static void gemm_tiled(const tiled_kernel *k, int64_t n, int64_t nr, int64_t nt,
 #define ROWS_512 4
 #define TOKENS_512 6
 
-/* 16 weights from element k of a row, widened to f32; only lanes in m are read (the others are 0). */
+/* 16 weights or activations from element k of a row, widened to f32; only lanes in m are read (the others
+ * are 0). */
 typedef __m512 (*widen16_fn)(const void *row, int64_t k, __mmask16 m);
 
 TARGET_512 ALWAYS_INLINE __m512 widen16_f32(const void *row, int64_t k, __mmask16 m) {
@@ -196,55 +199,57 @@ TARGET_512 ALWAYS_INLINE __m512 widen16_bf16(const void *row, int64_t k, __mmask
 }
 
 /* acc[i][t] += w[i][k..k+16) * a[t][k..k+16) on the lanes of m, for i < R, t < T. */
-TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, const char *const w[], const float *const a[],
-                                       int64_t a_step, int64_t k, __mmask16 m, __m512 acc[ROWS_512][TOKENS_512]) {
+TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, widen16_fn widen_act, const char *const w[],
+                                       const void *const a[], int64_t a_step, int64_t k, __mmask16 m,
+                                       __m512 acc[ROWS_512][TOKENS_512]) {
     __m512 wv[ROWS_512];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, m);
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++) {
-        const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + k * a_step);
+        const __m512 av = widen_act(a[t], k * a_step, m);
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], av, acc[i][t]);
     }
 }
 
 /* The R x T micro-kernel: whole 16-lane steps, one masked step for the tail, then each pair reduced. */
-TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, int64_t n, const char *const w[],
-                                       const float *const a[], int64_t a_step, float *const d[], size_t dst_stride) {
+TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, widen16_fn widen_act, int64_t n,
+                                       const char *const w[], const void *const a[], int64_t a_step, float *const d[],
+                                       size_t dst_stride) {
     __m512 acc[ROWS_512][TOKENS_512];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) step_512(R, T, widen, w, a, a_step, k, (__mmask16)0xFFFF, acc);
-    if (k < n) step_512(R, T, widen, w, a, a_step, k, (__mmask16)((1u << (n - k)) - 1), acc);
+    for (; k + 16 <= n; k += 16) step_512(R, T, widen, widen_act, w, a, a_step, k, (__mmask16)0xFFFF, acc);
+    if (k < n) step_512(R, T, widen, widen_act, w, a, a_step, k, (__mmask16)((1u << (n - k)) - 1), acc);
 #pragma GCC unroll 6
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-/* tile_fn for one weight type: the 4-row micro-kernel instantiated for 1..6 tokens. */
-#define TILE_512(type, T) tile_512(ROWS_512, T, widen16_##type, n, w, a, a_step, d, dst_stride)
-#define DEFINE_TILE_512(type)                                                                          \
-    TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[],          \
-                                             const float *const a[], int64_t a_step, float *const d[], \
-                                             size_t dst_stride) {                                     \
-        switch (n_tokens) {                                                                            \
-        case 1: TILE_512(type, 1); break;                                                              \
-        case 2: TILE_512(type, 2); break;                                                              \
-        case 3: TILE_512(type, 3); break;                                                              \
-        case 4: TILE_512(type, 4); break;                                                              \
-        case 5: TILE_512(type, 5); break;                                                              \
-        default: TILE_512(type, 6); break;                                                             \
-        }                                                                                              \
+/* tile_fn for one weight type and its activation type: the 4-row micro-kernel instantiated for 1..6 tokens. */
+#define TILE_512(type, act, T) tile_512(ROWS_512, T, widen16_##type, widen16_##act, n, w, a, a_step, d, dst_stride)
+#define DEFINE_TILE_512(type, act)                                                                    \
+    TARGET_512 static void tile_##type##_512(int n_tokens, int64_t n, const char *const w[],         \
+                                             const void *const a[], int64_t a_step, float *const d[], \
+                                             size_t dst_stride) {                                    \
+        switch (n_tokens) {                                                                           \
+        case 1: TILE_512(type, act, 1); break;                                                        \
+        case 2: TILE_512(type, act, 2); break;                                                        \
+        case 3: TILE_512(type, act, 3); break;                                                        \
+        case 4: TILE_512(type, act, 4); break;                                                        \
+        case 5: TILE_512(type, act, 5); break;                                                        \
+        default: TILE_512(type, act, 6); break;                                                       \
+        }                                                                                             \
     }
 
-DEFINE_TILE_512(f32)
-DEFINE_TILE_512(f16)
-DEFINE_TILE_512(bf16)
+DEFINE_TILE_512(f32, f32)
+DEFINE_TILE_512(f16, f32)
+DEFINE_TILE_512(bf16, bf16)
 
 static const tiled_kernel f32_512 = {tile_f32_512, ROWS_512, TOKENS_512, ROWS_512, 16, 4};
 static const tiled_kernel f16_512 = {tile_f16_512, ROWS_512, TOKENS_512, ROWS_512, 16, 2};
@@ -265,6 +270,65 @@ static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size
     gemm_tiled(&bf16_512, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
 }
 
+/* ------------------------------------------------------------------------------- AVX-512 BF16 (vdpbf16ps) */
+
+#define TARGET_DP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#define DP_WIDTH 32 /* BF16 elements per step: 16 f32 lanes, two products each */
+
+/* acc[i][t] += the products of w[i][k..k+32) and a[t][k..k+32) on the elements in m, for i < R, t < T:
+ * lane j adds element 2j's product and element 2j+1's (each exact in f32; the CPU rounds the sums as two
+ * fused multiply-adds, flushing subnormal inputs and results to zero). */
+TARGET_DP ALWAYS_INLINE void step_dp(int R, int T, const char *const w[], const void *const a[], int64_t k,
+                                     __mmask32 m, __m512 acc[ROWS_512][TOKENS_512]) {
+    __m512i wv[ROWS_512];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) wv[i] = _mm512_maskz_loadu_epi16(m, (const uint16_t *)w[i] + k);
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++) {
+        const __m512i av = _mm512_maskz_loadu_epi16(m, (const uint16_t *)a[t] + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], (__m512bh)av);
+    }
+}
+
+/* The R x T micro-kernel on BF16 activations (a_step is 1): whole 32-element steps, one masked tail step. */
+TARGET_DP ALWAYS_INLINE void tile_dp(int R, int T, int64_t n, const char *const w[], const void *const a[],
+                                     float *const d[], size_t dst_stride) {
+    __m512 acc[ROWS_512][TOKENS_512];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + DP_WIDTH <= n; k += DP_WIDTH) step_dp(R, T, w, a, k, (__mmask32)0xFFFFFFFFu, acc);
+    if (k < n) step_dp(R, T, w, a, k, (__mmask32)((1ull << (n - k)) - 1), acc);
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+#define TILE_DP(T) tile_dp(ROWS_512, T, n, w, a, d, dst_stride)
+TARGET_DP static void tile_bf16_dp(int n_tokens, int64_t n, const char *const w[], const void *const a[],
+                                   int64_t a_step, float *const d[], size_t dst_stride) {
+    (void)a_step;
+    switch (n_tokens) {
+    case 1: TILE_DP(1); break;
+    case 2: TILE_DP(2); break;
+    case 3: TILE_DP(3); break;
+    case 4: TILE_DP(4); break;
+    case 5: TILE_DP(5); break;
+    default: TILE_DP(6); break;
+    }
+}
+
+static const tiled_kernel bf16_dp = {tile_bf16_dp, ROWS_512, TOKENS_512, ROWS_512, DP_WIDTH, 2};
+
+static void gemm_bf16_dp(int64_t n, int64_t nr, int64_t nt, const void *w, size_t w_stride, const void *a,
+                         size_t a_stride, float *dst, size_t dst_stride) {
+    gemm_tiled(&bf16_dp, n, nr, nt, w, w_stride, a, a_stride, dst, dst_stride);
+}
+
 /* --------------------------------------------------------------------------------------------- AVX2 */
 
 #define TARGET_256 __attribute__((target("avx2,fma,f16c")))
@@ -272,8 +336,8 @@ static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size
 #define TOKENS_256 4
 #define SINGLE_ROWS_256 6 /* two FMA pipes of 4 cycles' latency want about 8 chains; 3 rows alone stall */
 
-/* 8 weights (or 8 activations) from element k of a row as f32; the tail forms read only len < 8 of
- * them and zero the rest, the whole forms ignore len. */
+/* 8 weights or activations from element k of a row as f32; the tail forms read only len < 8 of them
+ * and zero the rest, the whole forms ignore len. */
 typedef __m256 (*load8_fn)(const void *row, int64_t k, int len);
 
 TARGET_256 ALWAYS_INLINE __m256i first_lanes_256(int len) {
@@ -320,14 +384,14 @@ TARGET_256 ALWAYS_INLINE __m256 load8_bf16_tail(const void *row, int64_t k, int 
 
 /* acc[i][t] += w[i][k..k+8) * a[t][k..k+8) for i < R, t < T (len: elements left, for the tail loaders). */
 TARGET_256 ALWAYS_INLINE void step_256(int R, int T, load8_fn widen, load8_fn load_act, const char *const w[],
-                                       const float *const a[], int64_t a_step, int64_t k, int len,
+                                       const void *const a[], int64_t a_step, int64_t k, int len,
                                        __m256 acc[SINGLE_ROWS_256][TOKENS_256]) {
     __m256 wv[SINGLE_ROWS_256];
 #pragma GCC unroll 6
     for (int i = 0; i < R; i++) wv[i] = widen(w[i], k, len);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
-        const __m256 av = load_act(a[t] + k * a_step, 0, len);
+        const __m256 av = load_act(a[t], k * a_step, len);
 #pragma GCC unroll 6
         for (int i = 0; i < R; i++) acc[i][t] = _mm256_fmadd_ps(wv[i], av, acc[i][t]);
     }
@@ -342,40 +406,43 @@ TARGET_256 ALWAYS_INLINE float reduce_256(__m256 v) {
 }
 
 /* The R x T micro-kernel: whole 8-lane steps, one zero-filled step for the tail, then each pair reduced. */
-TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, int64_t n,
-                                       const char *const w[], const float *const a[], int64_t a_step,
-                                       float *const d[], size_t dst_stride) {
+TARGET_256 ALWAYS_INLINE void tile_256(int R, int T, load8_fn widen, load8_fn widen_tail, load8_fn load_act,
+                                       load8_fn load_act_tail, int64_t n, const char *const w[],
+                                       const void *const a[], int64_t a_step, float *const d[], size_t dst_stride) {
     __m256 acc[SINGLE_ROWS_256][TOKENS_256];
 #pragma GCC unroll 6
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[i][t] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + 8 <= n; k += 8) step_256(R, T, widen, load8_f32, w, a, a_step, k, 8, acc);
-    if (k < n) step_256(R, T, widen_tail, load8_f32_tail, w, a, a_step, k, (int)(n - k), acc);
+    for (; k + 8 <= n; k += 8) step_256(R, T, widen, load_act, w, a, a_step, k, 8, acc);
+    if (k < n) step_256(R, T, widen_tail, load_act_tail, w, a, a_step, k, (int)(n - k), acc);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
 #pragma GCC unroll 6
         for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = reduce_256(acc[i][t]);
 }
 
-/* tile_fn for one weight type: the 3-row micro-kernel instantiated for 2..4 tokens, 6 rows for 1. */
-#define TILE_256(type, R, T) tile_256(R, T, load8_##type, load8_##type##_tail, n, w, a, a_step, d, dst_stride)
-#define DEFINE_TILE_256(type)                                                                          \
-    TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[],          \
-                                             const float *const a[], int64_t a_step, float *const d[], \
-                                             size_t dst_stride) {                                     \
-        switch (n_tokens) {                                                                            \
-        case 1: TILE_256(type, SINGLE_ROWS_256, 1); break;                                             \
-        case 2: TILE_256(type, ROWS_256, 2); break;                                                    \
-        case 3: TILE_256(type, ROWS_256, 3); break;                                                    \
-        default: TILE_256(type, ROWS_256, 4); break;                                                   \
-        }                                                                                              \
+/* tile_fn for one weight type and its activation type: the 3-row micro-kernel instantiated for 2..4 tokens,
+ * 6 rows for 1. */
+#define TILE_256(type, act, R, T)                                                                            \
+    tile_256(R, T, load8_##type, load8_##type##_tail, load8_##act, load8_##act##_tail, n, w, a, a_step, d, \
+             dst_stride)
+#define DEFINE_TILE_256(type, act)                                                                    \
+    TARGET_256 static void tile_##type##_256(int n_tokens, int64_t n, const char *const w[],         \
+                                             const void *const a[], int64_t a_step, float *const d[], \
+                                             size_t dst_stride) {                                    \
+        switch (n_tokens) {                                                                           \
+        case 1: TILE_256(type, act, SINGLE_ROWS_256, 1); break;                                       \
+        case 2: TILE_256(type, act, ROWS_256, 2); break;                                              \
+        case 3: TILE_256(type, act, ROWS_256, 3); break;                                              \
+        default: TILE_256(type, act, ROWS_256, 4); break;                                             \
+        }                                                                                             \
     }
 
-DEFINE_TILE_256(f32)
-DEFINE_TILE_256(f16)
-DEFINE_TILE_256(bf16)
+DEFINE_TILE_256(f32, f32)
+DEFINE_TILE_256(f16, f32)
+DEFINE_TILE_256(bf16, bf16)
 
 static const tiled_kernel f32_256 = {tile_f32_256, ROWS_256, TOKENS_256, SINGLE_ROWS_256, 8, 4};
 static const tiled_kernel f16_256 = {tile_f16_256, ROWS_256, TOKENS_256, SINGLE_ROWS_256, 8, 2};
@@ -403,7 +470,7 @@ void hl_gemm_install_float(const hl_cpu_features *cpu) {
     if (cpu->avx512) {
         hl_traits_for_install(HL_TYPE_F32)->gemm = gemm_f32_512;
         hl_traits_for_install(HL_TYPE_F16)->gemm = gemm_f16_512;
-        hl_traits_for_install(HL_TYPE_BF16)->gemm = gemm_bf16_512;
+        hl_traits_for_install(HL_TYPE_BF16)->gemm = cpu->bf16 ? gemm_bf16_dp : gemm_bf16_512;
     } else if (cpu->avx2) {
         hl_traits_for_install(HL_TYPE_F32)->gemm = gemm_f32_256;
         hl_traits_for_install(HL_TYPE_F16)->gemm = gemm_f16_256;

@@ -5,7 +5,7 @@
  *   convert  x to every activation type that the weights and the LoRA A's dot against, once for all of them
  *            (threads split the tokens)
  *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters). When
- *            every A dots against x itself (float A's), it needs no conversion and runs in the convert phase.
+ *            every A dots against x itself (F32 and F16 A's), it needs no conversion and runs in the convert phase.
  *   dot      each projection's rows split among threads: dst = W.x through the multi-token kernel, plus
  *            the LoRA B terms, plus the bias; then the epilogue on the rows the thread just wrote: RoPE and
  *            the KV store (threads own whole heads), SwiGLU, or the residual add

@@ -25,6 +25,9 @@ static size_t converted_size(const hl_tensor *w, int64_t n, int64_t n_tokens) {
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* Whether the B half dots B's rows against t converted (quantized B; float B is axpy'd from bt instead). */
+static int b_dots_converted_t(const hl_lora *lora) { return !lora->bt && needs_conversion(&lora->b); }
+
 /* ---- the lora_a phase of a mat-mul node: t_i = A_i . x --------------------------------------- */
 
 void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
@@ -50,7 +53,7 @@ void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
 
 /* Bytes of term's t converted to its quantized B's vec_dot_type (0 for float B). */
 static size_t b_conv_bytes(const hl_lora_term *term) {
-    return align64(converted_size(&term->lora->b, term->lora->rank, term->n_tok));
+    return b_dots_converted_t(term->lora) ? align64(converted_size(&term->lora->b, term->lora->rank, term->n_tok)) : 0;
 }
 
 /* Quantized B goes through the multi-token kernel in tiles of this many tokens x rows, into a scratch tile. */
@@ -59,7 +62,7 @@ static size_t b_conv_bytes(const hl_lora_term *term) {
 
 static size_t b_tile_bytes(const hl_node *nd) {
     for (int32_t i = 0; i < nd->n_terms; i++)
-        if (needs_conversion(&nd->terms[i].lora->b)) return align64(B_TILE_TOKENS * B_TILE_ROWS * sizeof(float));
+        if (b_dots_converted_t(nd->terms[i].lora)) return align64(B_TILE_TOKENS * B_TILE_ROWS * sizeof(float));
     return 0;
 }
 
@@ -97,7 +100,7 @@ void hl_lora_b_convert(const hl_node *nd, char *scratch) {
     scratch += b_tile_bytes(nd);
     for (int32_t i = 0; i < nd->n_terms; i++) {
         const hl_lora *lora = nd->terms[i].lora;
-        if (!needs_conversion(&lora->b)) continue;
+        if (!b_dots_converted_t(lora)) continue;
         const int32_t vdt = hl_get_type_traits(lora->b.type)->vec_dot_type;
         const size_t stride = hl_row_size(vdt, lora->rank);
         for (int64_t t = 0; t < nd->terms[i].n_tok; t++)

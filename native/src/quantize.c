@@ -59,17 +59,9 @@ static void quantize_row_f16(const float *x, void *vy, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16_numpy(x[i]);
 }
 
-/* quants.md §2: NaN -> (bits >> 16) | 64 (quiet); else round to nearest even. */
-static inline uint16_t fp32_to_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 64);
-    return (uint16_t)(((uint64_t)bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
 static void quantize_row_bf16(const float *x, void *vy, int64_t n) {
     uint16_t *y = vy;
-    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_bf16(x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = hl_fp32_to_bf16(x[i]);
 }
 
 /* ------------------------------------------------------- 32-element block types */

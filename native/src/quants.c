@@ -52,7 +52,8 @@ static void to_float_bf16(const void *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = hl_bf16_to_fp32(h[i]);
 }
 
-/* Float weights are dotted against F32 activations, accumulated in double. */
+/* F32 and F16 weights are dotted against F32 activations, BF16 weights against BF16 ones (llama.cpp's
+ * vec_dot_type, for the CPUs' BF16 dot products); accumulated in double. */
 static void vec_dot_f32_ref(int64_t n, float *s, const void *w, const void *a) {
     const float *x = w, *y = a;
     double sum = 0.0;
@@ -69,11 +70,16 @@ static void vec_dot_f16_ref(int64_t n, float *s, const void *w, const void *a) {
 }
 
 static void vec_dot_bf16_ref(int64_t n, float *s, const void *w, const void *a) {
-    const uint16_t *x = w;
-    const float *y = a;
+    const uint16_t *x = w, *y = a;
     double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += (double)hl_bf16_to_fp32(x[i]) * y[i];
+    for (int64_t i = 0; i < n; i++) sum += (double)hl_bf16_to_fp32(x[i]) * hl_bf16_to_fp32(y[i]);
     *s = (float)sum;
+}
+
+/* BF16 activations: each value rounded to nearest even (hl_fp32_to_bf16, as gguf writes BF16 weights). */
+static void from_float_bf16_ref(const float *x, void *vy, int64_t n) {
+    uint16_t *y = vy;
+    for (int64_t i = 0; i < n; i++) y[i] = hl_fp32_to_bf16(x[i]);
 }
 
 /* ------------------------------------------------------ 32-element weight types */
@@ -280,7 +286,11 @@ static hl_type_traits traits_f32 = {
     .to_float = to_float_f32, .from_float = from_float_f32, .from_float_ref = from_float_f32,
     .vec_dot = vec_dot_f32_ref, .vec_dot_ref = vec_dot_f32_ref, .axpy = axpy_f32_ref, .axpy_ref = axpy_f32_ref};
 static hl_type_traits traits_f16 = FLOAT_TYPE("f16", 2, to_float_f16, vec_dot_f16_ref, axpy_f16_ref);
-static hl_type_traits traits_bf16 = FLOAT_TYPE("bf16", 2, to_float_bf16, vec_dot_bf16_ref, axpy_bf16_ref);
+/* BF16 is both a weight type and its own activation type. */
+static hl_type_traits traits_bf16 = {
+    .name = "bf16", .block_size = 1, .type_size = 2, .vec_dot_type = HL_TYPE_BF16,
+    .to_float = to_float_bf16, .from_float = from_float_bf16_ref, .from_float_ref = from_float_bf16_ref,
+    .vec_dot = vec_dot_bf16_ref, .vec_dot_ref = vec_dot_bf16_ref, .axpy = axpy_bf16_ref, .axpy_ref = axpy_bf16_ref};
 static hl_type_traits traits_q4_0 =
     QUANT_TYPE("q4_0", QK, block_q4_0, HL_TYPE_Q8_0, to_float_q4_0, vec_dot_q4_0_q8_0_ref);
 static hl_type_traits traits_q4_1 =
@@ -327,6 +337,7 @@ static void choose_avx2(void) {
     traits_f16.vec_dot = hl_vec_dot_f16_avx2;
     traits_f16.to_float = hl_to_float_f16_avx2;
     traits_bf16.vec_dot = hl_vec_dot_bf16_avx2;
+    traits_bf16.from_float = hl_from_float_bf16_avx2;
     traits_f32.axpy = hl_axpy_f32_avx2;
     traits_f16.axpy = hl_axpy_f16_avx2;
     traits_bf16.axpy = hl_axpy_bf16_avx2;

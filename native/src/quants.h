@@ -1,8 +1,8 @@
 /*
  * Per-type kernels: block layouts, dequantisation, activation quantisation and
  * dot products. Each weight type is dotted against activations converted once
- * to its vec_dot_type (F32 for float weights, Q8_0/Q8_1/Q8_K for quantized
- * ones), as llama.cpp's CPU backend does. Each kernel has a plain scalar
+ * to its vec_dot_type (F32 for F32 and F16 weights, BF16 for BF16 ones,
+ * Q8_0/Q8_1/Q8_K for quantized ones), as llama.cpp's CPU backend does. Each kernel has a plain scalar
  * reference; hl_quants_init() picks SIMD versions from cpuid once.
  */
 #ifndef HL_QUANTS_H
@@ -188,6 +188,7 @@ void hl_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a)
 void hl_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *a);
+void hl_from_float_bf16_avx2(const float *x, void *y, int64_t n);
 void hl_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *w, const void *a);
 void hl_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *a);

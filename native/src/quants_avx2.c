@@ -165,21 +165,40 @@ TARGET static inline __m256 load_bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
+/* BF16 weights against BF16 activations (both widen exactly). */
 void TARGET hl_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *a) {
-    const uint16_t *x = w;
-    const float *y = a;
+    const uint16_t *x = w, *y = a;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        acc0 = _mm256_fmadd_ps(load_bf16x8(x + i), _mm256_loadu_ps(y + i), acc0);
-        acc1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-        acc2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2);
-        acc3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3);
+        acc0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), load_bf16x8(y + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), load_bf16x8(y + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), load_bf16x8(y + i + 24), acc3);
     }
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_bf16x8(x + i), _mm256_loadu_ps(y + i), acc0);
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), acc0);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    for (; i < n; i++) sum += hl_bf16_to_fp32(x[i]) * y[i];
+    for (; i < n; i++) sum += hl_bf16_to_fp32(x[i]) * hl_bf16_to_fp32(y[i]);
     *s = sum;
+}
+
+/* F32 -> BF16 activations, bit for bit hl_fp32_to_bf16: round to nearest even, a NaN kept quiet. */
+void TARGET hl_from_float_bf16_avx2(const float *x, void *vy, int64_t n) {
+    uint16_t *y = vy;
+    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), quiet = _mm256_set1_epi32(64);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        const __m256i high = _mm256_srli_epi32(bits, 16);
+        const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, half),
+                                                                   _mm256_and_si256(high, one)), 16);
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, abs_mask), inf);
+        const __m256i h = _mm256_blendv_epi8(rounded, _mm256_or_si256(high, quiet), nan); /* 8 x 16 bits */
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_castsi256_si128(packed));
+    }
+    for (; i < n; i++) y[i] = hl_fp32_to_bf16(x[i]);
 }
 
 /* ----------------------------------------------------- 32-element weight types */
