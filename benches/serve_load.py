@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def server_command(args, engine: str, port: int) -> list[str]:
 
 
 def start_server(cmd: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """The server, once /health answers. Its log goes to a file: llama-server writes a line per adapter tensor,
+    more than a pipe holds, and would block on a pipe nobody reads."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
@@ -60,7 +64,9 @@ def start_server(cmd: list[str], port: int) -> subprocess.Popen:
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    sys.exit(f"{cmd[0]} did not start: {proc.communicate()[1][-2000:]}")
+    proc.wait()
+    log.seek(0)
+    sys.exit(f"{cmd[0]} did not start: {log.read()[-2000:]}")
 
 
 def one_request(base: str, prompt: list[int], adapter: int, n_tokens: int) -> tuple[float, float, int]:
