@@ -8,6 +8,7 @@ transposed (it was stored so), which needs one copy.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from dataclasses import dataclass, field
@@ -60,6 +61,16 @@ class AdapterFile:
     def scale(self, pair: LoraPair) -> float:
         """alpha / rank, or 1 without alpha (lora.md §2.3); the user scale multiplies it."""
         return self.alpha / pair.rank if self.alpha else 1.0
+
+    def content_digest(self) -> bytes:
+        """sha256 of what the adapter computes: every pair's target, types, shapes and scale, and its bytes."""
+        h = hashlib.sha256()
+        for pair in self.pairs:
+            h.update(f"{pair.base}|{pair.a.type_name}{pair.a.ne}|{pair.b.type_name}{pair.b.ne}".encode())
+            h.update(struct.pack("<d", self.scale(pair)))
+            h.update(np.ascontiguousarray(pair.a.data).data)
+            h.update(np.ascontiguousarray(pair.b.data).data)
+        return h.digest()
 
 
 def target_of(path: Path, base: str, n_layer: int) -> tuple[int, int]:

@@ -12,7 +12,9 @@ class Adapter:
     """A loaded adapter. Activate it with Model.set_adapters({adapter: scale}).
 
     Attributes: id (load order within its model), path, name, alpha, ranks (base tensor
-    name -> rank), targets (sorted base tensor names), n_bytes (its tensors' bytes).
+    name -> rank), targets (sorted base tensor names), n_bytes (its tensors' bytes), content_digest
+    (AdapterFile.content_digest: adapters with equal digests compute the same thing, so KV cells made under
+    one are valid under the other).
     """
 
     def __init__(self, adapter_id: int, file: AdapterFile, core_model):
@@ -23,6 +25,7 @@ class Adapter:
         self.ranks = {p.base: p.rank for p in file.pairs}
         self.targets = sorted(self.ranks)
         self.n_bytes = sum(p.a.data.nbytes + p.b.data.nbytes for p in file.pairs)
+        self.content_digest = file.content_digest()
         self._file = file  # owns the memory the core's views point into
         self._handle = self._create(file, core_model)
 
@@ -34,7 +37,8 @@ class Adapter:
             for view, matrix in ((cpair.a, pair.a), (cpair.b, pair.b)):
                 buffers.append(ffi.from_buffer(matrix.data))
                 view.data, view.type, view.ne = buffers[-1], TYPE_IDS[matrix.type_name], [*matrix.ne, 1, 1]
-        desc = ffi.new("hl_adapter_desc *", {"n_pairs": len(file.pairs), "pairs": pairs})
+        content_key = int.from_bytes(self.content_digest[:8], "little") or 1
+        desc = ffi.new("hl_adapter_desc *", {"n_pairs": len(file.pairs), "pairs": pairs, "content_key": content_key})
         out = ffi.new("hl_adapter **")
         check(lib.hl_adapter_create(core_model, desc, out), str(file.path))
         self._buffers = buffers

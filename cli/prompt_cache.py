@@ -28,8 +28,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-
 from .errors import HotLoraError
 from .output_file import atomic_output
 
@@ -56,13 +54,7 @@ def _model_digest(model: Model) -> bytes:
 def _adapters_digest(model: Model) -> bytes:
     h = hashlib.sha256()
     for adapter, user_scale in model.adapters.items():
-        file = adapter.file
-        h.update(struct.pack("<dI", user_scale, len(file.pairs)))
-        for pair in file.pairs:
-            h.update(f"{pair.base}|{pair.a.type_name}{pair.a.ne}|{pair.b.type_name}{pair.b.ne}".encode())
-            h.update(struct.pack("<d", file.scale(pair)))
-            h.update(np.ascontiguousarray(pair.a.data).tobytes())
-            h.update(np.ascontiguousarray(pair.b.data).tobytes())
+        h.update(struct.pack("<d", user_scale) + adapter.content_digest)
     return h.digest()
 
 

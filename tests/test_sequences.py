@@ -7,13 +7,15 @@ SAME_BOUND = 1e-5 x max |logit| (as tests/test_batch_segments.py's ALONE_BOUND).
 """
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 import hotlora
 from hotlora._native import lib
 
-from factory import N_VOCAB, TinySpec, write_tiny_model
+from factory import N_VOCAB, TinySpec, write_tiny_adapter, write_tiny_model
 
 SAME_BOUND = 1e-5
 PROMPT = [1, 5, 9, 14, 3, 7, 22, 8, 11, 2]
@@ -81,3 +83,26 @@ def test_each_sequence_counts_its_own_timings(model_path):
         assert (a.perf.prompt_n, a.perf.eval_n, b.perf.prompt_n, b.perf.eval_n) == (5, 1, 0, 2)
         assert a.perf.prompt_ms > 0 and b.perf.eval_ms > 0
         assert (m.perf.prompt_n, m.perf.eval_n) == (0, 0)
+
+
+def test_cells_stay_valid_under_an_adapter_of_the_same_content(model_path, tmp_path):
+    """KV cells record the adapters they were made under by content (sha256 of tensors and scales): a byte copy of
+    the file loaded as another adapter counts as the same; another scale or another adapter's content does not."""
+    targets = ("attn_q", "ffn_up")
+    path = write_tiny_adapter(tmp_path / "a.gguf", TinySpec(), targets, seed=1)
+    shutil.copy(path, tmp_path / "copy.gguf")
+    other_path = write_tiny_adapter(tmp_path / "b.gguf", TinySpec(), targets, seed=2)
+    with open_model(model_path) as m:
+        first, copy, other = (m.load_adapter(p) for p in (path, tmp_path / "copy.gguf", other_path))
+        assert first.content_digest == copy.content_digest != other.content_digest
+        seq = m.sequence()
+        seq.set_adapters({first: 1.0})
+        m.decode_batch([(seq, PROMPT, False)])
+        seq.set_adapters({copy: 1.0})
+        assert seq.first_stale == len(PROMPT)
+        seq.set_adapters({copy: 0.5})
+        assert seq.first_stale == 0
+        seq.set_adapters({other: 1.0})
+        assert seq.first_stale == 0
+        seq.set_adapters({})
+        seq.close()

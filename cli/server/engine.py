@@ -5,8 +5,10 @@ Each slot is a `Sequence` of the model (its own KV cache of n_ctx / n_slots cell
 steps the worker runs queued model work (adapter loading, listings), admits waiting requests into free slots
 (the slot whose cached tokens share the longest prefix with the prompt), and retires finished ones. A step is one
 `Model.decode_batch`: each slot contributes its next prompt chunk or its last sampled token, under its own
-adapter set (the core groups the tokens by adapter). A cached prefix is reused only under the same adapters and
-scales: cells computed under another set are recomputed first (the sequences' cell signatures).
+adapter set (the core groups the tokens by adapter). A cached prefix is reused only under adapters of the same
+content (their sha256, so an adapter unloaded and loaded again under another name still finds its cache, and a
+different file loaded under an old name never does) and the same scales: cells computed under another set are
+recomputed first (the sequences' cell signatures, keyed on the same digests).
 
 A generation job streams `Piece` events and ends with one `Done` or `Failed` event, through its `emit` callback.
 """
@@ -95,6 +97,9 @@ class Engine:
             raise HotLoraError(f"--ctx-size {model.n_ctx} over --parallel {n_slots} leaves {self.slot_ctx} cells "
                                f"per slot; give each slot at least 8")
         self.slots: list[Sequence] = [model.sequence(self.slot_ctx) for _ in range(n_slots)]
+        # per slot, the (content digest, scale) list its cached tokens were computed under (kept when an unload
+        # drops the adapter from the idle slot's set: the cells stay valid under the same content)
+        self._cached_under: list[list[tuple[bytes, float]]] = [[] for _ in range(n_slots)]
         self.running: dict[int, Running] = {}        # slot index -> its request
         self._waiting: collections.deque = collections.deque()
         self._calls: queue.Queue = queue.Queue()      # (fn, future); (None, None) stops the worker
@@ -183,11 +188,15 @@ class Engine:
                 self._retire(slot)
         job.emit(Failed(error))
 
+    def _content(self, scales: dict[int, float]) -> list[tuple[bytes, float]]:
+        """What a set of adapter scales computes: (content digest, scale) in order, scale 0 left out."""
+        return [(self.registry.entries[i].adapter.content_digest, s) for i, s in scales.items() if s != 0]
+
     def _reusable(self, slot: int, ids: list[int], scales: dict[int, float]) -> int:
-        """Cached tokens of a free slot that a prompt under these adapter scales can reuse."""
-        seq = self.slots[slot]
-        same_set = {a.id: s for a, s in seq.adapters.items()} == scales
-        return _common_prefix(seq.history, ids) if same_set else 0
+        """Cached tokens of a free slot that a prompt under these adapter scales can reuse: its cache was made
+        under adapters of the same content (digests, whatever their ids or names) and scales, in the same order."""
+        same = self._cached_under[slot] == self._content(scales)
+        return _common_prefix(self.slots[slot].history, ids) if same else 0
 
     def _start(self, job: GenerationJob) -> None:
         """Puts a job in the free slot whose cache it reuses most (same tokens under the same adapters)."""
@@ -199,6 +208,7 @@ class Engine:
         seq = self.slots[slot]
         entries = [self.registry.entries[i] for i in scales]
         seq.set_adapters({e.adapter: scales[e.adapter.id] for e in entries})
+        self._cached_under[slot] = self._content(scales)
         # cells made under another adapter set are not reused: the prompt's rest is fed in the batch (recomputing
         # them alone, as decode_batch would, would stall every other slot)
         n_cached = min(_common_prefix(seq.history, job.prompt_ids), seq.first_stale, len(job.prompt_ids) - 1)

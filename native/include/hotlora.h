@@ -129,6 +129,11 @@ typedef struct {
 typedef struct {
     int32_t n_pairs;
     const hl_lora_pair *pairs; /* copied by hl_adapter_create; tensor data is not */
+    /* The caller's hash of the pairs' content (targets, types, shapes, scales, tensor bytes), or 0. KV cells
+     * record the adapter set they were computed under by these keys: adapters created with the same nonzero
+     * key count as the same adapter there (a cell made under one is not stale under the other); 0 gives the
+     * adapter a key of its own. */
+    uint64_t content_key;
 } hl_adapter_desc;
 
 typedef struct hl_model hl_model;

@@ -11,7 +11,9 @@
 #include "core.h"
 #include "quants.h"
 
+/* Keys of adapters created without a content key: unique, and apart from content keys by the top bit. */
 static atomic_uint_fast64_t next_serial = 1;
+#define UNIQUE_KEY_BIT (1ull << 63)
 
 static const char *TARGET_NAMES[HL_LORA_LAYER_TARGETS] = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
@@ -114,7 +116,8 @@ hl_status hl_adapter_create(const hl_model *model, const hl_adapter_desc *desc, 
         return hl_fail(HL_ERR_NOMEM, "out of memory for an adapter");
     }
     ad->model = model;
-    ad->serial = atomic_fetch_add(&next_serial, 1);
+    ad->cache_key = desc->content_key ? desc->content_key & ~UNIQUE_KEY_BIT
+                                      : UNIQUE_KEY_BIT | (uint64_t)atomic_fetch_add(&next_serial, 1);
     for (int32_t i = 0; i < desc->n_pairs; i++) {
         hl_status st = add_pair(ad, model, &desc->pairs[i]);
         if (st != HL_OK) {

@@ -10,14 +10,14 @@
 
 #include "core.h"
 
-/* FNV-1a over (adapter serial, scale bits) in order; 0 for the empty set. */
+/* FNV-1a over (adapter cache key, scale bits) in order; 0 for the empty set. */
 static uint64_t set_signature(const hl_active_adapter *set, int32_t n) {
     if (n == 0) return 0;
     uint64_t h = 1469598103934665603ull;
     for (int32_t i = 0; i < n; i++) {
         uint32_t bits;
         memcpy(&bits, &set[i].scale, sizeof bits);
-        const uint64_t words[2] = {set[i].adapter->serial, bits};
+        const uint64_t words[2] = {set[i].adapter->cache_key, bits};
         for (int w = 0; w < 2; w++)
             for (int b = 0; b < 8; b++) h = (h ^ ((words[w] >> (8 * b)) & 0xff)) * 1099511628211ull;
     }

@@ -31,7 +31,7 @@ typedef struct {
 } hl_lora;
 
 struct hl_adapter {
-    uint64_t serial;      /* unique per adapter ever created: identifies it in cache signatures */
+    uint64_t cache_key;   /* identifies its content in the KV cells' signatures (hl_adapter_desc.content_key) */
     atomic_int users;     /* entries of sequences' active sets naming it; hl_adapter_free refuses while > 0 */
     const hl_model *model;
     hl_lora *layers;      /* [n_layer][HL_LORA_LAYER_TARGETS] */
