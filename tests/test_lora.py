@@ -636,3 +636,15 @@ def test_bad_adapter_raises_hotlora_error(tmp_path):
             m.load_adapter(tmp_path / "missing.gguf")
         # a failed load leaves the model usable
         np.testing.assert_array_equal(m.eval(TOKENS), engine_logits(model))
+
+
+def test_a_long_batch_runs_adapted_projections_in_row_chunks(tmp_path):
+    """300 tokens: each thread's 256 rows of ffn_gate and ffn_up run as chunks of 208 and 48 rows (mul_mat.c,
+    LORA_CHUNK_BYTES), each followed by its LoRA B half; the logits still match the reference."""
+    spec = TinySpec(n_ff=512)
+    model = write_tiny_model(tmp_path / "m.gguf", spec)
+    adapters = make_adapters(tmp_path, spec, [(ADAPTER_TARGETS, {}, 1.0)])
+    tokens = tokens_for(300)
+    ref = ref_logits(model, tokens, adapters)
+    assert rel_error(ref_logits(model, tokens), ref) > MIN_EFFECT
+    assert rel_error(engine_logits(model, tokens, adapters, n_ctx=320), ref) <= F32_BOUND

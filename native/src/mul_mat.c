@@ -116,16 +116,32 @@ static void split_rows(int64_t n, int64_t align, int ith, int nth, int64_t *r0, 
     *r1 = t1 * align < n ? t1 * align : n;
 }
 
-/* dst rows [r0, r1) of every token = W.x + LoRA + bias. */
+/* Rows of an adapted projection's output per chunk: its W.x of every token (rows x tokens floats) stays in L2
+ * for the LoRA B half that adds to it right after. */
+#define LORA_CHUNK_BYTES (256 * 1024)
+
+/* Rows per chunk of dst rows (a multiple of align): all of them without adapter terms (one kernel call, as
+ * the base graph has always run), else what keeps a chunk's outputs of n_tok tokens within LORA_CHUNK_BYTES. */
+static int64_t chunk_rows(const hl_proj *p, int64_t n_tok, int64_t align, int64_t rows) {
+    if (!p->n_terms) return rows;
+    const int64_t fit = LORA_CHUNK_BYTES / ((int64_t)sizeof(float) * n_tok) / align * align;
+    return fit > align ? fit : align;
+}
+
+/* dst rows [r0, r1) of every token = W.x + LoRA + bias; with adapter terms, in chunks of rows (each (row,
+ * token) value is the same whatever the chunk: hl_gemm_fn's contract, and the B half's fixed order). */
 static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
-                         char *b_scratch) {
-    const int64_t n_tok = nd->src1.ne[1];
+                         int64_t align, char *b_scratch) {
+    const int64_t n_tok = nd->src1.ne[1], chunk = chunk_rows(p, n_tok, align, r1 - r0);
     size_t stride;
     const char *x = hl_mul_mat_input(ctx, nd, p->w.type, &stride);
-    hl_gemm(hl_get_type_traits(p->w.type), 0, p->w.ne[0], r1 - r0, n_tok,
-            (const char *)p->w.data + (size_t)r0 * p->w.row_bytes, p->w.row_bytes, x, stride,
-            (float *)p->dst.data + r0, p->dst.row_bytes / sizeof(float));
-    if (p->n_terms) hl_lora_b_rows(nd, p, r0, r1, b_scratch); /* y = (W.x + LoRA) + bias */
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < r1 ? c0 + chunk : r1;
+        hl_gemm(hl_get_type_traits(p->w.type), 0, p->w.ne[0], c1 - c0, n_tok,
+                (const char *)p->w.data + (size_t)c0 * p->w.row_bytes, p->w.row_bytes, x, stride,
+                (float *)p->dst.data + c0, p->dst.row_bytes / sizeof(float));
+        if (p->n_terms) hl_lora_b_rows(nd, p, c0, c1, b_scratch); /* y = (W.x + LoRA) + bias */
+    }
     const float *bias = p->bias.data;
     for (int64_t t = 0; bias && t < n_tok; t++) {
         float *y = hl_row_f32(&p->dst, t);
@@ -151,7 +167,7 @@ static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     int64_t r0[HL_MAX_PROJ], r1[HL_MAX_PROJ];
     for (int32_t i = 0; i < nd->n_proj; i++) {
         split_rows(nd->proj[i].w.ne[1], align, ith, nth, &r0[i], &r1[i]);
-        if (r1[i] > r0[i]) project_rows(ctx, nd, &nd->proj[i], r0[i], r1[i], b_scratch);
+        if (r1[i] > r0[i]) project_rows(ctx, nd, &nd->proj[i], r0[i], r1[i], align, b_scratch);
     }
     hl_epilogue_rows(ctx, nd, r0, r1);
 }
