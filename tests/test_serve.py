@@ -155,7 +155,7 @@ def test_runtime_load_serves_then_unloads(server):
 def test_a_cached_prefix_follows_the_adapters_content_not_its_name(server):
     """Slot caches are keyed on the adapters' content (sha256) and scales: the same file unloaded and loaded
     again under another name reuses the prefix; an adapter of other content, at the same id or not, never does."""
-    body = {"prompt": "A prompt for the content-keyed slot cache", **GREEDY, **NO_EOS}
+    body = {"prompt": "Zebras keep the content-keyed slot cache", **GREEDY, **NO_EOS}
     load = {"lora_path": "concurrency.gguf"}
     assert post(server, "/v1/load_lora_adapter", {"lora_name": "first", **load}).status_code == 200
     first = post(server, "/v1/completions", {**body, "model": "first"}).json()
@@ -165,7 +165,8 @@ def test_a_cached_prefix_follows_the_adapters_content_not_its_name(server):
     assert again["choices"][0]["text"] == first["choices"][0]["text"]
     assert again["timings"]["prompt_n"] == 1 < first["timings"]["prompt_n"]  # only the last prompt token again
     other = post(server, "/v1/completions", {**body, "lora": [{"id": 0, "scale": 1.0}]}).json()  # the numbers one
-    assert other["timings"]["prompt_n"] == first["timings"]["prompt_n"]
+    # another slot may hold a cache made under the numbers adapter that starts with the same BOS token, no more
+    assert other["timings"]["prompt_n"] >= first["timings"]["prompt_n"] - 1
     assert other["choices"][0]["text"] != first["choices"][0]["text"]
     assert post(server, "/v1/unload_lora_adapter", {"lora_name": "again"}).status_code == 200
 
