@@ -213,22 +213,32 @@ TARGET_512 ALWAYS_INLINE void step_512(int R, int T, widen16_fn widen, widen16_f
     }
 }
 
+TARGET_512 ALWAYS_INLINE void zero_tile_512(int R, int T, __m512 acc[ROWS_512][TOKENS_512]) {
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+}
+
+/* d[i][t * dst_stride] = the sum of acc[i][t]'s lanes (a fixed tree), for i < R, t < T. */
+TARGET_512 ALWAYS_INLINE void store_tile_512(int R, int T, __m512 acc[ROWS_512][TOKENS_512], float *const d[],
+                                             size_t dst_stride) {
+#pragma GCC unroll 6
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
 /* The R x T micro-kernel: whole 16-lane steps, one masked step for the tail, then each pair reduced. */
 TARGET_512 ALWAYS_INLINE void tile_512(int R, int T, widen16_fn widen, widen16_fn widen_act, int64_t n,
                                        const char *const w[], const void *const a[], int64_t a_step, float *const d[],
                                        size_t dst_stride) {
     __m512 acc[ROWS_512][TOKENS_512];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    zero_tile_512(R, T, acc);
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) step_512(R, T, widen, widen_act, w, a, a_step, k, (__mmask16)0xFFFF, acc);
     if (k < n) step_512(R, T, widen, widen_act, w, a, a_step, k, (__mmask16)((1u << (n - k)) - 1), acc);
-#pragma GCC unroll 6
-    for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
+    store_tile_512(R, T, acc, d, dst_stride);
 }
 
 /* tile_fn for one weight type and its activation type: the 4-row micro-kernel instantiated for 1..6 tokens. */
@@ -272,7 +282,7 @@ static void gemm_bf16_512(int64_t n, int64_t nr, int64_t nt, const void *w, size
 
 /* ------------------------------------------------------------------------------- AVX-512 BF16 (vdpbf16ps) */
 
-#define TARGET_DP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#define TARGET_DP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 #define DP_WIDTH 32 /* BF16 elements per step: 16 f32 lanes, two products each */
 
 /* acc[i][t] += the products of w[i][k..k+32) and a[t][k..k+32) on the elements in m, for i < R, t < T:
@@ -295,17 +305,11 @@ TARGET_DP ALWAYS_INLINE void step_dp(int R, int T, const char *const w[], const 
 TARGET_DP ALWAYS_INLINE void tile_dp(int R, int T, int64_t n, const char *const w[], const void *const a[],
                                      float *const d[], size_t dst_stride) {
     __m512 acc[ROWS_512][TOKENS_512];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    zero_tile_512(R, T, acc);
     int64_t k = 0;
     for (; k + DP_WIDTH <= n; k += DP_WIDTH) step_dp(R, T, w, a, k, (__mmask32)0xFFFFFFFFu, acc);
     if (k < n) step_dp(R, T, w, a, k, (__mmask32)((1ull << (n - k)) - 1), acc);
-#pragma GCC unroll 6
-    for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++) d[i][(size_t)t * dst_stride] = _mm512_reduce_add_ps(acc[i][t]);
+    store_tile_512(R, T, acc, d, dst_stride);
 }
 
 #define TILE_DP(T) tile_dp(ROWS_512, T, n, w, a, d, dst_stride)
