@@ -55,16 +55,18 @@ static hl_status check_pair(const char *name, const hl_lora *p, int64_t n_in, in
     return HL_OK;
 }
 
-/* B [r, n_out] of a float type as r rows of n_out (same type): y += s * sum_k t_k * Bt[k]
- * then runs over contiguous rows, where B's rows of r elements would need one tiny dot each. */
+/* B [r, n_out] of a float type transposed in panels (core.h, hl_lora.bt): y += s * sum_k t_k * Bt[k] then
+ * runs over contiguous rows, where B's rows of r elements would need one tiny dot each. */
 static void *transpose(const hl_tensor *b) {
     const size_t elem = hl_get_type_traits(b->type)->type_size;
-    const int64_t r = b->ne[0], n_out = b->ne[1];
-    char *bt = malloc((size_t)(r * n_out) * elem);
+    const int64_t r = b->ne[0], n_out = b->ne[1], n_panels = (n_out + HL_BT_PANEL - 1) / HL_BT_PANEL;
+    char *bt = calloc((size_t)(n_panels * r * HL_BT_PANEL), elem);
     if (!bt) return NULL;
     for (int64_t j = 0; j < n_out; j++)
-        for (int64_t k = 0; k < r; k++)
-            memcpy(bt + (size_t)(k * n_out + j) * elem, (const char *)b->data + j * b->row_bytes + k * elem, elem);
+        for (int64_t k = 0; k < r; k++) {
+            const int64_t at = (j / HL_BT_PANEL * r + k) * HL_BT_PANEL + j % HL_BT_PANEL;
+            memcpy(bt + (size_t)at * elem, (const char *)b->data + j * b->row_bytes + k * elem, elem);
+        }
     return bt;
 }
 

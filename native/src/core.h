@@ -21,11 +21,16 @@ typedef struct {
     hl_tensor ffn_norm, w_gate, w_up, w_down, b_gate, b_up, b_down;
 } hl_layer;
 
+/* Outputs per panel of a float B transposed: a run of outputs reads one contiguous stretch of bt, not rank
+ * short streams (the B half of a decode read bt at 19 GB/s as rank rows). */
+#define HL_BT_PANEL 64
+
 /* One LoRA pair as the graph uses it; a.data == NULL means absent. */
 typedef struct {
     hl_tensor a;  /* [n_in, r]; token_embd: [r, n_vocab] */
     hl_tensor b;  /* [r, n_out]; token_embd: [r, n_embd] */
-    void *bt;     /* float B only: B transposed, [n_out, r] in b's type, owned by the adapter */
+    void *bt;     /* float B only: B transposed in panels of HL_BT_PANEL outputs, [ceil(n_out / P)][r][P] in b's
+                   * type (the last panel zero-padded), owned by the adapter */
     int32_t rank;
     float scale;  /* alpha / r (or 1) */
 } hl_lora;

@@ -109,6 +109,21 @@ void hl_lora_b_convert(const hl_node *nd, char *scratch) {
     }
 }
 
+/* y[t][r0..r1) += B[r0..r1) . t[t] for every token of the term, float B: axpys over the rows of B transposed
+ * (t already holds s * A.x), one panel of bt at a time (hl_lora.bt). */
+static void add_float_b(const hl_lora_term *term, int64_t r0, int64_t r1, float *y, size_t y_stride) {
+    const hl_lora *lora = term->lora;
+    const hl_type_traits *traits = hl_get_type_traits(lora->b.type);
+    const size_t elem = traits->type_size;
+    for (int64_t c0 = r0; c0 < r1;) {
+        const int64_t panel = c0 / HL_BT_PANEL, c1 = r1 < (panel + 1) * HL_BT_PANEL ? r1 : (panel + 1) * HL_BT_PANEL;
+        const char *rows = (const char *)lora->bt + (size_t)((panel * lora->rank) * HL_BT_PANEL + c0 % HL_BT_PANEL) * elem;
+        hl_axpy_rows(traits, c1 - c0, lora->rank, term->n_tok, rows, HL_BT_PANEL * elem, term->t, (size_t)lora->rank,
+                     y + c0, y_stride);
+        c0 = c1;
+    }
+}
+
 /* y[t][r0..r1) += sum_i s_i * B_i[r0..r1) . t_i[t] for every term of projection p and every token t of it.
  * Float B: axpys over the rows of B transposed, all tokens at once (t_i already holds s_i * A_i.x);
  * quantized B: the multi-token kernel against t converted to B's vec_dot_type (in scratch). */
@@ -122,9 +137,7 @@ void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
         const hl_lora *lora = term->lora;
         const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
         if (lora->bt) {
-            const size_t bt_stride = (size_t)lora->b.ne[1] * bt->type_size;
-            hl_axpy_rows(bt, r1 - r0, lora->rank, term->n_tok, (const char *)lora->bt + (size_t)r0 * bt->type_size,
-                         bt_stride, term->t, (size_t)lora->rank, hl_row_f32(&p->dst, term->t0) + r0, y_stride);
+            add_float_b(term, r0, r1, hl_row_f32(&p->dst, term->t0), y_stride);
             continue;
         }
         add_quantized_b(term, t_conv, r0, r1, &p->dst, tile);
