@@ -7,7 +7,8 @@ Starts one server (all adapters loaded at launch, global scale 0), then runs, in
 * `sequential`: the same N requests as `mixed`, one after another.
 
 Each request streams --tokens tokens (greedy, end of generation ignored) after a prompt of --prompt-tokens
-token ids. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
+token ids. Every scenario run (and the warm-up) gets prompts of its own, windows of the corpus no earlier
+run used, so that no server's prompt cache answers one from an earlier run: the ratios measure batching. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
 time of the scenario), time to first token and request latency p50/p90, and the issue-9 ratios: mixed against
 what the bytes allow (one-adapter throughput × (base + 1 adapter bytes) / (base + K adapter bytes)) and against
 sequential.
@@ -102,11 +103,16 @@ def scenario(base: str, prompts: list[list[int]], adapters: list[int], n_tokens:
             "latency": [r[1] for r in results]}
 
 
-def client_prompts(base: str, n: int, n_tokens: int) -> list[list[int]]:
-    """n different prompts of n_tokens tokens: windows of the tokenized project corpus (data/corpus.txt)."""
-    text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")[:50000]
-    ids = httpx.post(f"{base}/tokenize", json={"content": text}, timeout=60).json()["tokens"]
-    return [ids[i * n_tokens:(i + 1) * n_tokens] for i in range(n)]
+def prompt_sets(base: str, n_sets: int, n: int, n_tokens: int) -> list[list[list[int]]]:
+    """n_sets sets of n prompts of n_tokens tokens, all different: windows of the tokenized project corpus
+    (data/corpus.txt), read over again (shifted by half a window) if it runs out."""
+    text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")
+    ids = httpx.post(f"{base}/tokenize", json={"content": text}, timeout=120).json()["tokens"]
+    windows = [ids[i:i + n_tokens] for shift in (0, n_tokens // 2)
+               for i in range(shift, len(ids) - n_tokens + 1, n_tokens)]
+    if len(windows) < n_sets * n:
+        sys.exit(f"error: data/corpus.txt gives {len(windows)} prompts of {n_tokens} tokens; this run needs {n_sets * n}")
+    return [windows[k * n:(k + 1) * n] for k in range(n_sets)]
 
 
 def summary(runs: list[dict]) -> dict:
@@ -149,15 +155,17 @@ def main() -> None:
 
 def run_rounds(args, bases: dict[str, str]) -> dict[str, dict[str, list[dict]]]:
     """Every engine's three scenarios, interleaved round by round, after one warm-up each."""
-    prompts = client_prompts(bases["hotlora"], args.clients, args.prompt_tokens)
     mixed = [i % len(args.adapters) for i in range(args.clients)]
     plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
+    sets = iter(prompt_sets(bases["hotlora"], 1 + args.rounds * len(plans), args.clients, args.prompt_tokens))
+    warm_up = next(sets)
     for base in bases.values():
-        scenario(base, prompts, mixed, 4, True)
+        scenario(base, warm_up, mixed, 4, True)
     runs = {engine: {name: [] for name in plans} for engine in bases}
     for _ in range(args.rounds):
-        for engine, base in bases.items():
-            for name, (adapters, together) in plans.items():
+        for name, (adapters, together) in plans.items():
+            prompts = next(sets)  # the same prompts for every engine, new to each
+            for engine, base in bases.items():
                 runs[engine][name].append(scenario(base, prompts, adapters, args.tokens, together))
     return runs
 
