@@ -234,6 +234,26 @@ def test_prompt_then_decode_equals_all_at_once(tmp_path, spec):
     assert rel_error(whole, ref_logits(model, tokens, adapters)) <= F32_BOUND
 
 
+@pytest.mark.parametrize("tensor_type", sorted(ROUNDED_LORA_LINEAR))
+def test_decode_sized_steps_round_a_quantized_lora_a_input_as_the_reference(tmp_path, monkeypatch, tensor_type):
+    """Below 4 tokens each thread converts x for its own A rows (mul_mat.c); the logits of 1- and 3-token steps
+    are those of the reference that rounds the LoRA products' inputs as the engine does."""
+    spec = TinySpec()
+    model = write_tiny_model(tmp_path / "m.gguf", spec)
+    rank = 32 if tensor_type == "Q8_0" else 4
+    path = write_tiny_adapter(tmp_path / "a.gguf", spec, ADAPTER_TARGETS, rank=rank, alpha=float(rank) * 2,
+                              tensor_type=tensor_type, seed=5)
+    tokens = tokens_for(9, seed=4)
+    with open_model(model) as m:
+        m.set_adapters({m.load_adapter(path): 0.5})
+        singles = np.stack([m.eval_last([t]) for t in tokens])
+    threes = engine_logits(model, tokens, [(path, 0.5)], n_batch=3)
+    monkeypatch.setattr(reference, "linear", ROUNDED_LORA_LINEAR[tensor_type])
+    rounded = ref_logits(model, tokens, [(path, 0.5)])
+    assert rel_error(singles, rounded) <= ACT_QUANT_LORA_BOUND
+    assert rel_error(threes, rounded) <= ACT_QUANT_LORA_BOUND
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. Runtime equals merged
 # ----------------------------------------------------------------------------------------------------------

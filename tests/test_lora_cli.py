@@ -416,8 +416,8 @@ def test_graph_tied_model(files):
     assert lora_projections(nodes) == expected_lora(targets, {0, 1}, whole_model=True)
 
 
-def graph_stats(files, *extra) -> list[tuple[int, int]]:
-    proc = hotlora("graph", "-m", files["model"], "--stats", *extra)
+def graph_stats(files, *extra, model=None) -> list[tuple[int, int]]:
+    proc = hotlora("graph", "-m", model or files["model"], "--stats", *extra)
     assert proc.returncode == 0, proc.stderr
     return [tuple(map(int, re.search(r"(\d+) nodes, (\d+) barriers", line).groups()))
             for line in proc.stdout.splitlines()]
@@ -432,6 +432,20 @@ def test_graph_stats_counts_nodes_and_barriers(files):
     assert with_one == (7, block_barriers + 4)  # attn_qkv, attn_output, ffn_gate_up, ffn_down
     assert with_two == with_one
     assert graph_stats(files, "--hot-lora", files["other"], "--layer", "1")[0] == (7, block_barriers + 2)
+
+
+def test_a_decode_sized_quantized_lora_a_converts_in_the_convert_phase(files):
+    """A Q8_0 A dots x rounded to Q8_0. Below 4 tokens each thread converts x whole for its own A rows inside the
+    node's convert phase, so a Q8_0 adapter costs the barriers an F16 one does; from 4 tokens on its A half waits
+    for the shared conversion, one phase more per adapted node (attn_qkv and ffn_down here)."""
+    model = write_tiny_model(files["dir"] / "q8_0_base.gguf", TinySpec(weight_type="Q8_0"))
+    targets = ("attn_q", "ffn_down")
+    f16 = write_tiny_adapter(files["dir"] / "f16_a.gguf", SPEC, targets, rank=32, tensor_type="F16")
+    q8_0 = write_tiny_adapter(files["dir"] / "q8_0_a.gguf", SPEC, targets, rank=32, tensor_type="Q8_0")
+    for tokens, extra in (("1", 0), ("3", 0), ("4", 2)):
+        (_, f16_barriers), = graph_stats(files, "--hot-lora", f16, "--tokens", tokens, model=model)[:1]
+        (_, q8_0_barriers), = graph_stats(files, "--hot-lora", q8_0, "--tokens", tokens, model=model)[:1]
+        assert q8_0_barriers == f16_barriers + extra, tokens
 
 
 def test_interactive_lora_commands(files):

@@ -5,7 +5,9 @@
  *   convert  x to every activation type that the weights and the LoRA A's dot against, once for all of them
  *            (threads split the tokens)
  *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters). When
- *            every A dots against x itself (F32 and F16 A's), it needs no conversion and runs in the convert phase.
+ *            every A dots against x itself (F32 and F16 A's), it needs no conversion and runs in the convert phase;
+ *            so it does for a decode-sized x (fewer than HL_GEMM_BATCH_MIN tokens), which each thread then also
+ *            converts whole for its own A rows (a few rows' conversion costs less than a barrier).
  *   dot      each projection's rows split among threads: dst = W.x through the multi-token kernel, plus
  *            the LoRA B terms, plus the bias; then the epilogue on the rows the thread just wrote: RoPE and
  *            the KV store (threads own whole heads), SwiGLU, or the residual add
@@ -49,7 +51,7 @@ static size_t converted_bytes(const hl_node *nd) {
     return size;
 }
 
-const char *hl_mul_mat_input(hl_context *ctx, const hl_node *nd, int32_t weight_type, size_t *stride) {
+const char *hl_mul_mat_input(const char *converted, const hl_node *nd, int32_t weight_type, size_t *stride) {
     const int32_t vdt = hl_get_type_traits(weight_type)->vec_dot_type;
     if (vdt == HL_TYPE_F32) {
         *stride = nd->src1.row_bytes;
@@ -61,11 +63,7 @@ const char *hl_mul_mat_input(hl_context *ctx, const hl_node *nd, int32_t weight_
     for (int k = 0; k < n && types[k] != vdt; k++)
         offset += align64(hl_row_size(types[k], nd->src1.ne[0]) * (size_t)nd->src1.ne[1]);
     *stride = hl_row_size(vdt, nd->src1.ne[0]);
-    return (const char *)ctx->work + offset;
-}
-
-size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
-    return align64(converted_bytes(nd)) + (size_t)nth * hl_lora_b_scratch_size(nd);
+    return converted + offset;
 }
 
 /* Whether every LoRA A of the node dots against x as it is (F32 activations: nothing to wait for). */
@@ -75,11 +73,27 @@ static int lora_a_reads_x(const hl_node *nd) {
     return 1;
 }
 
+/* Whether each thread converts the whole (decode-sized) x for its own A rows, in a buffer of its own. */
+static int lora_a_converts_privately(const hl_node *nd) {
+    return nd->n_terms > 0 && !lora_a_reads_x(nd) && nd->src1.ne[1] < HL_GEMM_BATCH_MIN;
+}
+
+/* The work buffer: x converted (shared), then each thread's B scratch, then each thread's own converted x. */
+size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
+    const size_t own = lora_a_converts_privately(nd) ? align64(converted_bytes(nd)) : 0;
+    return align64(converted_bytes(nd)) + (size_t)nth * (hl_lora_b_scratch_size(nd) + own);
+}
+
+static char *own_converted(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+    return (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)nth * hl_lora_b_scratch_size(nd) +
+           (size_t)ith * align64(converted_bytes(nd));
+}
+
 static int phase_list(const hl_node *nd, mm_phase out[3]) {
     int32_t types[MAX_ACT_TYPES];
     int n = 0;
     const int convert = act_types(nd, types) > 0, lora_a = nd->n_terms > 0;
-    if (convert && lora_a && lora_a_reads_x(nd)) out[n++] = PH_CONVERT_AND_LORA_A;
+    if (convert && lora_a && (lora_a_reads_x(nd) || lora_a_converts_privately(nd))) out[n++] = PH_CONVERT_AND_LORA_A;
     else {
         if (convert) out[n++] = PH_CONVERT;
         if (lora_a) out[n++] = PH_LORA_A;
@@ -93,12 +107,10 @@ int hl_mul_mat_phases(const hl_node *nd) {
     return phase_list(nd, list);
 }
 
-static void convert_input(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+/* Tokens [t0, t1) of x converted to every activation type, into the converted layout at dst. */
+static void convert_input(const hl_node *nd, char *dst, int64_t t0, int64_t t1) {
     int32_t types[MAX_ACT_TYPES];
     const int n = act_types(nd, types);
-    int64_t t0, t1;
-    hl_split(nd->src1.ne[1], ith, nth, &t0, &t1);
-    char *dst = ctx->work;
     for (int k = 0; k < n; k++) {
         const size_t stride = hl_row_size(types[k], nd->src1.ne[0]);
         for (int64_t t = t0; t < t1; t++)
@@ -134,7 +146,7 @@ static void project_rows(hl_context *ctx, const hl_node *nd, const hl_proj *p, i
                          int64_t align, char *b_scratch) {
     const int64_t n_tok = nd->src1.ne[1], chunk = chunk_rows(p, n_tok, align, r1 - r0);
     size_t stride;
-    const char *x = hl_mul_mat_input(ctx, nd, p->w.type, &stride);
+    const char *x = hl_mul_mat_input(ctx->work, nd, p->w.type, &stride);
     for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
         const int64_t c1 = c0 + chunk < r1 ? c0 + chunk : r1;
         hl_gemm(hl_get_type_traits(p->w.type), 0, p->w.ne[0], c1 - c0, n_tok,
@@ -175,12 +187,20 @@ static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
 void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     mm_phase list[3];
     phase_list(nd, list);
+    int64_t t0, t1;
+    hl_split(nd->src1.ne[1], ith, nth, &t0, &t1);
     switch (list[phase]) {
-    case PH_CONVERT: convert_input(ctx, nd, ith, nth); break;
-    case PH_LORA_A: hl_lora_a_rows(ctx, nd, ith, nth); break;
+    case PH_CONVERT: convert_input(nd, ctx->work, t0, t1); break;
+    case PH_LORA_A: hl_lora_a_rows(ctx->work, nd, ith, nth); break;
     case PH_CONVERT_AND_LORA_A:
-        convert_input(ctx, nd, ith, nth);
-        hl_lora_a_rows(ctx, nd, ith, nth);
+        convert_input(nd, ctx->work, t0, t1);
+        if (lora_a_converts_privately(nd)) {
+            char *own = own_converted(ctx, nd, ith, nth);
+            convert_input(nd, own, 0, nd->src1.ne[1]);
+            hl_lora_a_rows(own, nd, ith, nth);
+        } else {
+            hl_lora_a_rows(ctx->work, nd, ith, nth);
+        }
         break;
     case PH_DOT: dot_phase(ctx, nd, ith, nth); break;
     }

@@ -30,14 +30,14 @@ static int b_dots_converted_t(const hl_lora *lora) { return !lora->bt && needs_c
 
 /* ---- the lora_a phase of a mat-mul node: t_i = A_i . x --------------------------------------- */
 
-void hl_lora_a_rows(hl_context *ctx, const hl_node *nd, int ith, int nth) {
+void hl_lora_a_rows(const char *converted, const hl_node *nd, int ith, int nth) {
     const int64_t n_in = nd->src1.ne[0];
     for (int32_t i = 0; i < nd->n_terms; i++) { /* t_i [n_tok][rank] = A_i . x, rank rows split among threads */
         const hl_lora_term *term = &nd->terms[i];
         const int64_t n_tok = term->n_tok;
         const hl_tensor *a = &term->lora->a;
         size_t stride;
-        const char *x = hl_mul_mat_input(ctx, nd, a->type, &stride);
+        const char *x = hl_mul_mat_input(converted, nd, a->type, &stride);
         int64_t k0, k1;
         hl_split(term->lora->rank, ith, nth, &k0, &k1);
         if (k1 <= k0) continue;
