@@ -1,6 +1,7 @@
 /*
  * AVX-512 kernels for hl_axpy_rows_fn (quants.h): y[t][j] += alpha[t][k] * x[k][j] for k in order, the LoRA
- * B half of a float adapter over a batch (x = B transposed, [rank][n_out]; alpha[t][k] = s * (A.x_t)[k]).
+ * B half of a float adapter over a batch (x = a panel of B transposed, [rank][HL_BT_PANEL] (core.h), one
+ * contiguous stretch the hardware prefetchers follow; alpha[t][k] = s * (A.x_t)[k]).
  *
  * A tile of 16 outputs j (one zmm) x up to 8 tokens (64 outputs x 1 or 2 tokens) keeps the partial sums in
  * registers across all k and converts each x[k][j..j+15] once for the tile's tokens; every element still sees fmaf(alpha, x, y) for
@@ -30,12 +31,6 @@ TARGET static inline __m512 load_x(x_kind kind, const void *x, int64_t j, __mmas
     }
 }
 
-/* Each of the nk rows of x is a stream of its own, too many for the hardware prefetchers to follow from
- * memory (rank 64: 64 streams): every row is fetched PREFETCH_AHEAD elements ahead by hand. */
-#define PREFETCH_AHEAD 256
-
-static inline size_t x_elem_bytes(x_kind kind) { return kind == X_F32 ? 4 : 2; }
-
 /* Columns j..j+16*NV-1 (mask: the last vector's valid columns) of nt <= TILE_T / NV token rows: NV * nt
  * independent FMA chains, so that a decode (nt = 1) is not one chain of nk dependent FMAs. */
 TARGET static inline void tile(x_kind kind, const int NV, int64_t j, __mmask16 mask, int64_t nk, int64_t nt,
@@ -48,7 +43,6 @@ TARGET static inline void tile(x_kind kind, const int NV, int64_t j, __mmask16 m
     for (int64_t k = 0; k < nk; k++) {
         const char *row = x + (size_t)k * x_stride;
         for (int v = 0; v < NV; v++) {
-            _mm_prefetch(row + (size_t)(j + 16 * v + PREFETCH_AHEAD) * x_elem_bytes(kind), _MM_HINT_T0);
             const __m512 xv = load_x(kind, row, j + 16 * v, v == NV - 1 ? mask : 0xFFFF);
             for (int64_t t = 0; t < nt; t++)
                 acc[NV * t + v] = _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[NV * t + v]);
