@@ -6,8 +6,9 @@
  *            (threads split the tokens)
  *   lora_a   t_i = A_i . x for every adapter term of every projection (ops_lora.c; only with adapters). When
  *            every A dots against x itself (F32 and F16 A's), it needs no conversion and runs in the convert phase;
- *            so it does for a decode-sized x (fewer than HL_GEMM_BATCH_MIN tokens), which each thread then also
- *            converts whole for its own A rows (a few rows' conversion costs less than a barrier).
+ *            so it does for a decode-sized x (fewer than HL_GEMM_BATCH_MIN tokens): a thread that did not convert
+ *            all of x itself converts it whole to the A's types for its own A rows (a few rows' conversion costs
+ *            less than a barrier).
  *   dot      each projection's rows split among threads: dst = W.x through the multi-token kernel, plus
  *            the LoRA B terms, plus the bias; then the epilogue on the rows the thread just wrote: RoPE and
  *            the KV store (threads own whole heads), SwiGLU, or the residual add
@@ -107,13 +108,22 @@ int hl_mul_mat_phases(const hl_node *nd) {
     return phase_list(nd, list);
 }
 
-/* Tokens [t0, t1) of x converted to every activation type, into the converted layout at dst. */
-static void convert_input(const hl_node *nd, char *dst, int64_t t0, int64_t t1) {
+/* Whether a LoRA A of the node dots against activations of this type. */
+static int lora_a_dots(const hl_node *nd, int32_t act_type) {
+    for (int32_t i = 0; i < nd->n_terms; i++)
+        if (hl_get_type_traits(nd->terms[i].lora->a.type)->vec_dot_type == act_type) return 1;
+    return 0;
+}
+
+/* Tokens [t0, t1) of x converted to every activation type (or only those a LoRA A dots against), into the
+ * converted layout at dst. */
+static void convert_input(const hl_node *nd, char *dst, int64_t t0, int64_t t1, int lora_a_types_only) {
     int32_t types[MAX_ACT_TYPES];
     const int n = act_types(nd, types);
     for (int k = 0; k < n; k++) {
         const size_t stride = hl_row_size(types[k], nd->src1.ne[0]);
-        for (int64_t t = t0; t < t1; t++)
+        const int wanted = !lora_a_types_only || lora_a_dots(nd, types[k]);
+        for (int64_t t = t0; t < t1 && wanted; t++)
             hl_get_type_traits(types[k])->from_float(hl_row_f32(&nd->src1, t), dst + t * stride, nd->src1.ne[0]);
         dst += align64(stride * (size_t)nd->src1.ne[1]);
     }
@@ -190,13 +200,13 @@ void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int n
     int64_t t0, t1;
     hl_split(nd->src1.ne[1], ith, nth, &t0, &t1);
     switch (list[phase]) {
-    case PH_CONVERT: convert_input(nd, ctx->work, t0, t1); break;
+    case PH_CONVERT: convert_input(nd, ctx->work, t0, t1, 0); break;
     case PH_LORA_A: hl_lora_a_rows(ctx->work, nd, ith, nth); break;
     case PH_CONVERT_AND_LORA_A:
-        convert_input(nd, ctx->work, t0, t1);
-        if (lora_a_converts_privately(nd)) {
+        convert_input(nd, ctx->work, t0, t1, 0);
+        if (lora_a_converts_privately(nd) && t1 - t0 < nd->src1.ne[1]) { /* x not all converted by this thread */
             char *own = own_converted(ctx, nd, ith, nth);
-            convert_input(nd, own, 0, nd->src1.ne[1]);
+            convert_input(nd, own, 0, nd->src1.ne[1], 1);
             hl_lora_a_rows(own, nd, ith, nth);
         } else {
             hl_lora_a_rows(ctx->work, nd, ith, nth);
