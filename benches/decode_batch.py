@@ -2,8 +2,9 @@
 
     python benches/decode_batch.py -m MODEL.gguf [-t 2] [--counts 1,2,3,4,8] [-r 7] [--adapters A.gguf,B.gguf,..]
 
-With --adapters, sequence i runs under adapter i mod K at scale 1 (a serving step's mixed batch). Prints, per n, the median and min over -r repetitions (interleaved: every n once per round) and the
-tokens per second that the median allows.
+With --adapters, sequence i runs under adapter i mod K at scale 1 (a serving step's mixed batch). Prints, per
+n, the median and min over -r repetitions (interleaved: every n once per round) and the tokens per second that
+the median allows.
 """
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ Starts one server (all adapters loaded at launch, global scale 0), then runs, in
 
 Each request streams --tokens tokens (greedy, end of generation ignored) after a prompt of --prompt-tokens
 token ids. Every scenario run (and the warm-up) gets prompts of its own, windows of the corpus no earlier
-run used, so that no server's prompt cache answers one from an earlier run: the ratios measure batching. Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall
-time of the scenario), time to first token and request latency p50/p90, and the issue-9 ratios: mixed against
-what the bytes allow (one-adapter throughput × (base + 1 adapter bytes) / (base + K adapter bytes)) and against
-sequential.
+run used, so that no server's prompt cache answers one from an earlier run: the ratios measure batching.
+Reported per scenario (medians over rounds): aggregate tokens/s (completion tokens / wall time of the scenario),
+time to first token and request latency p50/p90, and the issue-9 ratios: mixed against what the bytes allow
+(one-adapter throughput × (base + 1 adapter bytes) / (base + K adapter bytes)) and against sequential.
 
     python benches/serve_load.py -m MODEL.gguf --adapters A1.gguf,...,A8.gguf --clients 8 --tokens 64
 
@@ -111,7 +111,8 @@ def prompt_sets(base: str, n_sets: int, n: int, n_tokens: int) -> list[list[list
     windows = [ids[i:i + n_tokens] for shift in (0, n_tokens // 2)
                for i in range(shift, len(ids) - n_tokens + 1, n_tokens)]
     if len(windows) < n_sets * n:
-        sys.exit(f"error: data/corpus.txt gives {len(windows)} prompts of {n_tokens} tokens; this run needs {n_sets * n}")
+        sys.exit(f"error: data/corpus.txt gives {len(windows)} prompts of {n_tokens} tokens; "
+                 f"this run needs {n_sets * n}")
     return [windows[k * n:(k + 1) * n] for k in range(n_sets)]
 
 

@@ -443,8 +443,8 @@ def test_a_decode_sized_quantized_lora_a_converts_in_the_convert_phase(files):
     f16 = write_tiny_adapter(files["dir"] / "f16_a.gguf", SPEC, targets, rank=32, tensor_type="F16")
     q8_0 = write_tiny_adapter(files["dir"] / "q8_0_a.gguf", SPEC, targets, rank=32, tensor_type="Q8_0")
     for tokens, extra in (("1", 0), ("3", 0), ("4", 2)):
-        (_, f16_barriers), = graph_stats(files, "--hot-lora", f16, "--tokens", tokens, model=model)[:1]
-        (_, q8_0_barriers), = graph_stats(files, "--hot-lora", q8_0, "--tokens", tokens, model=model)[:1]
+        f16_barriers = graph_stats(files, "--hot-lora", f16, "--tokens", tokens, model=model)[0][1]
+        q8_0_barriers = graph_stats(files, "--hot-lora", q8_0, "--tokens", tokens, model=model)[0][1]
         assert q8_0_barriers == f16_barriers + extra, tokens
 
 

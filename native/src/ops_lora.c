@@ -134,9 +134,7 @@ void hl_lora_b_rows(const hl_node *nd, const hl_proj *p, int64_t r0, int64_t r1,
     for (const hl_lora_term *term = nd->terms; term < p->terms; term++) t_conv += b_conv_bytes(term);
     for (int32_t i = 0; i < p->n_terms; i++) {
         const hl_lora_term *term = &p->terms[i];
-        const hl_lora *lora = term->lora;
-        const hl_type_traits *bt = hl_get_type_traits(lora->b.type);
-        if (lora->bt) {
+        if (term->lora->bt) {
             add_float_b(term, r0, r1, hl_row_f32(&p->dst, term->t0), y_stride);
             continue;
         }
