@@ -63,10 +63,8 @@ static void *transpose(const hl_tensor *b) {
     char *bt = calloc((size_t)(n_panels * r * HL_BT_PANEL), elem);
     if (!bt) return NULL;
     for (int64_t j = 0; j < n_out; j++)
-        for (int64_t k = 0; k < r; k++) {
-            const int64_t at = (j / HL_BT_PANEL * r + k) * HL_BT_PANEL + j % HL_BT_PANEL;
-            memcpy(bt + (size_t)at * elem, (const char *)b->data + j * b->row_bytes + k * elem, elem);
-        }
+        for (int64_t k = 0; k < r; k++)
+            memcpy(bt + (size_t)hl_bt_index(r, k, j) * elem, (const char *)b->data + j * b->row_bytes + k * elem, elem);
     return bt;
 }
 

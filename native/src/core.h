@@ -25,6 +25,11 @@ typedef struct {
  * short streams (the B half's share of an 8-adapter decode step fell from 9-10 % to 6.7 % of the samples). */
 #define HL_BT_PANEL 64
 
+/* Index in bt of B's element k (of rank r) for output j: panel j / P, row k of it, column j % P. */
+static inline int64_t hl_bt_index(int64_t r, int64_t k, int64_t j) {
+    return (j / HL_BT_PANEL * r + k) * HL_BT_PANEL + j % HL_BT_PANEL;
+}
+
 /* One LoRA pair as the graph uses it; a.data == NULL means absent. */
 typedef struct {
     hl_tensor a;  /* [n_in, r]; token_embd: [r, n_vocab] */

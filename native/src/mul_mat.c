@@ -79,15 +79,18 @@ static int lora_a_converts_privately(const hl_node *nd) {
     return nd->n_terms > 0 && !lora_a_reads_x(nd) && nd->src1.ne[1] < HL_GEMM_BATCH_MIN;
 }
 
-/* The work buffer: x converted (shared), then each thread's B scratch, then each thread's own converted x. */
-size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
-    const size_t own = lora_a_converts_privately(nd) ? align64(converted_bytes(nd)) : 0;
-    return align64(converted_bytes(nd)) + (size_t)nth * (hl_lora_b_scratch_size(nd) + own);
+/* The work buffer: x converted (shared), then one slice per thread: its B scratch, then (when the A half
+ * converts privately) its own converted x. */
+static size_t thread_slice_bytes(const hl_node *nd) {
+    return hl_lora_b_scratch_size(nd) + (lora_a_converts_privately(nd) ? align64(converted_bytes(nd)) : 0);
 }
 
-static char *own_converted(hl_context *ctx, const hl_node *nd, int ith, int nth) {
-    return (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)nth * hl_lora_b_scratch_size(nd) +
-           (size_t)ith * align64(converted_bytes(nd));
+size_t hl_mul_mat_work_size(const hl_node *nd, int nth) {
+    return align64(converted_bytes(nd)) + (size_t)nth * thread_slice_bytes(nd);
+}
+
+static char *thread_slice(hl_context *ctx, const hl_node *nd, int ith) {
+    return (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)ith * thread_slice_bytes(nd);
 }
 
 static int phase_list(const hl_node *nd, mm_phase out[3]) {
@@ -184,7 +187,7 @@ static int64_t row_align(const hl_context *ctx, const hl_node *nd) {
 
 static void dot_phase(hl_context *ctx, const hl_node *nd, int ith, int nth) {
     const int64_t align = row_align(ctx, nd);
-    char *b_scratch = (char *)ctx->work + align64(converted_bytes(nd)) + (size_t)ith * hl_lora_b_scratch_size(nd);
+    char *b_scratch = thread_slice(ctx, nd, ith);
     if (nd->n_terms) hl_lora_b_convert(nd, b_scratch);
     int64_t r0[HL_MAX_PROJ], r1[HL_MAX_PROJ];
     for (int32_t i = 0; i < nd->n_proj; i++) {
@@ -205,7 +208,7 @@ void hl_op_mul_mat(hl_context *ctx, const hl_node *nd, int phase, int ith, int n
     case PH_CONVERT_AND_LORA_A:
         convert_input(nd, ctx->work, t0, t1, 0);
         if (lora_a_converts_privately(nd) && t1 - t0 < nd->src1.ne[1]) { /* x not all converted by this thread */
-            char *own = own_converted(ctx, nd, ith, nth);
+            char *own = thread_slice(ctx, nd, ith) + hl_lora_b_scratch_size(nd);
             convert_input(nd, own, 0, nd->src1.ne[1], 1);
             hl_lora_a_rows(own, nd, ith, nth);
         } else {

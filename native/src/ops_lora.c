@@ -117,7 +117,7 @@ static void add_float_b(const hl_lora_term *term, int64_t r0, int64_t r1, float 
     const size_t elem = traits->type_size;
     for (int64_t c0 = r0; c0 < r1;) {
         const int64_t panel = c0 / HL_BT_PANEL, c1 = r1 < (panel + 1) * HL_BT_PANEL ? r1 : (panel + 1) * HL_BT_PANEL;
-        const char *rows = (const char *)lora->bt + (size_t)((panel * lora->rank) * HL_BT_PANEL + c0 % HL_BT_PANEL) * elem;
+        const char *rows = (const char *)lora->bt + (size_t)hl_bt_index(lora->rank, 0, c0) * elem;
         hl_axpy_rows(traits, c1 - c0, lora->rank, term->n_tok, rows, HL_BT_PANEL * elem, term->t, (size_t)lora->rank,
                      y + c0, y_stride);
         c0 = c1;
