@@ -69,15 +69,32 @@ def numpy_q4_k_r16(raw, n_cols):
     return np.concatenate(flat, axis=2).reshape(raw.shape[0], -1)
 
 
+def q6_k_unsigned(blocks):
+    """Q6_K's unsigned quants q + 32 [..., 256] of blocks [..., 210] (quants.md): element 128h + 32c + l is a
+    nibble of ql[64h + l (+32 for odd c)] (the high one for c >= 2) under bits 2c..2c+1 of qh[32h + l]."""
+    ql, qh = blocks[..., 0:128].astype(np.uint8), blocks[..., 128:192].astype(np.uint8)
+    halves = []
+    for h in range(2):
+        a, b, hi = ql[..., 64 * h:64 * h + 32], ql[..., 64 * h + 32:64 * h + 64], qh[..., 32 * h:32 * h + 32]
+        halves += [a & 15 | (hi & 3) << 4, b & 15 | (hi >> 2 & 3) << 4, a >> 4 | (hi >> 4 & 3) << 4, b >> 4 | (hi >> 6) << 4]
+    return np.concatenate(halves, axis=-1)
+
+
 def numpy_q6_k_r16(raw, n_cols):
+    """quants.h: per group g of 16 (elements 16g + 4i + j), ql dword 2g holds quarters 0 and 2 (low and high
+    nibbles of byte j), dword 2g + 1 quarters 1 and 3, qh dword g the four quarters' high bits at bits 2i."""
     n_panels, nb = raw.shape[0] // 16, n_cols // 256
     blocks = raw.reshape(n_panels, 16, nb, 210).transpose(0, 2, 1, 3)  # [panel, block, row, 210]: ql, qh, sc, d
+    u = q6_k_unsigned(blocks).reshape(n_panels, nb, 16, 16, 4, 4)  # [panel, block, row, group, quarter i, j]
+    lo, hi = u & 15, u >> 4
+    a, b = lo[..., 0, :] | lo[..., 2, :] << 4, lo[..., 1, :] | lo[..., 3, :] << 4  # [panel, block, row, group, 4]
+    h = hi[..., 0, :] | hi[..., 1, :] << 2 | hi[..., 2, :] << 4 | hi[..., 3, :] << 6
+    ql = np.stack([a, b], axis=4).reshape(n_panels, nb, 16, 32, 4)  # dwords 2g, 2g + 1
 
-    def dwords(part, n):  # [panel, block, row, 4n] -> [panel, block, n dwords, row, 4]
-        return part.reshape(n_panels, nb, 16, n, 4).transpose(0, 1, 3, 2, 4)
+    def by_dword(part):  # [panel, block, row, n dwords, 4] -> [panel, block, n dwords, row, 4]
+        return part.transpose(0, 1, 3, 2, 4)
 
-    parts = [blocks[..., 208:210], blocks[..., 192:208].transpose(0, 1, 3, 2), dwords(blocks[..., 0:128], 32),
-             dwords(blocks[..., 128:192], 16)]
+    parts = [blocks[..., 208:210], blocks[..., 192:208].transpose(0, 1, 3, 2), by_dword(ql), by_dword(h)]
     flat = [np.ascontiguousarray(p).reshape(n_panels, nb, -1) for p in parts]
     return np.concatenate(flat, axis=2).reshape(raw.shape[0], -1)
 

@@ -5,19 +5,20 @@
  *   Q4_K_R16: a super-block's 32 quant dwords give 64 nibble registers; per token, 64 vpdpbusd against the
  *             token's broadcast activation quads, each sub-block's dot times its scale (vpmulld), the mins by
  *             8 vpdpwssd of (mn_j, mn_j) against the token's bsums in pairs, then two float operations.
- *   Q6_K_R16: ql dwords A (elements l) and B (l + 32) and the qh dword H of the same 4 l give the unsigned
- *             quants of four groups' elements:
+ *   Q6_K_R16: group g's ql dwords A (2g) and B (2g + 1) and its qh dword H give the unsigned quants of the
+ *             group's four element quads:
  *                 u0 = A & 15 | (H & 3) << 4,  u1 = B & 15 | (H & 12) << 2,
  *                 u2 = A >> 4 & 15 | H & 48,   u3 = B >> 4 & 15 | (H & 192) >> 2
- *             (bytewise; the 16-bit shifts move no bit across a byte after the masks); the -32 offset of the
- *             quants is taken off once, 32 * (8 vpdpwssd of the groups' scale pairs against the bsums' pairs).
+ *             (bytewise; the 16-bit shifts move no bit across a byte after the masks); per token, 4 vpdpbusd
+ *             and the group's scale (vpmulld); the -32 offset of the quants is taken off once, 32 * (8
+ *             vpdpwssd of the groups' scale pairs against the bsums' pairs).
  *
- * Up to GROUP tokens (one register tile) dot the Q4_K quants as they are made from the panel (Q6_K: one
- * token), prefetching two super-blocks ahead (the steps are short, and Q6_K_R16's three interleaved streams are
- * not followed by the hardware prefetchers). The prefetches are spread over a block's steps, a few lines per
- * step: issued as one burst of 53 lines per Q6_K_R16 block, they held a single-token pass at 8 GB/s from
- * memory, against 24 GB/s spread (one thread). More tokens reuse them from a per-panel buffer (passes of 32 and
- * 16), GROUP tokens at a time, so one quant register feeds GROUP vpdpbusd. Every (row, token) value is the same exact integer sum
+ * Up to GROUP tokens (one register tile) dot the quants as they are made from the panel, prefetching two
+ * super-blocks ahead (the steps are short, and Q6_K_R16's three interleaved streams are not followed by the
+ * hardware prefetchers). The prefetches are spread over a block's steps, a few lines per step: issued as one
+ * burst of 53 lines per Q6_K_R16 block, they held a single-token pass at 8 GB/s from memory, against 24 GB/s
+ * spread (one thread). More tokens reuse them from a per-panel buffer (passes of 32 and 16), GROUP tokens at a
+ * time, so one quant register feeds GROUP vpdpbusd. Every (row, token) value is the same exact integer sum
  * followed by the same float operations in any pass.
  */
 #include "common.h"
@@ -136,9 +137,11 @@ typedef struct {
     __m512 d;
 } q6_unpacked;
 
-/* The four groups' quant dwords made from ql dwords A, B and qh dword H (element offsets 0, 32, 64, 96). */
-TGT static AI void q6_make_quants(__m512i A, __m512i B, __m512i H, __m512i u[4]) {
-    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+/* Group g's four quant dwords (elements 16g + 4i .., i = 0..3) of the 16 rows, from ql dwords 2g, 2g + 1 and
+ * qh dword g. */
+TGT static AI void q6_make_quants(const block_q6_K_r16 *blk, int g, __m512i u[4]) {
+    const __m512i A = _mm512_loadu_si512(blk->ql[2 * g]), B = _mm512_loadu_si512(blk->ql[2 * g + 1]);
+    const __m512i H = _mm512_loadu_si512(blk->qh[g]), lo4 = _mm512_set1_epi8(0x0F);
     u[0] = _mm512_or_si512(_mm512_and_si512(A, lo4), _mm512_slli_epi16(_mm512_and_si512(H, _mm512_set1_epi8(0x03)), 4));
     u[1] = _mm512_or_si512(_mm512_and_si512(B, lo4), _mm512_slli_epi16(_mm512_and_si512(H, _mm512_set1_epi8(0x0C)), 2));
     u[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), lo4), _mm512_and_si512(H, _mm512_set1_epi8(0x30)));
@@ -166,59 +169,41 @@ TGT static AI __m512i q6_offset_total(__m512i scaled, const __m512i sc2[QK_K / 3
     return _mm512_sub_epi32(scaled, _mm512_slli_epi32(offset, 5));
 }
 
-/* One token's super-block straight from the panel: quarters of 4 l-dwords finish 4 groups at a time. */
-TGT static AI __m512 q6_direct_step(const block_q6_K_r16 *blk, const block_q8_K *y, __m512 acc) {
-    __m512i scaled = _mm512_setzero_si512(), sc2[QK_K / 32];
-    for (int h = 0; h < 2; h++)
-        for (int q = 0; q < 2; q++) { /* l-dwords m = 4q .. 4q+3: groups 8h + 2c + q */
-            __m512i dot[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-            for (int i = 0; i < 4; i++) {
-                const int m = 4 * q + i;
-                prefetch_share(R16_Q6_K, blk, 8 * h + m, 16);
-                __m512i u[4];
-                q6_make_quants(_mm512_loadu_si512(blk->ql[16 * h + m]), _mm512_loadu_si512(blk->ql[16 * h + 8 + m]),
-                            _mm512_loadu_si512(blk->qh[8 * h + m]), u);
-                for (int c = 0; c < 4; c++)
-                    dot[c] = _mm512_dpbusd_epi32(dot[c], u[c], quad_of(y->qs + 128 * h + 32 * c + 4 * m));
-            }
-            for (int c = 0; c < 4; c++)
-                scaled = _mm512_add_epi32(scaled, _mm512_mullo_epi32(q6_scales(blk, 8 * h + 2 * c + q), dot[c]));
-        }
-    for (int p = 0; p < QK_K / 32; p++) sc2[p] = q6_scale_pair(blk, p);
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(q6_offset_total(scaled, sc2, y)), _mm512_mul_ps(d, _mm512_set1_ps(y->d)), acc);
-}
-
 TGT static AI void q6_unpack(const block_q6_K_r16 *blk, q6_unpacked *w) {
-    for (int h = 0; h < 2; h++)
-        for (int m = 0; m < 8; m++) {
-            prefetch_share(R16_Q6_K, blk, 8 * h + m, 16);
-            __m512i u[4];
-            q6_make_quants(_mm512_loadu_si512(blk->ql[16 * h + m]), _mm512_loadu_si512(blk->ql[16 * h + 8 + m]),
-                        _mm512_loadu_si512(blk->qh[8 * h + m]), u);
-            for (int c = 0; c < 4; c++) w->u[8 * h + 2 * c + m / 4][m % 4] = u[c];
-        }
-    for (int g = 0; g < QK_K / 16; g++) w->sc[g] = q6_scales(blk, g);
+    for (int g = 0; g < QK_K / 16; g++) {
+        prefetch_share(R16_Q6_K, blk, g, QK_K / 16);
+        q6_make_quants(blk, g, w->u[g]);
+        w->sc[g] = q6_scales(blk, g);
+    }
     for (int p = 0; p < QK_K / 32; p++) w->sc2[p] = q6_scale_pair(blk, p);
     w->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
 }
 
-/* acc[t] after the unpacked super-block against G tokens' activation blocks y[t] (G <= 4). */
-TGT static AI void q6_tokens_step(const q6_unpacked *w, const int G, const block_q8_K *const *y, __m512 *acc) {
+/* acc[t] (16 rows) after the super-block against G tokens' activation blocks y[t] (G <= GROUP): each group's
+ * quant registers are made or loaded once for the G tokens. Quants and scales from w, or from blk if w is NULL. */
+TGT static AI void q6_tokens_step(const block_q6_K_r16 *blk, const q6_unpacked *w, const int G,
+                                  const block_q8_K *const *y, __m512 *acc) {
     __m512i scaled[GROUP];
     for (int t = 0; t < G; t++) scaled[t] = _mm512_setzero_si512();
     for (int g = 0; g < QK_K / 16; g++) {
-        __m512i dot[GROUP];
-        for (int t = 0; t < G; t++) dot[t] = _mm512_setzero_si512();
-        for (int i = 0; i < 4; i++) {
-            const __m512i u = w->u[g][i];
-            for (int t = 0; t < G; t++) dot[t] = _mm512_dpbusd_epi32(dot[t], u, quad_of(y[t]->qs + 16 * g + 4 * i));
+        __m512i made[4];
+        if (!w) {
+            prefetch_share(R16_Q6_K, blk, g, QK_K / 16);
+            q6_make_quants(blk, g, made);
         }
-        for (int t = 0; t < G; t++) scaled[t] = _mm512_add_epi32(scaled[t], _mm512_mullo_epi32(w->sc[g], dot[t]));
+        const __m512i *u = w ? w->u[g] : made, sc = w ? w->sc[g] : q6_scales(blk, g);
+        for (int t = 0; t < G; t++) {
+            __m512i dot = _mm512_setzero_si512();
+            for (int i = 0; i < 4; i++) dot = _mm512_dpbusd_epi32(dot, u[i], quad_of(y[t]->qs + 16 * g + 4 * i));
+            scaled[t] = _mm512_add_epi32(scaled[t], _mm512_mullo_epi32(sc, dot));
+        }
     }
+    __m512i sc2[QK_K / 32];
+    for (int p = 0; p < QK_K / 32; p++) sc2[p] = w ? w->sc2[p] : q6_scale_pair(blk, p);
+    const __m512 d = w ? w->d : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     for (int t = 0; t < G; t++)
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q6_offset_total(scaled[t], w->sc2, y[t])),
-                                 _mm512_mul_ps(w->d, _mm512_set1_ps(y[t]->d)), acc[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q6_offset_total(scaled[t], sc2, y[t])),
+                                 _mm512_mul_ps(d, _mm512_set1_ps(y[t]->d)), acc[t]);
 }
 
 /* ---- the passes, shared ------------------------------------------------------------------------- */
@@ -228,15 +213,11 @@ typedef union {
     q6_unpacked q6;
 } unpacked;
 
-/* acc[t] after block blk against N <= GROUP tokens without a buffer: Q4_K_R16 makes each quant register once
- * for the N tokens; Q6_K_R16 dots one token as its quants are made, and unpacks into u for more. */
-TGT static AI void direct_step(kind k, const char *blk, unpacked *u, const int N, const block_q8_K *const *y, __m512 *acc) {
+/* acc[t] after block blk against N <= GROUP tokens without a buffer: each quant register is made once for the
+ * N tokens. */
+TGT static AI void direct_step(kind k, const char *blk, const int N, const block_q8_K *const *y, __m512 *acc) {
     if (k == R16_Q4_K) q4_tokens_step((const block_q4_K_r16 *)blk, NULL, N, y, acc);
-    else if (N == 1) acc[0] = q6_direct_step((const block_q6_K_r16 *)blk, y[0], acc[0]);
-    else {
-        q6_unpack((const block_q6_K_r16 *)blk, &u->q6);
-        q6_tokens_step(&u->q6, N, y, acc);
-    }
+    else q6_tokens_step((const block_q6_K_r16 *)blk, NULL, N, y, acc);
 }
 
 TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
@@ -246,7 +227,7 @@ TGT static AI void unpack(kind k, const char *blk, unpacked *u) {
 
 TGT static AI void tokens_step(kind k, const unpacked *u, const int G, const block_q8_K *const *y, __m512 *acc) {
     if (k == R16_Q4_K) q4_tokens_step(NULL, &u->q4, G, y, acc);
-    else q6_tokens_step(&u->q6, G, y, acc);
+    else q6_tokens_step(NULL, &u->q6, G, y, acc);
 }
 
 /* N tokens (a constant at every call) against every panel of the nr rows. */
@@ -263,7 +244,7 @@ TGT static AI void tokens_pass(kind k, const int N, int64_t n, int64_t nr, const
             const block_q8_K *y[GROUP];
             if (N <= GROUP) { /* one register tile: nothing to reuse, the quants are not kept */
                 for (int t = 0; t < N; t++) y[t] = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
-                direct_step(k, blk, &u, N, y, acc);
+                direct_step(k, blk, N, y, acc);
                 continue;
             }
             unpack(k, blk, &u);

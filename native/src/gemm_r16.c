@@ -10,8 +10,9 @@
  *   HL_TYPE_Q4_K_R16 (gemm_kquants_r16.c): per super-block, the rows' d and dmin, their 6-bit scales and mins
  *       unpacked to bytes, then dword k of every row's quants (148 bytes per row and super-block, 4 more than
  *       Q4_K's 144).
- *   HL_TYPE_Q6_K_R16 (gemm_kquants_r16.c): per super-block, the rows' d and 16 scales, then dword k of every
- *       row's ql and qh (210 bytes, as Q6_K).
+ *   HL_TYPE_Q6_K_R16 (gemm_kquants_r16.c): per super-block, the rows' d and 16 scales, then every row's quants
+ *       regrouped so that three dwords (two of low nibbles, one of high bits) make one group of 16 (210 bytes,
+ *       as Q6_K).
  *
  * This file holds the layout table, hl_repack_type / hl_repack and the 32-element layouts' repacking and
  * scalar reference kernels.

@@ -96,7 +96,8 @@ typedef struct {
 } block_q4_K_r16;                                                                        /* 2368 B */
 #define HL_Q4_K_R16_ROW_BYTES (sizeof(block_q4_K_r16) / HL_R16_ROWS)                   /* 148 B */
 /* HL_TYPE_Q6_K_R16 (gemm_kquants_r16.c): per panel and super-block, the rows' d, group g's scale of row r, then
- * dword k of every row's ql and of its qh: 16 x 210 B, as Q6_K. */
+ * every row's 6-bit quants regrouped by group of 16 elements: ql dwords 2g and 2g + 1 hold group g's low
+ * nibbles, qh dword g its high bits (q6_k_pack_group): 16 x 210 B, as Q6_K. */
 typedef struct {
     uint16_t d[HL_R16_ROWS];
     int8_t sc[QK_K / 16][HL_R16_ROWS];
