@@ -239,6 +239,8 @@ hl_status hl_dequantize_row(int32_t type, const void *src, float *dst, int64_t n
  */
 hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows,
                      const float *x, int64_t n_tokens, float *y, int32_t kernel);
+/* gate[i] = silu(gate[i]) * up[i] for i < n: the feed-forward's SwiGLU kernel (HL_KERNEL_REFERENCE: expf). */
+hl_status hl_swiglu(float *gate, const float *up, int64_t n, int32_t kernel);
 /*
  * Load-time repacking. hl_repack_type: the layout a matrix of n_rows rows of type gets on this CPU, or type
  * itself when no layout's kernels are faster here (Q4_0, Q8_0, Q4_K and Q6_K -> their _R16 layouts on AVX-512

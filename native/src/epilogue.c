@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "core.h"
+#include "gemm.h"
 #include "ops_internal.h"
 #include "quants.h"
 
@@ -72,11 +73,8 @@ static void store_kv_rows(hl_context *ctx, const hl_node *nd, const hl_tensor *x
 }
 
 static void swiglu_rows(const hl_tensor *gate, const hl_tensor *up, int64_t r0, int64_t r1) {
-    for (int64_t t = 0; t < gate->ne[1]; t++) {
-        float *g = hl_row_f32(gate, t);
-        const float *u = hl_row_f32(up, t);
-        for (int64_t i = r0; i < r1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    }
+    for (int64_t t = 0; t < gate->ne[1]; t++)
+        hl_swiglu_row(hl_row_f32(gate, t) + r0, hl_row_f32(up, t) + r0, r1 - r0, 0);
 }
 
 static void add_rows(const hl_tensor *residual, const hl_tensor *x, int64_t r0, int64_t r1) {

@@ -41,4 +41,5 @@ void hl_gemm_install(const hl_cpu_features *cpu) {
     hl_gemm_install_float(cpu);
     hl_axpy_rows_install(cpu);
     hl_softmax_install(cpu);
+    hl_swiglu_install(cpu);
 }

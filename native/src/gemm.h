@@ -30,6 +30,10 @@ void hl_axpy_rows(const hl_type_traits *tt, int64_t n, int64_t nk, int64_t nt, c
 typedef void (*hl_softmax_fn)(float *p, int64_t n_seen, int64_t n_kv, float scale);
 void hl_softmax_causal(float *p, int64_t n_seen, int64_t n_kv, float scale);
 
+/* g[i] = silu(g[i]) * u[i] for i < n with the chosen kernel, or the scalar reference (swiglu.c). */
+typedef void (*hl_swiglu_fn)(float *g, const float *u, int64_t n);
+void hl_swiglu_row(float *g, const float *u, int64_t n, int reference);
+
 /* Installs every family's tiled kernels that the CPU can run (called once by hl_quants_init). */
 void hl_gemm_install(const hl_cpu_features *cpu);
 void hl_gemm_install_q32(const hl_cpu_features *cpu);     /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
@@ -39,5 +43,6 @@ void hl_gemm_install_kquants_r16(const hl_cpu_features *cpu); /* AVX-512 VNNI: Q
 void hl_gemm_install_float(const hl_cpu_features *cpu);   /* F32, F16, BF16 */
 void hl_axpy_rows_install(const hl_cpu_features *cpu);    /* F32, F16, BF16 (axpy_rows.c) */
 void hl_softmax_install(const hl_cpu_features *cpu);      /* attention's softmax (softmax.c) */
+void hl_swiglu_install(const hl_cpu_features *cpu);       /* the feed-forward's silu(gate) * up (swiglu.c) */
 
 #endif

@@ -86,3 +86,13 @@ hl_status hl_mat_mul(int32_t type, const void *w, int64_t n_cols, int64_t n_rows
     free(buf);
     return HL_OK;
 }
+
+hl_status hl_swiglu(float *gate, const float *up, int64_t n, int32_t kernel) {
+    hl_quants_init();
+    if (kernel != HL_KERNEL_AUTO && kernel != HL_KERNEL_REFERENCE)
+        return hl_fail(HL_ERR_INVALID, "hl_swiglu: unknown kernel choice %d", (int)kernel);
+    if (n < 0) return hl_fail(HL_ERR_INVALID, "hl_swiglu: negative length %lld", (long long)n);
+    if (!gate || !up) return hl_fail(HL_ERR_INVALID, "hl_swiglu: %s is NULL", gate ? "up" : "gate");
+    hl_swiglu_row(gate, up, n, kernel == HL_KERNEL_REFERENCE);
+    return HL_OK;
+}

@@ -3,14 +3,14 @@
  *
  *   p[j] = exp(s[j] * scale - m) / sum_k exp(s[k] * scale - m)   for j < n_seen (m: their maximum), 0 beyond
  *
- * The reference uses expf and sums in double. The AVX-512 kernel evaluates exp with a Cody-Waite range
- * reduction (x = n ln2 + r, |r| <= ln2/2, ln2 split in two parts), a degree-6 polynomial for e^r (Cephes'
- * coefficients, relative error below 2e-7) and scalef for the 2^n, and sums in double lanes.
+ * The reference uses expf and sums in double. The AVX-512 kernel evaluates exp with hl_exp_avx512
+ * (exp_avx512.h, relative error below 2e-7) and sums in double lanes.
  */
 #include <math.h>
 #include <string.h>
 
 #include "common.h"
+#include "exp_avx512.h"
 #include "gemm.h"
 
 static void softmax_ref(float *p, int64_t n_seen, int64_t n_kv, float scale) {
@@ -36,22 +36,6 @@ static hl_softmax_fn chosen = softmax_ref;
 
 #define TARGET __attribute__((target("avx512f,avx512dq")))
 
-TARGET static inline __m512 exp_avx512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* e^-104 is 0 in float; keeps n finite */
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 poly = _mm512_set1_ps(1.9875691500e-4f);
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.3981999507e-3f));
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(8.3334519073e-3f));
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(4.1665795894e-2f));
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.6666665459e-1f));
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(5.0000001201e-1f));
-    poly = _mm512_fmadd_ps(poly, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(poly, n);
-}
-
 TARGET static inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
@@ -68,7 +52,7 @@ TARGET static void softmax_avx512(float *p, int64_t n_seen, int64_t n_kv, float 
     __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();
     for (int64_t j = 0; j < n_seen; j += 16) {
         const __mmask16 m = tail_mask(n_seen - j);
-        const __m512 e = _mm512_maskz_mov_ps(m, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + j), max)));
+        const __m512 e = _mm512_maskz_mov_ps(m, hl_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + j), max)));
         _mm512_mask_storeu_ps(p + j, m, e);
         sum_lo = _mm512_add_pd(sum_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
         sum_hi = _mm512_add_pd(sum_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
