@@ -1,7 +1,9 @@
 /*
  * The LoRA half of mul_mat_lora, inside the mat-mul node (mul_mat.c) of an adapted projection, input x [n_in, T]:
  *
- *   t_i = A_i . x          [r_i, T]   the node's lora_a phase: every term of every projection sharing x
+ *   t_i = A_i . x          [r_i, T]   the node's lora_a phase: every term of every projection sharing x, the
+ *                                     terms' A rows one after the other split among threads (whole A's
+ *                                     per thread when there are several: longer reads)
  *   y   = W . x + sum_i s_i * B_i . t_i   the dot phase: each thread adds the terms to the rows of W.x it
  *                                         just wrote (float B: t_i holds s_i * A_i.x and B_i^T's rows are
  *                                         axpy'd; quantized B: s_i * dot(B_i[j], t_i))
@@ -32,20 +34,23 @@ static int b_dots_converted_t(const hl_lora *lora) { return !lora->bt && needs_c
 
 void hl_lora_a_rows(const char *converted, const hl_node *nd, int ith, int nth) {
     const int64_t n_in = nd->src1.ne[0];
-    for (int32_t i = 0; i < nd->n_terms; i++) { /* t_i [n_tok][rank] = A_i . x, rank rows split among threads */
-        const hl_lora_term *term = &nd->terms[i];
-        const int64_t n_tok = term->n_tok;
+    int64_t n_rows = 0;
+    for (int32_t i = 0; i < nd->n_terms; i++) n_rows += nd->terms[i].lora->rank;
+    int64_t mine0, mine1; /* this thread's stretch of all the terms' A rows, one after the other */
+    hl_split(n_rows, ith, nth, &mine0, &mine1);
+    for (int64_t i = 0, first = 0; i < nd->n_terms; first += nd->terms[i++].lora->rank) {
+        const hl_lora_term *term = &nd->terms[i]; /* t_i [n_tok][rank] = A_i . x for rows k0 .. k1 - 1 */
+        const int64_t n_tok = term->n_tok, rank = term->lora->rank;
+        const int64_t k0 = mine0 > first ? mine0 - first : 0, k1 = mine1 - first < rank ? mine1 - first : rank;
+        if (k1 <= k0) continue;
         const hl_tensor *a = &term->lora->a;
         size_t stride;
         const char *x = hl_mul_mat_input(converted, nd, a->type, &stride);
-        int64_t k0, k1;
-        hl_split(term->lora->rank, ith, nth, &k0, &k1);
-        if (k1 <= k0) continue;
         hl_gemm(hl_get_type_traits(a->type), 0, n_in, k1 - k0, n_tok, (const char *)a->data + k0 * a->row_bytes,
-                a->row_bytes, x + (size_t)term->t0 * stride, stride, term->t + k0, (size_t)term->lora->rank);
+                a->row_bytes, x + (size_t)term->t0 * stride, stride, term->t + k0, (size_t)rank);
         if (!term->lora->bt) continue;
         for (int64_t t = 0; t < n_tok; t++) /* float B: t scaled here, the axpy coefficients of the B half */
-            for (int64_t k = k0; k < k1; k++) term->t[t * term->lora->rank + k] *= term->scale;
+            for (int64_t k = k0; k < k1; k++) term->t[t * rank + k] *= term->scale;
     }
 }
 
