@@ -201,5 +201,6 @@ def report(args, engine: str, results: dict[str, dict]) -> None:
         print(f"\n{label}: mixed / bytes-allowed ({allowed:.1f} tokens/s): {results['mixed'][key] / allowed:.2f}x; "
               f"mixed / sequential: {results['mixed'][key] / results['sequential'][key]:.2f}x")
 
+
 if __name__ == "__main__":
     main()

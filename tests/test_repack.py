@@ -76,7 +76,8 @@ def q6_k_unsigned(blocks):
     halves = []
     for h in range(2):
         a, b, hi = ql[..., 64 * h:64 * h + 32], ql[..., 64 * h + 32:64 * h + 64], qh[..., 32 * h:32 * h + 32]
-        halves += [a & 15 | (hi & 3) << 4, b & 15 | (hi >> 2 & 3) << 4, a >> 4 | (hi >> 4 & 3) << 4, b >> 4 | (hi >> 6) << 4]
+        halves += [a & 15 | (hi & 3) << 4, b & 15 | (hi >> 2 & 3) << 4,
+                   a >> 4 | (hi >> 4 & 3) << 4, b >> 4 | (hi >> 6) << 4]
     return np.concatenate(halves, axis=-1)
 
 
