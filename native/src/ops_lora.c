@@ -1,9 +1,9 @@
 /*
  * The LoRA half of mul_mat_lora, inside the mat-mul node (mul_mat.c) of an adapted projection, input x [n_in, T]:
  *
- *   t_i = A_i . x          [r_i, T]   the node's lora_a phase: every term of every projection sharing x, the
- *                                     terms' A rows one after the other split among threads (whole A's
- *                                     per thread when there are several: longer reads)
+ *   t_i = A_i . x          [r_i, T]   the node's lora_a phase: every term of every projection sharing x;
+ *                                     batch-sized terms split by tokens, the rest by rows, their A rows one
+ *                                     after the other (whole A's per thread when there are several)
  *   y   = W . x + sum_i s_i * B_i . t_i   the dot phase: each thread adds the terms to the rows of W.x it
  *                                         just wrote (float B: t_i holds s_i * A_i.x and B_i^T's rows are
  *                                         axpy'd; quantized B: s_i * dot(B_i[j], t_i))
@@ -32,25 +32,48 @@ static int b_dots_converted_t(const hl_lora *lora) { return !lora->bt && needs_c
 
 /* ---- the lora_a phase of a mat-mul node: t_i = A_i . x --------------------------------------- */
 
+/* Whether a term's A . x is split among threads by tokens (all rank rows each: a batch kernel's row tile is
+ * wider than a LoRA rank's share) rather than by rows: when every thread's tokens (hl_split) still make a batch,
+ * so that each (row, token) gets the bits it gets in one call (hl_gemm_fn's contract). */
+static int a_splits_tokens(const hl_lora_term *term, int nth) {
+    const int64_t chunk = (term->n_tok + nth - 1) / nth;
+    return term->n_tok - chunk * (nth - 1) >= HL_GEMM_BATCH_MIN;
+}
+
+/* t [n_tok][rank] rows k0 .. k1 - 1 for tokens t0 .. t1 - 1 = A . x (float B: times the term's scale). */
+static void a_block(const char *converted, const hl_node *nd, const hl_lora_term *term, int64_t k0, int64_t k1,
+                    int64_t t0, int64_t t1) {
+    const hl_tensor *a = &term->lora->a;
+    const int64_t rank = term->lora->rank;
+    size_t stride;
+    const char *x = hl_mul_mat_input(converted, nd, a->type, &stride);
+    float *t = term->t + t0 * rank;
+    hl_gemm(hl_get_type_traits(a->type), 0, nd->src1.ne[0], k1 - k0, t1 - t0,
+            (const char *)a->data + k0 * a->row_bytes, a->row_bytes, x + (size_t)(term->t0 + t0) * stride, stride,
+            t + k0, (size_t)rank);
+    if (!term->lora->bt) return;
+    for (int64_t i = 0; i < t1 - t0; i++) /* float B: t scaled here, the axpy coefficients of the B half */
+        for (int64_t k = k0; k < k1; k++) t[i * rank + k] *= term->scale;
+}
+
 void hl_lora_a_rows(const char *converted, const hl_node *nd, int ith, int nth) {
-    const int64_t n_in = nd->src1.ne[0];
-    int64_t n_rows = 0;
-    for (int32_t i = 0; i < nd->n_terms; i++) n_rows += nd->terms[i].lora->rank;
-    int64_t mine0, mine1; /* this thread's stretch of all the terms' A rows, one after the other */
+    int64_t n_rows = 0; /* the row-split terms' A rows, one after the other */
+    for (int32_t i = 0; i < nd->n_terms; i++)
+        if (!a_splits_tokens(&nd->terms[i], nth)) n_rows += nd->terms[i].lora->rank;
+    int64_t mine0, mine1; /* this thread's stretch of them */
     hl_split(n_rows, ith, nth, &mine0, &mine1);
-    for (int64_t i = 0, first = 0; i < nd->n_terms; first += nd->terms[i++].lora->rank) {
-        const hl_lora_term *term = &nd->terms[i]; /* t_i [n_tok][rank] = A_i . x for rows k0 .. k1 - 1 */
-        const int64_t n_tok = term->n_tok, rank = term->lora->rank;
+    for (int64_t i = 0, first = 0; i < nd->n_terms; i++) {
+        const hl_lora_term *term = &nd->terms[i];
+        const int64_t rank = term->lora->rank;
+        if (a_splits_tokens(term, nth)) {
+            int64_t t0, t1;
+            hl_split(term->n_tok, ith, nth, &t0, &t1);
+            if (t1 > t0) a_block(converted, nd, term, 0, rank, t0, t1);
+            continue;
+        }
         const int64_t k0 = mine0 > first ? mine0 - first : 0, k1 = mine1 - first < rank ? mine1 - first : rank;
-        if (k1 <= k0) continue;
-        const hl_tensor *a = &term->lora->a;
-        size_t stride;
-        const char *x = hl_mul_mat_input(converted, nd, a->type, &stride);
-        hl_gemm(hl_get_type_traits(a->type), 0, n_in, k1 - k0, n_tok, (const char *)a->data + k0 * a->row_bytes,
-                a->row_bytes, x + (size_t)term->t0 * stride, stride, term->t + k0, (size_t)rank);
-        if (!term->lora->bt) continue;
-        for (int64_t t = 0; t < n_tok; t++) /* float B: t scaled here, the axpy coefficients of the B half */
-            for (int64_t k = k0; k < k1; k++) term->t[t * rank + k] *= term->scale;
+        if (k1 > k0) a_block(converted, nd, term, k0, k1, 0, term->n_tok);
+        first += rank;
     }
 }
 
