@@ -52,28 +52,16 @@ static float q4_k_step(const void *panel_block, int r, const block_q8_K *y, floa
 
 /* ---- Q6_K ---------------------------------------------------------------------------------------- */
 
-/* A Q6_K block's unsigned quants u = q + 32 (0..63): element 128h + 32c + l is a nibble of ql[64h + l (+32 for
- * odd c)] (the high one for c >= 2) with bits 2c..2c+1 of qh[32h + l] above it. */
-static void q6_k_unsigned(const block_q6_K *blk, uint8_t u[QK_K]) {
-    for (int h = 0; h < 2; h++)
-        for (int l = 0; l < 32; l++) {
-            const uint8_t *ql = blk->ql + 64 * h, qh = blk->qh[32 * h + l];
-            uint8_t *out = u + 128 * h + l;
-            out[0] = (uint8_t)((ql[l] & 15) | (qh & 3) << 4);
-            out[32] = (uint8_t)((ql[l + 32] & 15) | (qh >> 2 & 3) << 4);
-            out[64] = (uint8_t)(ql[l] >> 4 | (qh >> 4 & 3) << 4);
-            out[96] = (uint8_t)(ql[l + 32] >> 4 | (qh >> 6) << 4);
-        }
-}
-
-/* Group g (elements 16g + 4i + j) of unsigned quants u: byte j of ql dword 2g + (i & 1) holds quarter i's element
- * in its low (i < 2) or high (i >= 2) nibble, and byte j of qh dword g its two high bits at bits 2i..2i+1. */
-static void q6_k_pack_group(const uint8_t *u, int g, uint8_t a[4], uint8_t b[4], uint8_t h[4]) {
+/* Group g (elements 16g + 4i + j) of a block's quants q, as unsigned quants u = q + 32: byte j of ql dword
+ * 2g + (i & 1) holds quarter i's u in its low (i < 2) or high (i >= 2) nibble, and byte j of qh dword g its two
+ * high bits at bits 2i..2i+1. */
+static void q6_k_pack_group(const int8_t *q, int g, uint8_t a[4], uint8_t b[4], uint8_t h[4]) {
     for (int j = 0; j < 4; j++) {
-        const uint8_t *e = u + 16 * g + j; /* e[4i]: quarter i's element */
-        a[j] = (uint8_t)((e[0] & 15) | (e[8] & 15) << 4);
-        b[j] = (uint8_t)((e[4] & 15) | (e[12] & 15) << 4);
-        h[j] = (uint8_t)(e[0] >> 4 | (e[4] >> 4) << 2 | (e[8] >> 4) << 4 | (e[12] >> 4) << 6);
+        uint8_t u[4]; /* quarter i's element */
+        for (int i = 0; i < 4; i++) u[i] = (uint8_t)(q[16 * g + 4 * i + j] + 32);
+        a[j] = (uint8_t)((u[0] & 15) | (u[2] & 15) << 4);
+        b[j] = (uint8_t)((u[1] & 15) | (u[3] & 15) << 4);
+        h[j] = (uint8_t)(u[0] >> 4 | (u[1] >> 4) << 2 | (u[2] >> 4) << 4 | (u[3] >> 4) << 6);
     }
 }
 
@@ -82,13 +70,13 @@ void hl_repack_q6_k_panel(const char *src, size_t row_bytes, int64_t nb, char *d
     for (int64_t b = 0; b < nb; b++)
         for (int r = 0; r < HL_R16_ROWS; r++) {
             const block_q6_K *blk = (const block_q6_K *)(src + (size_t)r * row_bytes) + b;
-            uint8_t u[QK_K];
-            q6_k_unsigned(blk, u);
+            int8_t q[QK_K];
+            hl_q6_k_quants(blk, q);
             out[b].d[r] = blk->d;
             for (int g = 0; g < QK_K / 16; g++) {
                 uint8_t lo[4], hi[4], h[4];
                 out[b].sc[g][r] = blk->scales[g];
-                q6_k_pack_group(u, g, lo, hi, h);
+                q6_k_pack_group(q, g, lo, hi, h);
                 memcpy(&out[b].ql[2 * g][r], lo, 4);
                 memcpy(&out[b].ql[2 * g + 1][r], hi, 4);
                 memcpy(&out[b].qh[g][r], h, 4);

@@ -125,9 +125,9 @@ static void convert_input(const hl_node *nd, char *dst, int64_t t0, int64_t t1, 
     const int n = act_types(nd, types);
     for (int k = 0; k < n; k++) {
         const size_t stride = hl_row_size(types[k], nd->src1.ne[0]);
-        const int wanted = !lora_a_types_only || lora_a_dots(nd, types[k]);
-        for (int64_t t = t0; t < t1 && wanted; t++)
-            hl_get_type_traits(types[k])->from_float(hl_row_f32(&nd->src1, t), dst + t * stride, nd->src1.ne[0]);
+        if (!lora_a_types_only || lora_a_dots(nd, types[k]))
+            for (int64_t t = t0; t < t1; t++)
+                hl_get_type_traits(types[k])->from_float(hl_row_f32(&nd->src1, t), dst + t * stride, nd->src1.ne[0]);
         dst += align64(stride * (size_t)nd->src1.ne[1]);
     }
 }

@@ -36,8 +36,9 @@ static int b_dots_converted_t(const hl_lora *lora) { return !lora->bt && needs_c
  * wider than a LoRA rank's share) rather than by rows: when every thread's tokens (hl_split) still make a batch,
  * so that each (row, token) gets the bits it gets in one call (hl_gemm_fn's contract). */
 static int a_splits_tokens(const hl_lora_term *term, int nth) {
-    const int64_t chunk = (term->n_tok + nth - 1) / nth;
-    return term->n_tok - chunk * (nth - 1) >= HL_GEMM_BATCH_MIN;
+    int64_t t0, t1; /* the last thread's, the fewest */
+    hl_split(term->n_tok, nth - 1, nth, &t0, &t1);
+    return t1 - t0 >= HL_GEMM_BATCH_MIN;
 }
 
 /* t [n_tok][rank] rows k0 .. k1 - 1 for tokens t0 .. t1 - 1 = A . x (float B: times the term's scale). */

@@ -168,6 +168,9 @@ static inline void hl_unpack_q3_k_scales(const uint8_t *S, int16_t out[16]) {
 void hl_quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void hl_quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
 /* quants_kquants.c: K-quants and the Q8_K quantizer. */
+/* A Q6_K block's quants q (-32..31) in element order: element 128h + 32c + l is a nibble of ql[64h + l (+32 for
+ * odd c)] (the high one for c >= 2) with bits 2c..2c+1 of qh[32h + l] above it, less 32. */
+void hl_q6_k_quants(const block_q6_K *b, int8_t q[QK_K]);
 void hl_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
 void hl_dequantize_row_q8_K(const void *x, float *y, int64_t n);
 void hl_dequantize_row_q2_K(const void *x, float *y, int64_t n);

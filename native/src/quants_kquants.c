@@ -240,34 +240,25 @@ void hl_vec_dot_q5_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a)
 }
 
 /* ------------------------------------------------------------------------ Q6_K */
-/* e = 128h + 32c + l, L = ql + 64h, H = qh + 32h: c selects lo/hi nibble of
- * L[l] or L[l+32] and bits 2c..2c+1 of H[l]; q = value - 32; scale index e/16. */
-
-static inline int q6_k_quant(const block_q6_K *b, int e) {
-    int h = e / 128, c = (e / 32) % 4, l = e % 32;
-    const uint8_t *L = b->ql + 64 * h, *H = b->qh + 32 * h;
-    int lo = (c & 1) ? L[l + 32] : L[l];
-    lo = (c & 2) ? lo >> 4 : lo & 0xF;
-    return (lo | (((H[l] >> (2 * c)) & 3) << 4)) - 32;
+/* One run of 32 (h, c) at a time, so the loop vectorizes. */
+void hl_q6_k_quants(const block_q6_K *b, int8_t q[QK_K]) {
+    for (int h = 0; h < 2; h++)
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *L = b->ql + 64 * h + 32 * (c & 1), *H = b->qh + 32 * h;
+            const int shift = (c & 2) ? 4 : 0;
+            int8_t *out = q + 128 * h + 32 * c;
+            for (int l = 0; l < 32; l++)
+                out[l] = (int8_t)((((L[l] >> shift) & 0xF) | (((H[l] >> (2 * c)) & 3) << 4)) - 32);
+        }
 }
 
-/* One run of 32 (h, c) at a time (two scales), so the loop vectorizes. */
 void hl_dequantize_row_q6_K(const void *vx, float *y, int64_t n) {
     const block_q6_K *x = vx;
     for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
         const float d = H2F(x[i].d);
-        for (int h = 0; h < 2; h++)
-            for (int c = 0; c < 4; c++) {
-                const uint8_t *L = x[i].ql + 64 * h + 32 * (c & 1), *H = x[i].qh + 32 * h;
-                const int shift = (c & 2) ? 4 : 0;
-                const int8_t *sc = x[i].scales + 8 * h + 2 * c;
-                const float dl0 = d * (float)sc[0], dl1 = d * (float)sc[1];
-                float *out = y + 128 * h + 32 * c;
-                for (int l = 0; l < 32; l++) {
-                    const int q = (((L[l] >> shift) & 0xF) | (((H[l] >> (2 * c)) & 3) << 4)) - 32;
-                    out[l] = (l < 16 ? dl0 : dl1) * (float)q;
-                }
-            }
+        int8_t q[QK_K];
+        hl_q6_k_quants(&x[i], q);
+        for (int e = 0; e < QK_K; e++) y[e] = (d * (float)x[i].scales[e / 16]) * (float)q[e];
     }
 }
 
@@ -277,9 +268,11 @@ void hl_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *a)
     double sum = 0.0;
     for (int64_t i = 0; i < n / QK_K; i++) {
         int sumi = 0;
+        int8_t q[QK_K];
+        hl_q6_k_quants(&x[i], q);
         for (int sb = 0; sb < 16; sb++) {
             int dot = 0;
-            for (int l = 0; l < 16; l++) dot += q6_k_quant(&x[i], 16 * sb + l) * y[i].qs[16 * sb + l];
+            for (int l = 0; l < 16; l++) dot += q[16 * sb + l] * y[i].qs[16 * sb + l];
             sumi += x[i].scales[sb] * dot;
         }
         sum += (double)(H2F(x[i].d) * y[i].d) * sumi;
