@@ -16,11 +16,12 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define TILE_T 8
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 typedef enum { X_F32, X_F16, X_BF16 } x_kind;
 
 /* 16 elements (mask: the valid ones) of row x at column j, widened to f32. */
-TARGET static inline __m512 load_x(x_kind kind, const void *x, int64_t j, __mmask16 mask) {
+TARGET ALWAYS_INLINE __m512 load_x(x_kind kind, const void *x, int64_t j, __mmask16 mask) {
     switch (kind) {
     case X_F32: return _mm512_maskz_loadu_ps(mask, (const float *)x + j);
     case X_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)x + j));
@@ -31,48 +32,61 @@ TARGET static inline __m512 load_x(x_kind kind, const void *x, int64_t j, __mmas
     }
 }
 
-/* Columns j..j+16*NV-1 (mask: the last vector's valid columns) of nt <= TILE_T / NV token rows: NV * nt
- * independent FMA chains, so that a decode (nt = 1) is not one chain of nk dependent FMAs. */
-TARGET static inline void tile(x_kind kind, const int NV, int64_t j, __mmask16 mask, int64_t nk, int64_t nt,
+/* Columns j..j+16*NV-1 (mask: the last vector's valid columns) of NT <= TILE_T / NV token rows: NV * NT
+ * independent FMA chains, so that a decode (NT = 1) is not one chain of nk dependent FMAs. NV and NT are
+ * constants at every call (tile_rows), so the chains' accumulators stay in registers. */
+TARGET ALWAYS_INLINE void tile(x_kind kind, const int NV, const int NT, int64_t j, __mmask16 mask, int64_t nk,
                                const char *x, size_t x_stride, const float *alpha, size_t alpha_stride, float *y,
                                size_t y_stride) {
     __m512 acc[TILE_T];
-    for (int64_t t = 0; t < nt; t++)
+    for (int t = 0; t < NT; t++)
         for (int v = 0; v < NV; v++)
             acc[NV * t + v] = _mm512_maskz_loadu_ps(v == NV - 1 ? mask : 0xFFFF, y + (size_t)t * y_stride + j + 16 * v);
     for (int64_t k = 0; k < nk; k++) {
         const char *row = x + (size_t)k * x_stride;
         for (int v = 0; v < NV; v++) {
             const __m512 xv = load_x(kind, row, j + 16 * v, v == NV - 1 ? mask : 0xFFFF);
-            for (int64_t t = 0; t < nt; t++)
+            for (int t = 0; t < NT; t++)
                 acc[NV * t + v] = _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[NV * t + v]);
         }
     }
-    for (int64_t t = 0; t < nt; t++)
+    for (int t = 0; t < NT; t++)
         for (int v = 0; v < NV; v++)
             _mm512_mask_storeu_ps(y + (size_t)t * y_stride + j + 16 * v, v == NV - 1 ? mask : 0xFFFF, acc[NV * t + v]);
 }
 
 #define DECODE_VECTORS 4 /* column vectors per tile for 1 or 2 tokens */
 
-TARGET static void axpy_rows_avx512(x_kind kind, int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride,
-                                    const float *alpha, size_t alpha_stride, float *y, size_t y_stride) {
+/* Columns [j, j + 16 * NV) (mask as in tile) of nt <= TILE_T / NV token rows: tile at nt's constant. */
+TARGET ALWAYS_INLINE void tile_rows(x_kind kind, const int NV, int64_t nt, int64_t j, __mmask16 mask, int64_t nk,
+                                    const char *x, size_t x_stride, const float *al, size_t alpha_stride, float *yt,
+                                    size_t y_stride) {
+#define TILE_CASE(NT)                                                                                       \
+    case NT: tile(kind, NV, (NT) <= TILE_T / NV ? (NT) : 1, j, mask, nk, x, x_stride, al, alpha_stride, yt, y_stride); \
+        break;
+    switch (nt) { TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8) }
+#undef TILE_CASE
+}
+
+TARGET ALWAYS_INLINE void axpy_rows_avx512(x_kind kind, int64_t n, int64_t nk, int64_t nt, const void *x,
+                                           size_t x_stride, const float *alpha, size_t alpha_stride, float *y,
+                                           size_t y_stride) {
     for (int64_t t0 = 0; t0 < nt; t0 += TILE_T) {
         const int64_t tn = nt - t0 < TILE_T ? nt - t0 : TILE_T;
         const float *al = alpha + (size_t)t0 * alpha_stride;
         float *yt = y + (size_t)t0 * y_stride;
         int64_t j = 0;
         for (; tn <= TILE_T / DECODE_VECTORS && j + 16 * DECODE_VECTORS <= n; j += 16 * DECODE_VECTORS)
-            tile(kind, DECODE_VECTORS, j, 0xFFFF, nk, tn, x, x_stride, al, alpha_stride, yt, y_stride);
+            tile_rows(kind, DECODE_VECTORS, tn, j, 0xFFFF, nk, x, x_stride, al, alpha_stride, yt, y_stride);
         for (; j < n; j += 16) {
             const __mmask16 mask = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-            tile(kind, 1, j, mask, nk, tn, x, x_stride, al, alpha_stride, yt, y_stride);
+            tile_rows(kind, 1, tn, j, mask, nk, x, x_stride, al, alpha_stride, yt, y_stride);
         }
     }
 }
 
 #define KIND_WRAPPER(name, kind)                                                                          \
-    static void name(int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride, const float *alpha, \
+    TARGET static void name(int64_t n, int64_t nk, int64_t nt, const void *x, size_t x_stride, const float *alpha, \
                      size_t alpha_stride, float *y, size_t y_stride) {                                     \
         axpy_rows_avx512(kind, n, nk, nt, x, x_stride, alpha, alpha_stride, y, y_stride);                  \
     }
