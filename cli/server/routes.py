@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.datastructures import Headers
 
 from .. import __version__
 from ..chat_template import ChatTemplate, tokenize_rendered
@@ -51,17 +52,33 @@ def _error(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
-def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if settings.api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-                return _error(APIError(401, "Invalid API Key"))
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return _error(APIError(413, f"request body over {settings.max_body_bytes} bytes"))
-        return await call_next(request)
+class Guard:
+    """The API key and body-size checks, as a plain ASGI middleware: Starlette's BaseHTTPMiddleware would pass
+    every chunk of a streamed response through a task and a memory stream of its own."""
 
+    def __init__(self, app, settings: ServerSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        refusal = self._refusal(scope) if scope["type"] == "http" else None
+        if refusal is not None:
+            await _error(refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope) -> APIError | None:
+        headers, settings = Headers(scope=scope), self.settings
+        if settings.api_key and scope["path"] != "/health":
+            if headers.get("authorization", "") != f"Bearer {settings.api_key}":
+                return APIError(401, "Invalid API Key")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return APIError(413, f"request body over {settings.max_body_bytes} bytes")
+        return None
+
+
+def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
+    app.add_middleware(Guard, settings=settings)
     app.add_exception_handler(APIError, lambda request, e: _error(e))
 
     @app.exception_handler(RequestValidationError)
