@@ -72,13 +72,13 @@ def start_server(cmd: list[str], port: int) -> subprocess.Popen:
     sys.exit(f"{cmd[0]} did not start: {log.read()[-2000:]}")
 
 
-def one_request(base: str, prompt: list[int], adapter: int, n_tokens: int) -> dict:
+def one_request(client: httpx.Client, base: str, prompt: list[int], adapter: int, n_tokens: int) -> dict:
     """One streamed completion (n_tokens tokens: the end of generation is ignored): its start, the arrivals of
     its first and last chunks and its end (perf_counter)."""
     body = {"prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
             "lora": [{"id": adapter, "scale": 1.0}]}
     start, first, last = time.perf_counter(), 0.0, 0.0
-    with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=600) as response:
+    with client.stream("POST", f"{base}/v1/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -103,23 +103,24 @@ def decode_rate(requests: list[dict], n_tokens: int) -> float:
     return len(requests) * (n_tokens - 1) / busy
 
 
-def scenario(base: str, prompts: list[list[int]], adapters: list[int], n_tokens: int, together: bool) -> dict:
+def scenario(client: httpx.Client, base: str, prompts: list[list[int]], adapters: list[int], n_tokens: int,
+             together: bool) -> dict:
     start = time.perf_counter()
     if together:
         with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(lambda pa: one_request(base, pa[0], pa[1], n_tokens), zip(prompts, adapters)))
+            results = list(pool.map(lambda pa: one_request(client, base, pa[0], pa[1], n_tokens), zip(prompts, adapters)))
     else:
-        results = [one_request(base, p, a, n_tokens) for p, a in zip(prompts, adapters)]
+        results = [one_request(client, base, p, a, n_tokens) for p, a in zip(prompts, adapters)]
     wall = time.perf_counter() - start
     return {"tokens_per_s": n_tokens * len(prompts) / wall, "decode_tokens_per_s": decode_rate(results, n_tokens),
             "ttft": [r["first"] - r["start"] for r in results], "latency": [r["end"] - r["start"] for r in results]}
 
 
-def prompt_sets(base: str, n_sets: int, n: int, n_tokens: int) -> list[list[list[int]]]:
+def prompt_sets(client: httpx.Client, base: str, n_sets: int, n: int, n_tokens: int) -> list[list[list[int]]]:
     """n_sets sets of n prompts of n_tokens tokens, all different: windows of the tokenized project corpus
     (data/corpus.txt), read over again (shifted by half a window) if it runs out."""
     text = (Path(__file__).resolve().parent.parent / "data" / "corpus.txt").read_text(encoding="utf-8")
-    ids = httpx.post(f"{base}/tokenize", json={"content": text}, timeout=120).json()["tokens"]
+    ids = client.post(f"{base}/tokenize", json={"content": text}).json()["tokens"]
     windows = [ids[i:i + n_tokens] for shift in (0, n_tokens // 2)
                for i in range(shift, len(ids) - n_tokens + 1, n_tokens)]
     if len(windows) < n_sets * n:
@@ -168,19 +169,23 @@ def main() -> None:
 
 
 def run_rounds(args, bases: dict[str, str]) -> dict[str, dict[str, list[dict]]]:
-    """Every engine's three scenarios, interleaved round by round, after one warm-up each."""
+    """Every engine's three scenarios, interleaved round by round, after one warm-up each. One HTTP client serves
+    every request: a client per request (httpx.stream) built an SSL context each time, about 60 % of this
+    process's CPU, taken from the server's cores."""
     mixed = [i % len(args.adapters) for i in range(args.clients)]
     plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
-    sets = iter(prompt_sets(bases["hotlora"], 1 + args.rounds * len(plans), args.clients, args.prompt_tokens))
-    warm_up = next(sets)
-    for base in bases.values():
-        scenario(base, warm_up, mixed, 4, True)
-    runs = {engine: {name: [] for name in plans} for engine in bases}
-    for _ in range(args.rounds):
-        for name, (adapters, together) in plans.items():
-            prompts = next(sets)  # the same prompts for every engine, new to each
-            for engine, base in bases.items():
-                runs[engine][name].append(scenario(base, prompts, adapters, args.tokens, together))
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=2 * args.clients)) as client:
+        sets = iter(prompt_sets(client, bases["hotlora"], 1 + args.rounds * len(plans), args.clients,
+                                args.prompt_tokens))
+        warm_up = next(sets)
+        for base in bases.values():
+            scenario(client, base, warm_up, mixed, 4, True)
+        runs = {engine: {name: [] for name in plans} for engine in bases}
+        for _ in range(args.rounds):
+            for name, (adapters, together) in plans.items():
+                prompts = next(sets)  # the same prompts for every engine, new to each
+                for engine, base in bases.items():
+                    runs[engine][name].append(scenario(client, base, prompts, adapters, args.tokens, together))
     return runs
 
 
