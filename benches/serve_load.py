@@ -171,10 +171,11 @@ def main() -> None:
 def run_rounds(args, bases: dict[str, str]) -> dict[str, dict[str, list[dict]]]:
     """Every engine's three scenarios, interleaved round by round, after one warm-up each. One HTTP client serves
     every request: a client per request (httpx.stream) built an SSL context each time, about 60 % of this
-    process's CPU, taken from the server's cores."""
+    process's CPU, taken from the server's cores. Each request still opens its own connection, as before: an idle
+    kept-alive one may be closed by the server just as it is reused."""
     mixed = [i % len(args.adapters) for i in range(args.clients)]
     plans = {"mixed": (mixed, True), "one adapter": ([0] * args.clients, True), "sequential": (mixed, False)}
-    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=2 * args.clients)) as client:
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         sets = iter(prompt_sets(client, bases["hotlora"], 1 + args.rounds * len(plans), args.clients,
                                 args.prompt_tokens))
         warm_up = next(sets)
