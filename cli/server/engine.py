@@ -36,6 +36,12 @@ from .errors import APIError
 from .registry import Registry
 
 
+# An idle worker woken by a request waits this long for another (clients that start together reach it a
+# millisecond or so apart, each request parsed in turn by the HTTP thread), GATHER_LIMIT_S at most in all.
+ARRIVAL_GAP_S = 0.005
+GATHER_LIMIT_S = 0.02
+
+
 @dataclass
 class Piece:
     text: str
@@ -145,11 +151,17 @@ class Engine:
                 self._step()
 
     def _take_calls(self, block: bool) -> None:
+        """Runs the queued calls and queues the jobs; when idle (block), waits for the first. A job that wakes
+        the idle worker is followed for ARRIVAL_GAP_S by any other, so that clients that start together share
+        the first step (their prompts in one batch, their decodes starting together)."""
+        gather_until = None
         while True:
             try:
-                fn, future = self._calls.get(block=block)
+                fn, future = self._next_call(block, gather_until)
             except queue.Empty:
                 return
+            if block and isinstance(fn, GenerationJob):
+                gather_until = time.monotonic() + GATHER_LIMIT_S
             block = False
             if fn is None:
                 self._stopping = True
@@ -161,6 +173,14 @@ class Engine:
                     future.set_result(fn())
                 except BaseException as e:  # handed to the caller, who turns it into a response
                     future.set_exception(e)
+
+    def _next_call(self, block: bool, gather_until: float | None):
+        """The next queued (fn, future): waited for when idle (block) or while gathering (until gather_until),
+        else only if one is queued (queue.Empty if none)."""
+        if block:
+            return self._calls.get()
+        wait = min(ARRIVAL_GAP_S, gather_until - time.monotonic()) if gather_until is not None else 0.0
+        return self._calls.get(timeout=wait) if wait > 0 else self._calls.get_nowait()
 
     def _admit(self) -> None:
         """Starts waiting jobs in free slots."""
