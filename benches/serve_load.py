@@ -108,7 +108,8 @@ def scenario(client: httpx.Client, base: str, prompts: list[list[int]], adapters
     start = time.perf_counter()
     if together:
         with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(lambda pa: one_request(client, base, pa[0], pa[1], n_tokens), zip(prompts, adapters)))
+            results = list(pool.map(lambda pa: one_request(client, base, pa[0], pa[1], n_tokens),
+                                    zip(prompts, adapters)))
     else:
         results = [one_request(client, base, p, a, n_tokens) for p, a in zip(prompts, adapters)]
     wall = time.perf_counter() - start

@@ -47,7 +47,8 @@ TARGET ALWAYS_INLINE void tile(x_kind kind, const int NV, const int NT, int64_t 
         for (int v = 0; v < NV; v++) {
             const __m512 xv = load_x(kind, row, j + 16 * v, v == NV - 1 ? mask : 0xFFFF);
             for (int t = 0; t < NT; t++)
-                acc[NV * t + v] = _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[NV * t + v]);
+                acc[NV * t + v] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(alpha[(size_t)t * alpha_stride + k]), xv, acc[NV * t + v]);
         }
     }
     for (int t = 0; t < NT; t++)
@@ -61,10 +62,14 @@ TARGET ALWAYS_INLINE void tile(x_kind kind, const int NV, const int NT, int64_t 
 TARGET ALWAYS_INLINE void tile_rows(x_kind kind, const int NV, int64_t nt, int64_t j, __mmask16 mask, int64_t nk,
                                     const char *x, size_t x_stride, const float *al, size_t alpha_stride, float *yt,
                                     size_t y_stride) {
-#define TILE_CASE(NT)                                                                                       \
-    case NT: tile(kind, NV, (NT) <= TILE_T / NV ? (NT) : 1, j, mask, nk, x, x_stride, al, alpha_stride, yt, y_stride); \
+#define TILE_CASE(NT)                                                                                 \
+    case NT:                                                                                          \
+        tile(kind, NV, (NT) <= TILE_T / NV ? (NT) : 1, /* no instance wider than the tile holds */    \
+             j, mask, nk, x, x_stride, al, alpha_stride, yt, y_stride);                                \
         break;
-    switch (nt) { TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8) }
+    switch (nt) {
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
+    }
 #undef TILE_CASE
 }
 
