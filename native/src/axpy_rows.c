@@ -84,7 +84,7 @@ TARGET ALWAYS_INLINE void axpy_rows_avx512(x_kind kind, int64_t n, int64_t nk, i
         for (; tn <= TILE_T / DECODE_VECTORS && j + 16 * DECODE_VECTORS <= n; j += 16 * DECODE_VECTORS)
             tile_rows(kind, DECODE_VECTORS, tn, j, 0xFFFF, nk, x, x_stride, al, alpha_stride, yt, y_stride);
         for (; j < n; j += 16) {
-            const __mmask16 mask = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            const __mmask16 mask = hl_lanes16(n - j);
             tile_rows(kind, 1, tn, j, mask, nk, x, x_stride, al, alpha_stride, yt, y_stride);
         }
     }

@@ -6,6 +6,9 @@
 #include <string.h>
 #include "../include/hotlora.h"
 
+/* The mask of the first min(left, 16) lanes of a 16-lane vector (an __mmask16 for a row's last, short step). */
+static inline uint16_t hl_lanes16(int64_t left) { return left >= 16 ? 0xFFFF : (uint16_t)((1u << left) - 1); }
+
 /* Records a printf-style message as this thread's last error and returns status. */
 hl_status hl_fail(hl_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -47,8 +47,7 @@ TGT static void repack(const block_q8_0 *a, int64_t nb, int64_t p0, int64_t np, 
 TGT static AI __m512 row_scales(const char *row, int64_t b0, int64_t nb) {
     const __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32((int32_t)sizeof(block_q4_0)));
-    const int64_t left = nb - b0;
-    const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask16 m = hl_lanes16(nb - b0);
     const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, at, row + b0 * sizeof(block_q4_0), 1);
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));
 }

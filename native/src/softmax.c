@@ -36,14 +36,10 @@ static hl_softmax_fn chosen = softmax_ref;
 
 #define TARGET __attribute__((target("avx512f,avx512dq")))
 
-TARGET static inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
 TARGET static void softmax_avx512(float *p, int64_t n_seen, int64_t n_kv, float scale) {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < n_seen; j += 16) {
-        const __mmask16 m = tail_mask(n_seen - j);
+        const __mmask16 m = hl_lanes16(n_seen - j);
         const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + j), _mm512_set1_ps(scale));
         _mm512_mask_storeu_ps(p + j, m, v);
         vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
@@ -51,7 +47,7 @@ TARGET static void softmax_avx512(float *p, int64_t n_seen, int64_t n_kv, float 
     const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();
     for (int64_t j = 0; j < n_seen; j += 16) {
-        const __mmask16 m = tail_mask(n_seen - j);
+        const __mmask16 m = hl_lanes16(n_seen - j);
         const __m512 e = _mm512_maskz_mov_ps(m, hl_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + j), max)));
         _mm512_mask_storeu_ps(p + j, m, e);
         sum_lo = _mm512_add_pd(sum_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
@@ -59,7 +55,7 @@ TARGET static void softmax_avx512(float *p, int64_t n_seen, int64_t n_kv, float 
     }
     const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(sum_lo, sum_hi))));
     for (int64_t j = 0; j < n_seen; j += 16) {
-        const __mmask16 m = tail_mask(n_seen - j);
+        const __mmask16 m = hl_lanes16(n_seen - j);
         _mm512_mask_storeu_ps(p + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + j), inv));
     }
     memset(p + n_seen, 0, (size_t)(n_kv - n_seen) * sizeof(float));

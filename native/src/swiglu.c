@@ -22,7 +22,7 @@ static hl_swiglu_fn chosen = swiglu_ref;
 
 __attribute__((target("avx512f,avx512dq"))) static void swiglu_avx512(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = hl_lanes16(n - i);
         const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
         const __m512 denom = _mm512_add_ps(_mm512_set1_ps(1.0f), hl_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x)));
         _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_div_ps(x, denom), _mm512_maskz_loadu_ps(m, u + i)));
