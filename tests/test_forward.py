@@ -104,7 +104,7 @@ def test_f16_cache_matches_reference(tmp_path):
 @pytest.mark.parametrize("n_threads", [1, 3])
 def test_thread_count_does_not_change_logits(tmp_path, n_threads):
     path = write_tiny_model(tmp_path / "m.gguf", TinySpec())
-    tokens = tokens_for(N_VOCAB, 7)
+    tokens = tokens_for(N_VOCAB, 40)  # two attention blocks of 32 queries, split over threads by head
     base = core_logits(path, tokens, n_threads=2)
     np.testing.assert_array_equal(core_logits(path, tokens, n_threads=n_threads), base)
 

@@ -44,14 +44,16 @@ static void attend_block(hl_context *ctx, const hl_node *nd, int h, int64_t t0, 
             nd->dst.row_bytes / sizeof(float));
 }
 
+/* Work items in head-major order (w = head * n_blocks + block), split in contiguous ranges: a later block sees
+ * more cells, and every head has the same blocks, so the threads' shares cost about the same. */
 void hl_op_attention(hl_context *ctx, const hl_node *nd, int phase, int ith, int nth) {
     const int n_head = ctx->model->hp.n_head;
     const int64_t T = nd->src0.ne[1], n_blocks = (T + ATTN_BLOCK - 1) / ATTN_BLOCK;
     float *scores = (float *)((char *)ctx->work + (size_t)ith * hl_attention_work_size(nd, 1));
     int64_t w0, w1;
-    hl_split(n_blocks * n_head, ith, nth, &w0, &w1);
+    hl_split(n_head * n_blocks, ith, nth, &w0, &w1);
     for (int64_t w = w0; w < w1; w++) {
-        const int64_t t0 = (w / n_head) * ATTN_BLOCK;
-        attend_block(ctx, nd, (int)(w % n_head), t0, T - t0 < ATTN_BLOCK ? T - t0 : ATTN_BLOCK, scores);
+        const int64_t t0 = (w % n_blocks) * ATTN_BLOCK;
+        attend_block(ctx, nd, (int)(w / n_blocks), t0, T - t0 < ATTN_BLOCK ? T - t0 : ATTN_BLOCK, scores);
     }
 }
