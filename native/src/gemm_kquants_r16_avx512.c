@@ -69,6 +69,7 @@ TGT static AI __m512i q4_add_mins(__m512i mins, __m512i mn2, const block_q8_K *y
 
 TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
     for (int k = 0; k < QK_K / 8; k++) {
+        prefetch_share(R16_Q4_K, blk, k, QK_K / 8);
         const __m512i x = _mm512_loadu_si512(blk->qs[k]);
         u->q[k / 8][0][k % 8] = _mm512_and_si512(x, _mm512_set1_epi8(0x0F));
         u->q[k / 8][1][k % 8] = _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F));
