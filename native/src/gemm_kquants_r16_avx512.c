@@ -4,7 +4,8 @@
  *
  *   Q4_K_R16: a super-block's 32 quant dwords give 64 nibble registers; per token, 64 vpdpbusd against the
  *             token's broadcast activation quads, each sub-block's dot times its scale (vpmulld), the mins by
- *             8 vpdpwssd of (mn_j, mn_j) against the token's bsums in pairs, then two float operations.
+ *             4 vpdpwssd of (mn_2m, mn_2m+1) against the token's bsums summed in pairs, then two float
+ *             operations.
  *   Q6_K_R16: group g's ql dwords A (2g) and B (2g + 1) and its qh dword H give the unsigned quants of the
  *             group's four element quads:
  *                 u0 = A & 15 | (H & 3) << 4,  u1 = B & 15 | (H & 12) << 2,
@@ -45,26 +46,44 @@ TGT static AI void prefetch_share(kind k, const void *blk, int step, int steps) 
     for (int l = step * per_step; l < (step + 1) * per_step && l < lines; l++) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
 }
 
+/* acc + the dot of w's unsigned quads with the signed quad at q, broadcast: one vpdpbusd with an embedded
+ * broadcast operand (GCC's intrinsics issue a separate vpbroadcastd per call). */
+TGT static AI __m512i dpbusd_quad(__m512i acc, __m512i w, const int8_t *q) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)q));
+    return acc;
+}
+
+/* acc + w's pairs of signed 16-bit values dotted with the pair at p, broadcast (vpdpwssd, embedded broadcast). */
+TGT static AI __m512i dpwssd_pair(__m512i acc, __m512i w, const int32_t *p) {
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*p));
+    return acc;
+}
+
 /* ---- Q4_K_R16 ------------------------------------------------------------------------------------ */
 
 typedef struct {
     __m512i q[4][2][8]; /* chunk c (64 elements), low/high nibbles, dword k: 4 quants of sub-block 2c + half */
     __m512i sc[8];      /* sub-block j's scale of row r in lane r */
-    __m512i mn2[8];     /* sub-block j's min of row r in both 16-bit halves of lane r */
+    __m512i mnp[4];     /* sub-blocks 2m and 2m + 1's mins of row r as the 16-bit halves of lane r */
     __m512 d, dmin;
 } q4_unpacked;
 
-/* Lane r: sub-block j's min of row r in both 16-bit halves, for vpdpwssd against a dword of two bsums. */
-TGT static AI __m512i q4_min_pair(const block_q4_K_r16 *blk, int j) {
-    const __m512i m = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[j]));
-    return _mm512_or_si512(m, _mm512_slli_epi32(m, 16));
+/* Lane r: sub-blocks 2m and 2m + 1's mins of row r as its low and high 16-bit halves. */
+TGT static AI __m512i q4_min_pair(const block_q4_K_r16 *blk, int m) {
+    const __m512i lo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[2 * m]));
+    const __m512i hi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->mn[2 * m + 1]));
+    return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
 }
 
-/* mins + sum_j mn_j * (bsums[2j] + bsums[2j + 1]): one vpdpwssd per sub-block on the bsums' dword j. */
-TGT static AI __m512i q4_add_mins(__m512i mins, __m512i mn2, const block_q8_K *y, int j) {
-    int32_t pair;
-    memcpy(&pair, y->bsums + 2 * j, 4);
-    return _mm512_dpwssd_epi32(mins, mn2, _mm512_set1_epi32(pair));
+/* sum_j mn_j * (bsums[2j] + bsums[2j + 1]) over the 8 sub-blocks: the bsums summed in pairs (s_j, |s_j| <=
+ * 2 * 16 * 127 fits 16 bits) and one vpdpwssd per pair of sub-blocks, (mn_2m, mn_2m+1) . (s_2m, s_2m+1). */
+TGT static AI __m512i q4_mins(const __m512i mnp[4], const block_q8_K *y) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)y->bsums);
+    int32_t s[8]; /* dwords 0, 1, 4, 5: (s_0, s_1), (s_2, s_3), (s_4, s_5), (s_6, s_7) */
+    _mm256_storeu_si256((__m256i *)s, _mm256_hadd_epi16(b, b));
+    __m512i mins = _mm512_setzero_si512();
+    for (int m = 0; m < 4; m++) mins = dpwssd_pair(mins, mnp[m], &s[m < 2 ? m : m + 2]);
+    return mins;
 }
 
 TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
@@ -76,17 +95,12 @@ TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
     }
     for (int j = 0; j < 8; j++) {
         u->sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
-        u->mn2[j] = q4_min_pair(blk, j);
     }
+    for (int m = 0; m < 4; m++) u->mnp[m] = q4_min_pair(blk, m);
     u->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     u->dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
 }
 
-TGT static AI __m512i quad_of(const int8_t *q) {
-    int32_t v;
-    memcpy(&v, q, 4);
-    return _mm512_set1_epi32(v);
-}
 
 /* Sub-block (2c + half)'s quant dword k of the 16 rows: from the unpacked buffer u, or made from the panel's
  * block when u is NULL (a constant at every call). */
@@ -101,7 +115,7 @@ TGT static AI __m512i q4_quants(const block_q4_K_r16 *blk, const q4_unpacked *u,
 TGT static AI void q4_tokens_step(const block_q4_K_r16 *blk, const q4_unpacked *u, const int G,
                                   const block_q8_K *const *y, __m512 *acc) {
     __m512i main[GROUP], mins[GROUP];
-    for (int t = 0; t < G; t++) main[t] = mins[t] = _mm512_setzero_si512();
+    for (int t = 0; t < G; t++) main[t] = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++)
         for (int half = 0; half < 2; half++) {
             if (!u) prefetch_share(R16_Q4_K, blk, 2 * c + half, 8);
@@ -110,16 +124,16 @@ TGT static AI void q4_tokens_step(const block_q4_K_r16 *blk, const q4_unpacked *
             for (int k = 0; k < 8; k++) {
                 const __m512i w = q4_quants(blk, u, c, half, k);
                 for (int t = 0; t < G; t++)
-                    dot[t] = _mm512_dpbusd_epi32(dot[t], w, quad_of(y[t]->qs + 64 * c + 32 * half + 4 * k));
+                    dot[t] = dpbusd_quad(dot[t], w, y[t]->qs + 64 * c + 32 * half + 4 * k);
             }
             const int j = 2 * c + half;
             const __m512i sc = u ? u->sc[j] : _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
             for (int t = 0; t < G; t++) main[t] = _mm512_add_epi32(main[t], _mm512_mullo_epi32(dot[t], sc));
         }
-    for (int j = 0; j < 8; j++) {
-        const __m512i mn2 = u ? u->mn2[j] : q4_min_pair(blk, j);
-        for (int t = 0; t < G; t++) mins[t] = q4_add_mins(mins[t], mn2, y[t], j);
-    }
+    __m512i made[4];
+    if (!u)
+        for (int m = 0; m < 4; m++) made[m] = q4_min_pair(blk, m);
+    for (int t = 0; t < G; t++) mins[t] = q4_mins(u ? u->mnp : made, y[t]);
     const __m512 d = u ? u->d : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     const __m512 dmin = u ? u->dmin : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
     for (int t = 0; t < G; t++) {
@@ -161,12 +175,10 @@ TGT static AI __m512i q6_scale_pair(const block_q6_K_r16 *blk, int p) {
 
 /* sum_g sc_g * dot_g - 32 * sum_g sc_g * bsum_g, the second sum by one vpdpwssd per pair of groups. */
 TGT static AI __m512i q6_offset_total(__m512i scaled, const __m512i sc2[QK_K / 32], const block_q8_K *y) {
+    int32_t pairs[QK_K / 32];
+    memcpy(pairs, y->bsums, sizeof pairs);
     __m512i offset = _mm512_setzero_si512();
-    for (int p = 0; p < QK_K / 32; p++) {
-        int32_t pair;
-        memcpy(&pair, y->bsums + 2 * p, 4);
-        offset = _mm512_dpwssd_epi32(offset, sc2[p], _mm512_set1_epi32(pair));
-    }
+    for (int p = 0; p < QK_K / 32; p++) offset = dpwssd_pair(offset, sc2[p], &pairs[p]);
     return _mm512_sub_epi32(scaled, _mm512_slli_epi32(offset, 5));
 }
 
@@ -195,7 +207,7 @@ TGT static AI void q6_tokens_step(const block_q6_K_r16 *blk, const q6_unpacked *
         const __m512i *u = w ? w->u[g] : made, sc = w ? w->sc[g] : q6_scales(blk, g);
         for (int t = 0; t < G; t++) {
             __m512i dot = _mm512_setzero_si512();
-            for (int i = 0; i < 4; i++) dot = _mm512_dpbusd_epi32(dot, u[i], quad_of(y[t]->qs + 16 * g + 4 * i));
+            for (int i = 0; i < 4; i++) dot = dpbusd_quad(dot, u[i], y[t]->qs + 16 * g + 4 * i);
             scaled[t] = _mm512_add_epi32(scaled[t], _mm512_mullo_epi32(sc, dot));
         }
     }
