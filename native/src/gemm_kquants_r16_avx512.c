@@ -25,6 +25,7 @@
 #include "common.h"
 #include "gemm.h"
 #include "quants.h"
+#include "vnni_bcst.h"
 
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 #include <immintrin.h>
@@ -44,19 +45,6 @@ TGT static AI void prefetch_share(kind k, const void *blk, int step, int steps) 
     const int lines = (int)((block_bytes(k) + 63) / 64), per_step = (lines + steps - 1) / steps;
     const char *ahead = (const char *)blk + PREFETCH_BLOCKS * block_bytes(k);
     for (int l = step * per_step; l < (step + 1) * per_step && l < lines; l++) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
-}
-
-/* acc + the dot of w's unsigned quads with the signed quad at q, broadcast: one vpdpbusd with an embedded
- * broadcast operand (GCC's intrinsics issue a separate vpbroadcastd per call). */
-TGT static AI __m512i dpbusd_quad(__m512i acc, __m512i w, const int8_t *q) {
-    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)q));
-    return acc;
-}
-
-/* acc + w's pairs of signed 16-bit values dotted with the pair at p, broadcast (vpdpwssd, embedded broadcast). */
-TGT static AI __m512i dpwssd_pair(__m512i acc, __m512i w, const int32_t *p) {
-    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*p));
-    return acc;
 }
 
 /* ---- Q4_K_R16 ------------------------------------------------------------------------------------ */
@@ -82,7 +70,7 @@ TGT static AI __m512i q4_mins(const __m512i mnp[4], const block_q8_K *y) {
     int32_t s[8]; /* dwords 0, 1, 4, 5: (s_0, s_1), (s_2, s_3), (s_4, s_5), (s_6, s_7) */
     _mm256_storeu_si256((__m256i *)s, _mm256_hadd_epi16(b, b));
     __m512i mins = _mm512_setzero_si512();
-    for (int m = 0; m < 4; m++) mins = dpwssd_pair(mins, mnp[m], &s[m < 2 ? m : m + 2]);
+    for (int m = 0; m < 4; m++) mins = hl_dpwssd_bcst(mins, mnp[m], &s[m < 2 ? m : m + 2]);
     return mins;
 }
 
@@ -124,7 +112,7 @@ TGT static AI void q4_tokens_step(const block_q4_K_r16 *blk, const q4_unpacked *
             for (int k = 0; k < 8; k++) {
                 const __m512i w = q4_quants(blk, u, c, half, k);
                 for (int t = 0; t < G; t++)
-                    dot[t] = dpbusd_quad(dot[t], w, y[t]->qs + 64 * c + 32 * half + 4 * k);
+                    dot[t] = hl_dpbusd_bcst(dot[t], w, y[t]->qs + 64 * c + 32 * half + 4 * k);
             }
             const int j = 2 * c + half;
             const __m512i sc = u ? u->sc[j] : _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
@@ -178,7 +166,7 @@ TGT static AI __m512i q6_offset_total(__m512i scaled, const __m512i sc2[QK_K / 3
     int32_t pairs[QK_K / 32];
     memcpy(pairs, y->bsums, sizeof pairs);
     __m512i offset = _mm512_setzero_si512();
-    for (int p = 0; p < QK_K / 32; p++) offset = dpwssd_pair(offset, sc2[p], &pairs[p]);
+    for (int p = 0; p < QK_K / 32; p++) offset = hl_dpwssd_bcst(offset, sc2[p], &pairs[p]);
     return _mm512_sub_epi32(scaled, _mm512_slli_epi32(offset, 5));
 }
 
@@ -207,7 +195,7 @@ TGT static AI void q6_tokens_step(const block_q6_K_r16 *blk, const q6_unpacked *
         const __m512i *u = w ? w->u[g] : made, sc = w ? w->sc[g] : q6_scales(blk, g);
         for (int t = 0; t < G; t++) {
             __m512i dot = _mm512_setzero_si512();
-            for (int i = 0; i < 4; i++) dot = dpbusd_quad(dot, u[i], y[t]->qs + 16 * g + 4 * i);
+            for (int i = 0; i < 4; i++) dot = hl_dpbusd_bcst(dot, u[i], y[t]->qs + 16 * g + 4 * i);
             scaled[t] = _mm512_add_epi32(scaled[t], _mm512_mullo_epi32(sc, dot));
         }
     }

@@ -24,6 +24,7 @@
  */
 #include "common.h"
 #include "gemm_q32.h"
+#include "vnni_bcst.h"
 
 #if defined(__x86_64__) && !defined(HL_NO_SIMD)
 #include <immintrin.h>
@@ -140,11 +141,7 @@ TGT static AI void tokens_group(const int G, const __m512i w[8], __m512 dw, cons
     __m512i sum[GROUP];
     for (int t = 0; t < G; t++) sum[t] = _mm512_set1_epi32(tab->corr[t0 + t][b]);
     for (int g = 0; g < 8; g++)
-        for (int t = 0; t < G; t++) {
-            int32_t quad;
-            memcpy(&quad, q + (size_t)t * a_stride + 4 * g, 4);
-            sum[t] = _mm512_dpbusd_epi32(sum[t], w[g], _mm512_set1_epi32(quad));
-        }
+        for (int t = 0; t < G; t++) sum[t] = hl_dpbusd_bcst(sum[t], w[g], q + (size_t)t * a_stride + 4 * g);
     for (int t = 0; t < G; t++)
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(dw, _mm512_set1_ps(tab->d[t0 + t][b])), acc[t]);
 }
