@@ -334,27 +334,41 @@ void TARGET hl_quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* The index of the first of the QK_K values at x whose |x| is amax (the last index if none is, as the
+ * reference's search). */
+TARGET static inline int first_of_abs(const float *x, float amax) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), target = _mm256_set1_ps(amax);
+    for (int e = 0; e < QK_K; e += 8) {
+        const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + e));
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(ax, target, _CMP_EQ_OQ));
+        if (mask) return e + __builtin_ctz((unsigned)mask);
+    }
+    return QK_K - 1;
+}
+
 /* Q8_K as hl_quantize_row_q8_K_ref, bit for bit: the same m (first value of largest |x|), the same iscale * x
  * products, rne by vcvtps2dq as nearest_int, min 127; a non-finite block as the reference's. */
 void TARGET hl_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
     block_q8_K *y = vy;
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 flt_max = _mm256_set1_ps(FLT_MAX);
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
-        __m256 amax8 = _mm256_setzero_ps();
-        for (int e = 0; e < QK_K; e += 8) /* max(|x|, amax8) keeps amax8 where x is NaN */
-            amax8 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), amax8);
+        __m256 amax8 = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int e = 0; e < QK_K; e += 8) { /* max(|x|, amax8) keeps amax8 where x is NaN */
+            const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + e));
+            amax8 = _mm256_max_ps(ax, amax8);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(ax, flt_max, _CMP_NLE_UQ)); /* NaN or +-inf */
+        }
         __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax8, 1), _mm256_castps256_ps128(amax8));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        const int finite = all_finite(x, QK_K);
+        const int finite = _mm256_testz_ps(bad, bad);
         if (amax == 0.0f || !finite) {
             memset(&y[i], 0, sizeof y[i]);
             y[i].d = finite ? 0.0f : NAN;
             continue;
         }
-        int first = 0;
-        while (first < QK_K - 1 && fabsf(x[first]) != amax) first++;
-        const float iscale = -127.0f / x[first];
+        const float iscale = -127.0f / x[first_of_abs(x, amax)];
         for (int e = 0; e < QK_K; e += 32) {
             __m256i q[4];
             for (int k = 0; k < 4; k++)
