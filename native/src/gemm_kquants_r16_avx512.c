@@ -81,14 +81,11 @@ TGT static AI void q4_unpack(const block_q4_K_r16 *blk, q4_unpacked *u) {
         u->q[k / 8][0][k % 8] = _mm512_and_si512(x, _mm512_set1_epi8(0x0F));
         u->q[k / 8][1][k % 8] = _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F));
     }
-    for (int j = 0; j < 8; j++) {
-        u->sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
-    }
+    for (int j = 0; j < 8; j++) u->sc[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->sc[j]));
     for (int m = 0; m < 4; m++) u->mnp[m] = q4_min_pair(blk, m);
     u->d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->d));
     u->dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk->dmin));
 }
-
 
 /* Sub-block (2c + half)'s quant dword k of the 16 rows: from the unpacked buffer u, or made from the panel's
  * block when u is NULL (a constant at every call). */
