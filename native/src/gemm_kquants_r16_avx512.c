@@ -67,10 +67,10 @@ TGT static AI __m512i q4_min_pair(const block_q4_K_r16 *blk, int m) {
  * 2 * 16 * 127 fits 16 bits) and one vpdpwssd per pair of sub-blocks, (mn_2m, mn_2m+1) . (s_2m, s_2m+1). */
 TGT static AI __m512i q4_mins(const __m512i mnp[4], const block_q8_K *y) {
     const __m256i b = _mm256_loadu_si256((const __m256i *)y->bsums);
-    int32_t s[8]; /* dwords 0, 1, 4, 5: (s_0, s_1), (s_2, s_3), (s_4, s_5), (s_6, s_7) */
+    int16_t s[16]; /* dwords 0, 1, 4, 5: (s_0, s_1), (s_2, s_3), (s_4, s_5), (s_6, s_7) */
     _mm256_storeu_si256((__m256i *)s, _mm256_hadd_epi16(b, b));
     __m512i mins = _mm512_setzero_si512();
-    for (int m = 0; m < 4; m++) mins = hl_dpwssd_bcst(mins, mnp[m], &s[m < 2 ? m : m + 2]);
+    for (int m = 0; m < 4; m++) mins = hl_dpwssd_bcst(mins, mnp[m], s + 2 * (m < 2 ? m : m + 2));
     return mins;
 }
 
@@ -160,10 +160,8 @@ TGT static AI __m512i q6_scale_pair(const block_q6_K_r16 *blk, int p) {
 
 /* sum_g sc_g * dot_g - 32 * sum_g sc_g * bsum_g, the second sum by one vpdpwssd per pair of groups. */
 TGT static AI __m512i q6_offset_total(__m512i scaled, const __m512i sc2[QK_K / 32], const block_q8_K *y) {
-    int32_t pairs[QK_K / 32];
-    memcpy(pairs, y->bsums, sizeof pairs);
     __m512i offset = _mm512_setzero_si512();
-    for (int p = 0; p < QK_K / 32; p++) offset = hl_dpwssd_bcst(offset, sc2[p], &pairs[p]);
+    for (int p = 0; p < QK_K / 32; p++) offset = hl_dpwssd_bcst(offset, sc2[p], y->bsums + 2 * p);
     return _mm512_sub_epi32(scaled, _mm512_slli_epi32(offset, 5));
 }
 

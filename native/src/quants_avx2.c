@@ -276,13 +276,9 @@ void TARGET hl_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *w, const 
 
 /* ----------------------------------------------------------- Q8_0 / Q8_1 quantizers */
 
-/* Whether the n floats (a multiple of 8) hold no NaN and no infinity. */
-TARGET static inline int all_finite(const float *x, int n) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), max = _mm256_set1_ps(FLT_MAX);
-    __m256 bad = _mm256_setzero_ps();
-    for (int e = 0; e < n; e += 8) /* !(|x| <= FLT_MAX): true for NaN and +-inf */
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + e)), max, _CMP_NLE_UQ));
-    return _mm256_testz_ps(bad, bad);
+/* The lanes of |x| (ax) that are NaN or an infinity: !(ax <= FLT_MAX), folded into each quantizer's amax pass. */
+TARGET static inline __m256 nonfinite_lanes(__m256 ax) {
+    return _mm256_cmp_ps(ax, _mm256_set1_ps(FLT_MAX), _CMP_NLE_UQ);
 }
 
 
@@ -291,15 +287,17 @@ TARGET static inline int all_finite(const float *x, int n) {
 TARGET static inline float quantize_block_q8_avx2(const float *x, int8_t *qs, int *qsum) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 v[4];
-    __m256 amax = _mm256_setzero_ps();
+    __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
     for (int k = 0; k < 4; k++) {
         v[k] = _mm256_loadu_ps(x + 8 * k);
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+        const __m256 ax = _mm256_andnot_ps(sign, v[k]);
+        amax = _mm256_max_ps(amax, ax);
+        bad = _mm256_or_ps(bad, nonfinite_lanes(ax));
     }
     __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    if (!all_finite(x, QK)) { /* as the reference: d = NaN, q = 0 */
+    if (!_mm256_testz_ps(bad, bad)) { /* as the reference: d = NaN, q = 0 */
         memset(qs, 0, QK);
         *qsum = 0;
         return NAN;
@@ -351,13 +349,12 @@ TARGET static inline int first_of_abs(const float *x, float amax) {
 void TARGET hl_quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
     block_q8_K *y = vy;
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 flt_max = _mm256_set1_ps(FLT_MAX);
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         __m256 amax8 = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
         for (int e = 0; e < QK_K; e += 8) { /* max(|x|, amax8) keeps amax8 where x is NaN */
             const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + e));
             amax8 = _mm256_max_ps(ax, amax8);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps(ax, flt_max, _CMP_NLE_UQ)); /* NaN or +-inf */
+            bad = _mm256_or_ps(bad, nonfinite_lanes(ax));
         }
         __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax8, 1), _mm256_castps256_ps128(amax8));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
